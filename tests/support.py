@@ -1,0 +1,45 @@
+"""Plain helpers for tests: independent checks with the real CLIs, and resource names that never collide."""
+
+import json
+import os
+import secrets
+import subprocess
+
+
+def unique(prefix):
+    """A short unique name (interface names are limited to 15 characters)."""
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+def sh(*argv, netns=None, check=True, input=None):
+    """Run a command, optionally inside a network namespace; return its stdout."""
+    if netns:
+        argv = ("ip", "netns", "exec", netns) + argv
+    result = subprocess.run(argv, capture_output=True, text=True, input=input)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def links(netns=None):
+    """Link names in a namespace, from `ip -j link` (independent of pyroute2)."""
+    return sorted(link["ifname"] for link in json.loads(sh("ip", "-j", "link", netns=netns)))
+
+
+def lxc_states(lxcpath):
+    """name -> state from `lxc-ls --fancy`, independent of the bindings."""
+    out = sh("lxc-ls", "-P", lxcpath, "--fancy", "--fancy-format", "NAME,STATE")
+    rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
+    return {row[0]: row[1] for row in rows}
+
+
+def subvolumes(mountpoint):
+    """Paths (relative to the mount) of every btrfs subvolume on it."""
+    out = sh("btrfs", "subvolume", "list", "-o", mountpoint)
+    return sorted(line.split(" path ", 1)[1] for line in out.splitlines() if " path " in line)
+
+
+def kernel_has(module):
+    """True if the kernel can create links of this kind (checked by `modprobe -n` or /proc)."""
+    return os.path.exists(f"/sys/module/{module}") or subprocess.run(
+        ["modprobe", "-n", module], capture_output=True).returncode == 0
