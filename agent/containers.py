@@ -1,0 +1,333 @@
+"""liblxc, one container at a time: create, clone, configure, start, stop, destroy, run, inspect.
+
+Every False from liblxc becomes a ContainerError naming the container. Functions that make liblxc fork
+(create, start, attach, get_ips, copy clones) are called through agent.workers, never from RPC threads.
+"""
+
+import hashlib
+import json
+import math
+import os
+import selectors
+import signal
+import time
+
+import lxc
+
+from agent import guest, storage
+from agent.errors import AgentError, CommandTimeout, Conflict, ContainerError, InvalidArgument, NotFound
+
+TEMPLATE_DIR = "/usr/share/lxc/templates"
+METADATA_FILE = "lxc-agent.json"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+OUTPUT_LIMIT = 64 * 1024 * 1024
+
+
+def _container(lxcpath, name):
+    return lxc.Container(name, lxcpath)
+
+
+def _check(ok, name, action, hint=""):
+    if not ok:
+        raise ContainerError(f"liblxc could not {action} container {name!r}" + (f"; {hint}" if hint else ""),
+                             container=name)
+
+
+def exists(lxcpath, name):
+    return _container(lxcpath, name).defined
+
+
+def is_running(lxcpath, name):
+    return _container(lxcpath, name).running
+
+
+def list_names(lxcpath):
+    return sorted(lxc.list_containers(config_path=lxcpath))
+
+
+def templates():
+    return sorted(entry[len("lxc-"):] for entry in os.listdir(TEMPLATE_DIR) if entry.startswith("lxc-"))
+
+
+def read_metadata(lxcpath, name):
+    try:
+        with open(os.path.join(lxcpath, name, METADATA_FILE)) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return {}
+
+
+def write_metadata(lxcpath, name, metadata):
+    """Record how the container was made, so asking again for the same thing is recognised as done."""
+    path = os.path.join(lxcpath, name, METADATA_FILE)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(metadata, handle, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def _disconnect(container, name):
+    """A new container starts with no network until an address is assigned (the template's lxcbr0 may not exist)."""
+    container.clear_config_item("lxc.net")
+    _check(container.set_config_item("lxc.net.0.type", "empty"), name, "configure the network of")
+
+
+def create(lxcpath, name, template, release=None, backend="btrfs"):
+    """Create from an LXC template; on any failure remove what was made. Forks (runs the template)."""
+    container = _container(lxcpath, name)
+    args = ("--release", release) if release else ()
+    if os.path.exists(os.path.join(lxcpath, name)):
+        raise Conflict(f"{os.path.join(lxcpath, name)} exists but is not a container; remove it or pick another "
+                       "name", container=name)
+    try:
+        _check(container.create(template, 0, args, "btrfs" if backend == "btrfs" else "dir"), name,
+               f"create (template {template!r}" + (f", release {release!r}" if release else "") + ") the",
+               "the template's output is in the agent's log")
+        _disconnect(container, name)
+        _check(container.save_config(), name, "save the config of")
+        write_metadata(lxcpath, name, {"template": template, "release": release})
+    except BaseException:
+        storage.remove_container_files(lxcpath, name)
+        raise
+
+
+def clone(lxcpath, name, source, backend="btrfs"):
+    """A clone with its own identity; btrfs: a snapshot of the rootfs; copy: liblxc's full copy (forks)."""
+    folder = os.path.join(lxcpath, name)
+    os.mkdir(folder)  # fails if it exists: what follows may only ever clean up its own folder
+    try:
+        if backend == "btrfs":
+            storage.snapshot_rootfs(lxcpath, source, name)
+            container = _container(lxcpath, name)
+            _check(container.load_config(os.path.join(lxcpath, source, "config")), name,
+                   f"load the config of {source!r} for")
+            _check(container.set_config_item("lxc.rootfs.path", storage.rootfs_path(lxcpath, name)), name,
+                   "set the rootfs of")
+        else:
+            os.rmdir(folder)  # liblxc makes it
+            copied = _container(lxcpath, source).clone(name, config_path=lxcpath, flags=lxc.LXC_CLONE_KEEPNAME)
+            _check(copied, name, f"copy {source!r} to")
+            container = _container(lxcpath, name)
+        _check(container.set_config_item("lxc.uts.name", name), name, "set the host name of")
+        if container.get_config_item("lxc.net.0.type") == "veth":
+            _check(container.set_config_item("lxc.net.0.hwaddr", mac_address(name)), name, "set the MAC of")
+        _check(container.save_config(), name, "save the config of")
+        guest.write_identity(storage.rootfs_path(lxcpath, name), name)
+        metadata = read_metadata(lxcpath, source)
+        metadata.update({"clone_of": source})
+        write_metadata(lxcpath, name, metadata)
+    except BaseException:
+        storage.remove_container_files(lxcpath, name)
+        raise
+
+
+def mac_address(name):
+    """Stable per name, so a restarted container keeps its neighbours' ARP entries valid."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return "00:16:3e:%02x:%02x:%02x" % (digest[0] & 0x7F, digest[1], digest[2])
+
+
+def set_network(lxcpath, name, bridge, address, gateway, mtu=None):
+    """Static address in the LXC config and in the container's own network setup, so its init keeps it."""
+    container = _container(lxcpath, name)
+    container.clear_config_item("lxc.net")
+    items = [("lxc.net.0.type", "veth"), ("lxc.net.0.link", bridge), ("lxc.net.0.flags", "up"),
+             ("lxc.net.0.name", "eth0"), ("lxc.net.0.hwaddr", mac_address(name)),
+             ("lxc.net.0.ipv4.address", address), ("lxc.net.0.ipv4.gateway", gateway)]
+    if mtu:
+        items.append(("lxc.net.0.mtu", str(mtu)))
+    for key, value in items:
+        _check(container.set_config_item(key, value), name, f"set {key} = {value} for")
+    _check(container.save_config(), name, "save the config of")
+    guest.write_network(storage.rootfs_path(lxcpath, name), address, gateway)
+    metadata = read_metadata(lxcpath, name)
+    metadata.update({"bridge": bridge, "address": address, "gateway": gateway})
+    write_metadata(lxcpath, name, metadata)
+
+
+def _seconds_left(deadline):
+    """liblxc waits take whole seconds."""
+    return max(0, math.ceil(deadline - time.monotonic()))
+
+
+def each(function, lxcpath, names, *args):
+    """Apply function(lxcpath, name, *args) to every name; returns name -> reason for those that failed."""
+    failed = {}
+    for name in names:
+        try:
+            function(lxcpath, name, *args)
+        except Exception as error:  # one bad container must not hide what happened to the others
+            failed[name] = str(error) if isinstance(error, AgentError) else f"{type(error).__name__}: {error}"
+    return failed
+
+
+def start_many(lxcpath, names, timeout=30.0):
+    """Start each (daemonized) and wait until all run; returns name -> error text for those that failed. Forks."""
+    failed = {}
+    started = []
+    for name in names:
+        container = _container(lxcpath, name)
+        if container.running:
+            continue
+        if container.start(useinit=False, daemonize=True, close_fds=True):
+            started.append(name)
+        else:
+            failed[name] = "liblxc could not start it; see the container's log (lxc.log.file) or run lxc-start -F"
+    deadline = time.monotonic() + timeout
+    for name in started:
+        if not _container(lxcpath, name).wait("RUNNING", _seconds_left(deadline)):
+            failed[name] = f"did not reach RUNNING within {timeout:.0f} s"
+    return failed
+
+
+def stop(lxcpath, name, timeout=10.0):
+    """Ask init to halt; kill it if it does not stop in time."""
+    container = _container(lxcpath, name)
+    if not container.running:
+        return
+    if timeout > 0 and container.shutdown(max(1, round(timeout))):
+        return
+    _check(container.stop(), name, "stop")
+    _check(container.wait("STOPPED", 10), name, "wait for the stop of")
+
+
+def stop_many(lxcpath, names, timeout=10.0):
+    """Signal every init to halt at once, wait for all, kill those still running; returns name -> reason."""
+    running = [name for name in names if _container(lxcpath, name).running]
+    for name in running:
+        _container(lxcpath, name).shutdown(0)
+    deadline = time.monotonic() + timeout
+    for name in running:
+        _container(lxcpath, name).wait("STOPPED", _seconds_left(deadline))
+    return each(stop, lxcpath, running, 0)
+
+
+def destroy(lxcpath, name):
+    stop(lxcpath, name, timeout=0)
+    storage.remove_container_files(lxcpath, name)
+
+
+def addresses(lxcpath, name):
+    """IPv4 addresses seen inside the running container. Forks (liblxc enters its namespace)."""
+    container = _container(lxcpath, name)
+    return list(container.get_ips(family="inet")) if container.running else []
+
+
+def memory_bytes(lxcpath, name):
+    """Memory charged to the container's cgroup (v1 or v2), or None when it is not running."""
+    container = _container(lxcpath, name)
+    if not container.running:
+        return None
+    for key in ("memory.usage_in_bytes", "memory.current"):
+        try:
+            return int(container.get_cgroup_item(key))
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
+def status_many(lxcpath, names):
+    return [status(lxcpath, name) for name in names if _container(lxcpath, name).defined]
+
+
+def status(lxcpath, name, with_addresses=True):
+    container = _container(lxcpath, name)
+    metadata = read_metadata(lxcpath, name)
+    return {"name": name, "state": container.state,
+            "addresses": addresses(lxcpath, name) if with_addresses else [],
+            "configured_address": metadata.get("address"),
+            "memory": memory_bytes(lxcpath, name), "clone_of": metadata.get("clone_of"),
+            "template": metadata.get("template"), "release": metadata.get("release")}
+
+
+def _guest_user(lxcpath, name, user):
+    """uid, gid and home of a user inside the container, read from its own /etc/passwd."""
+    passwd = os.path.join(storage.rootfs_path(lxcpath, name), "etc", "passwd")
+    try:
+        with open(passwd) as handle:
+            for line in handle:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 7 and fields[0] == user:
+                    return int(fields[2]), int(fields[3]), fields[5]
+    except FileNotFoundError:
+        pass
+    raise InvalidArgument(f"no user {user!r} in container {name!r} (looked in its /etc/passwd)",
+                          container=name)
+
+
+def run(lxcpath, name, argv, stdin=None, env=None, user=None, timeout=None):
+    """Run argv inside the container through liblxc attach; returns exit code, stdout, stderr. Forks."""
+    container = _container(lxcpath, name)
+    if not container.defined:
+        raise NotFound(f"container {name!r} does not exist", container=name)
+    if not container.running:
+        raise Conflict(f"container {name!r} is not running; start it first", container=name)
+    uid, gid, home = _guest_user(lxcpath, name, user) if user else (0, 0, "/root")
+    environment = {"PATH": DEFAULT_PATH, "HOME": home, "USER": user or "root", "LOGNAME": user or "root"}
+    environment.update(env or {})
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        pid = container.attach(lxc.attach_run_command, list(argv), env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
+                               extra_env_vars=[f"{k}={v}" for k, v in environment.items()],
+                               stdin=in_r, stdout=out_w, stderr=err_w, uid=uid, gid=gid, initial_cwd=home)
+    finally:
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+    if pid < 0:
+        for fd in (in_w, out_r, err_r):
+            os.close(fd)
+        raise ContainerError(f"liblxc could not attach to container {name!r} to run {argv[0]!r}",
+                             container=name)
+    return _collect(pid, name, argv, in_w, out_r, err_r, (stdin or "").encode(), timeout)
+
+
+def _collect(pid, name, argv, in_w, out_r, err_r, stdin, timeout):
+    """Feed stdin and read both outputs without deadlock; kill the command when the timeout passes."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    chunks = {out_r: [], err_r: []}
+    selector = selectors.DefaultSelector()
+    for fd in (out_r, err_r):
+        selector.register(fd, selectors.EVENT_READ)
+    if stdin:
+        os.set_blocking(in_w, False)
+        selector.register(in_w, selectors.EVENT_WRITE)
+    else:
+        os.close(in_w)
+    timed_out = False
+    while selector.get_map():
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            timed_out = True
+            break
+        for key, _ in selector.select(remaining):
+            if key.fd == in_w:
+                try:
+                    stdin = stdin[os.write(in_w, stdin[:65536]):]
+                except BrokenPipeError:
+                    stdin = b""
+                if not stdin:
+                    selector.unregister(in_w)
+                    os.close(in_w)
+                continue
+            data = os.read(key.fd, 65536)
+            if not data:
+                selector.unregister(key.fd)
+                os.close(key.fd)
+            elif sum(map(len, chunks[key.fd])) < OUTPUT_LIMIT:
+                chunks[key.fd].append(data)
+    for key in list(selector.get_map().values()):
+        os.close(key.fd)
+    selector.close()
+    if timed_out:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _, status_code = os.waitpid(pid, 0)
+    stdout = b"".join(chunks[out_r]).decode("utf-8", "replace")
+    stderr = b"".join(chunks[err_r]).decode("utf-8", "replace")
+    if timed_out:
+        raise CommandTimeout(f"{argv[0]!r} in container {name!r} did not finish within {timeout} s and was "
+                             "killed", container=name, stdout=stdout, stderr=stderr)
+    return {"exit_code": os.waitstatus_to_exitcode(status_code), "stdout": stdout, "stderr": stderr}

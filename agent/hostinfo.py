@@ -1,0 +1,43 @@
+"""What this host offers: kernel features the agent depends on, and memory."""
+
+import errno
+import secrets
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+
+def _filesystems():
+    with open("/proc/filesystems") as handle:
+        return {line.split()[-1] for line in handle if line.strip()}
+
+
+def _can_create_link(kind, **attributes):
+    """Ask the kernel itself: create a throwaway link of this kind and delete it (module autoload included)."""
+    name = f"lxa{secrets.token_hex(4)}"
+    with IPRoute() as ipr:
+        try:
+            ipr.link("add", ifname=name, kind=kind, **attributes)
+        except NetlinkError as error:
+            if error.code in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOENT):
+                return False
+            raise
+        ipr.link("del", ifname=name)
+    return True
+
+
+def kernel_features():
+    filesystems = _filesystems()
+    return {"btrfs": "btrfs" in filesystems, "overlay": "overlay" in filesystems,
+            "vxlan": _can_create_link("vxlan", vxlan_id=4242, vxlan_port=4789),
+            "ipip": _can_create_link("ipip")}
+
+
+def memory():
+    """Total and available bytes, from /proc/meminfo."""
+    values = {}
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            key, value = line.split(":", 1)
+            values[key] = int(value.split()[0]) * 1024
+    return {"total": values["MemTotal"], "available": values["MemAvailable"]}

@@ -1,0 +1,343 @@
+"""Host network for containers, in the current network namespace: one agent bridge per subnet, NAT, ip_forward.
+
+Bridges are tagged with the ifalias ``lxc-agent ip_forward=<0|1>``, which both marks them as the agent's (it never
+touches others) and remembers ip_forward from before the agent's first bridge; the last destroy restores it. No
+state file: the memory is namespace-local and goes where the bridges go (reboot, or deletion behind the agent's back).
+"""
+
+import errno
+import ipaddress
+import re
+
+import nftables
+from pyroute2 import IPRoute, NetlinkError
+
+from agent.errors import Conflict, InvalidArgument, NetworkError
+
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+TAG = "lxc-agent"
+NFT_FAMILY = "ip"
+NFT_TABLE = "lxc_agent"
+NFT_CHAIN = "postrouting"
+
+# No forward-accept chain: in nftables a packet must pass every base chain on the hook, so an accept in our
+# table cannot undo a drop policy in someone else's; that policy is the administrator's to open.
+
+_BRIDGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+_ALIAS = re.compile(rf"^{TAG}(?: ip_forward=([01]))?$")
+_IFF_UP = 0x1
+_RT_TABLE_LOCAL = 255
+_TABLE_NAMES = {253: "default", 254: "main", 255: "local"}
+
+
+def ensure_host_network(bridge: str, subnet: str) -> dict:
+    """Converge: agent bridge up with the subnet's first address, ip_forward on, masquerade for the subnet."""
+    _check_bridge_name(bridge)
+    network = _parse_subnet(subnet)
+    gateway = next(network.hosts())
+    with IPRoute() as ipr:
+        link = _find_link(ipr, bridge)
+        if link is not None:
+            _check_ours(link, bridge, "delete it or choose another bridge name")
+            _check_addresses(ipr, link, bridge, network, gateway)
+        _check_overlaps(ipr, bridge, network, None if link is None else link["index"])
+        remembered = _remembered_ip_forward(ipr, bridge, link)
+        if link is None:
+            link = _create_bridge(ipr, bridge, remembered)
+        index = link["index"]
+        if not _ipv4_addresses(ipr, index, bridge):
+            _netlink(f"give bridge {bridge} the address {gateway}/{network.prefixlen}", bridge,
+                     lambda: ipr.addr("add", index=index, address=str(gateway), prefixlen=network.prefixlen))
+        if not link["flags"] & _IFF_UP:
+            _netlink(f"bring bridge {bridge} up", bridge, lambda: ipr.link("set", index=index, state="up"))
+    _write_ip_forward("1", bridge)
+    _ensure_nat(bridge, network)
+    return _shape(bridge, network)
+
+
+def destroy_host_network(bridge: str) -> None:
+    """Remove the agent bridge, its NAT rule, the agent table once empty, and restore ip_forward after the last."""
+    _check_bridge_name(bridge)
+    with IPRoute() as ipr:
+        link = _find_link(ipr, bridge)
+        remembered = None
+        if link is not None:
+            _check_ours(link, bridge, "it was not created by lxc-agent, so the agent leaves it alone")
+            remembered = _alias_ip_forward(link)
+        _remove_nat(bridge)
+        if link is not None:
+            try:
+                ipr.link("del", index=link["index"])
+            except NetlinkError as error:
+                if error.code != errno.ENODEV:
+                    raise NetworkError(f"cannot delete bridge {bridge}: {error.args[-1]} (errno {error.code}); "
+                                       f"check `ip link show {bridge}` and retry", bridge=bridge) from error
+        others = [other for other in _agent_bridges(ipr) if other.get_attr("IFLA_IFNAME") != bridge]
+    if remembered is not None and not others:
+        _write_ip_forward(remembered, bridge)
+
+
+def get_host_network(bridge: str) -> dict | None:
+    """The agent bridge's network, or None if there is no bridge of that name made by the agent."""
+    _check_bridge_name(bridge)
+    with IPRoute() as ipr:
+        link = _find_link(ipr, bridge)
+        if link is None or not _is_ours(link):
+            return None
+        return _describe(ipr, link)
+
+
+def list_host_networks() -> list[dict]:
+    """Every bridge this agent made in this namespace, sorted by name."""
+    with IPRoute() as ipr:
+        found = [_describe(ipr, link) for link in _agent_bridges(ipr)]
+    return sorted(found, key=lambda item: item["bridge"])
+
+
+# --- validation and conflicts (nothing is changed before these pass) ---
+
+def _check_bridge_name(bridge):
+    if not isinstance(bridge, str) or not _BRIDGE_NAME.match(bridge):
+        raise InvalidArgument(f"bridge name {bridge!r} is not valid: use 1-15 letters, digits, '_', '.' or '-', "
+                              f"starting with a letter or digit", bridge=bridge)
+
+
+def _parse_subnet(subnet):
+    try:
+        network = ipaddress.ip_network(subnet, strict=True)
+    except (TypeError, ValueError) as error:
+        raise InvalidArgument(f"subnet {subnet!r} is not a network address like 10.100.1.0/24: {error}",
+                              subnet=str(subnet)) from error
+    if network.version != 4:
+        raise InvalidArgument(f"subnet {subnet} is not IPv4: container subnets are IPv4, like 10.100.1.0/24",
+                              subnet=subnet)
+    if network.prefixlen > 30:
+        raise InvalidArgument(f"subnet {subnet} has no room for a gateway and containers: use a prefix of /30 "
+                              f"or shorter", subnet=subnet)
+    return network
+
+
+def _check_ours(link, bridge, advice):
+    kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    if kind != "bridge":
+        raise Conflict(f"host link {bridge} exists but is a {kind or 'plain'} link, not a bridge; "
+                       f"delete it or choose another bridge name", bridge=bridge)
+    if not _is_ours(link):
+        raise Conflict(f"host bridge {bridge} exists but was not created by lxc-agent (no '{TAG}' alias); "
+                       f"{advice}", bridge=bridge)
+
+
+def _check_addresses(ipr, link, bridge, network, gateway):
+    wanted = f"{gateway}/{network.prefixlen}"
+    held = [f"{address}/{prefixlen}" for address, prefixlen in _ipv4_addresses(ipr, link["index"], bridge)]
+    if held and held != [wanted]:
+        raise Conflict(f"host bridge {bridge} holds {', '.join(held)}, not {wanted}; destroy_host_network"
+                       f"({bridge!r}) first or ask for the subnet it already has", bridge=bridge, held=held)
+
+
+def _check_overlaps(ipr, bridge, network, own_index):
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in _dump(ipr.get_links, bridge)}
+    for addr in _dump(lambda: ipr.get_addr(family=2), bridge):
+        address = ipaddress.ip_interface(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
+        if addr["index"] != own_index and address.network.overlaps(network):
+            device = names.get(addr["index"], addr["index"])
+            raise Conflict(f"subnet {network} for bridge {bridge} overlaps the address {address} on host device "
+                           f"{device}; choose another subnet or remove that address", bridge=bridge,
+                           subnet=str(network), device=device)
+    for route in _dump(lambda: ipr.get_routes(family=2), bridge):
+        table = route.get_attr("RTA_TABLE") or route["table"]
+        oif = route.get_attr("RTA_OIF")
+        if table == _RT_TABLE_LOCAL or route["dst_len"] == 0 or (own_index is not None and oif == own_index):
+            continue
+        dst = ipaddress.ip_network(f"{route.get_attr('RTA_DST')}/{route['dst_len']}", strict=False)
+        if dst.overlaps(network):
+            device = names.get(oif, oif) if oif else "(multipath or none)"
+            gateway = route.get_attr("RTA_GATEWAY")
+            via = f" via {gateway}" if gateway else ""
+            text = f"{dst}{via} dev {device} table {_TABLE_NAMES.get(table, table)}"
+            raise Conflict(f"subnet {network} for bridge {bridge} overlaps the host route {text}; choose another "
+                           f"subnet or remove that route", bridge=bridge, subnet=str(network), route=text,
+                           device=device)
+
+
+# --- links and addresses ---
+
+def _find_link(ipr, bridge):
+    found = _dump(lambda: ipr.get_links(ifname=bridge), bridge, missing_ok=True)
+    return found[0] if found else None
+
+
+def _is_ours(link):
+    return bool(_ALIAS.match(link.get_attr("IFLA_IFALIAS") or ""))
+
+
+def _alias_ip_forward(link):
+    match = _ALIAS.match(link.get_attr("IFLA_IFALIAS") or "")
+    return match.group(1) if match else None
+
+
+def _agent_bridges(ipr):
+    return [link for link in _dump(ipr.get_links, "(all bridges)")
+            if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge" and _is_ours(link)]
+
+
+def _remembered_ip_forward(ipr, bridge, link):
+    """ip_forward from before the agent's first bridge: carried by every agent bridge, else read now."""
+    for candidate in ([link] if link is not None else []) + _agent_bridges(ipr):
+        value = _alias_ip_forward(candidate)
+        if value is not None:
+            return value
+    return _read_ip_forward(bridge)
+
+
+def _create_bridge(ipr, bridge, remembered):
+    try:
+        ipr.link("add", ifname=bridge, kind="bridge")
+    except NetlinkError as error:
+        if error.code == errno.EEXIST:
+            raise Conflict(f"host link {bridge} appeared while the agent was creating it; retry",
+                           bridge=bridge) from error
+        raise NetworkError(f"cannot create bridge {bridge}: {error.args[-1]} (errno {error.code}); check that the "
+                           f"kernel has bridge support and retry", bridge=bridge) from error
+    link = _find_link(ipr, bridge)
+    try:
+        # The kernel ignores IFLA_IFALIAS on creation, hence a separate set.
+        ipr.link("set", index=link["index"], ifalias=f"{TAG} ip_forward={remembered}")
+    except NetlinkError as error:
+        try:
+            ipr.link("del", index=link["index"])
+        except NetlinkError:
+            pass  # the error below already says what went wrong first
+        raise NetworkError(f"cannot tag bridge {bridge} as the agent's: {error.args[-1]} (errno {error.code}); "
+                           f"the bridge was removed again, retry", bridge=bridge) from error
+    return _find_link(ipr, bridge)
+
+
+def _ipv4_addresses(ipr, index, bridge):
+    return [(addr.get_attr("IFA_ADDRESS"), addr["prefixlen"])
+            for addr in _dump(lambda: ipr.get_addr(family=2, index=index), bridge)]
+
+
+def _describe(ipr, link):
+    bridge = link.get_attr("IFLA_IFNAME")
+    addresses = _ipv4_addresses(ipr, link["index"], bridge)
+    if not addresses:
+        return {"bridge": bridge, "subnet": None, "gateway": None, "prefixlen": None}
+    interface = ipaddress.ip_interface("%s/%d" % addresses[0])
+    return {"bridge": bridge, "subnet": str(interface.network), "gateway": str(interface.ip),
+            "prefixlen": interface.network.prefixlen}
+
+
+def _shape(bridge, network):
+    return {"bridge": bridge, "subnet": str(network), "gateway": str(next(network.hosts())),
+            "prefixlen": network.prefixlen}
+
+
+def _dump(call, bridge, missing_ok=False):
+    try:
+        return list(call())
+    except NetlinkError as error:
+        if missing_ok and error.code == errno.ENODEV:
+            return []
+        raise NetworkError(f"cannot read the host's links, addresses or routes for bridge {bridge}: "
+                           f"{error.args[-1]} (errno {error.code}); check that the agent runs as root",
+                           bridge=bridge) from error
+
+
+def _netlink(what, bridge, call):
+    try:
+        call()
+    except NetlinkError as error:
+        raise NetworkError(f"cannot {what}: {error.args[-1]} (errno {error.code}); run ensure_host_network again "
+                           f"or destroy_host_network({bridge!r})", bridge=bridge) from error
+
+
+# --- ip_forward (the namespace-local sysctl) ---
+
+def _read_ip_forward(bridge):
+    try:
+        with open(IP_FORWARD) as handle:
+            return handle.read().strip()
+    except OSError as error:
+        raise NetworkError(f"cannot read {IP_FORWARD} for bridge {bridge}: {error.strerror}; check that /proc/sys "
+                           f"is mounted", bridge=bridge) from error
+
+
+def _write_ip_forward(value, bridge):
+    if _read_ip_forward(bridge) == value:
+        return
+    try:
+        with open(IP_FORWARD, "w") as handle:
+            handle.write(value)
+    except OSError as error:
+        raise NetworkError(f"cannot set {IP_FORWARD} to {value} for bridge {bridge}: {error.strerror}; check that "
+                           f"the agent runs as root with /proc/sys writable", bridge=bridge) from error
+
+
+# --- NAT (libnftables, JSON commands) ---
+
+def _comment(bridge):
+    return f"{TAG}:{bridge}"
+
+
+def _nat_expr(bridge, network):
+    prefix = {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
+    return [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": prefix}},
+        {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": prefix}},
+        {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": bridge}},
+        {"masquerade": None},
+    ]
+
+
+def _nft(commands, bridge, what):
+    nft = nftables.Nftables()
+    nft.set_handle_output(True)
+    rc, output, error = nft.json_cmd({"nftables": commands})
+    if rc != 0:
+        raise NetworkError(f"nftables refused to {what} for bridge {bridge}: {error.strip() or f'rc {rc}'}; check "
+                           f"`nft list table {NFT_FAMILY} {NFT_TABLE}` and that the kernel has nf_tables "
+                           f"with nat", bridge=bridge)
+    return output["nftables"] if output else []
+
+
+def _agent_rules(bridge):
+    """The rules in the agent's table, or None when the table does not exist."""
+    tables = _nft([{"list": {"tables": {"family": NFT_FAMILY}}}], bridge, "list tables")
+    if not any(item.get("table", {}).get("name") == NFT_TABLE for item in tables):
+        return None
+    listing = _nft([{"list": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}}], bridge,
+                   f"list table {NFT_TABLE}")
+    return [item["rule"] for item in listing if "rule" in item]
+
+
+def _ensure_nat(bridge, network):
+    rules = _agent_rules(bridge) or []
+    expr = _nat_expr(bridge, network)
+    tagged = [rule for rule in rules if rule.get("comment") == _comment(bridge)]
+    if len(tagged) == 1 and tagged[0]["chain"] == NFT_CHAIN and tagged[0]["expr"] == expr:
+        return
+    # One transaction: stale rules for this bridge (an older subnet) go as the right one arrives.
+    commands = [
+        {"add": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}},
+        {"add": {"chain": {"family": NFT_FAMILY, "table": NFT_TABLE, "name": NFT_CHAIN, "type": "nat",
+                           "hook": "postrouting", "prio": 100, "policy": "accept"}}},
+    ]
+    commands += [{"delete": {"rule": {"family": NFT_FAMILY, "table": NFT_TABLE, "chain": rule["chain"],
+                                      "handle": rule["handle"]}}} for rule in tagged]
+    commands.append({"add": {"rule": {"family": NFT_FAMILY, "table": NFT_TABLE, "chain": NFT_CHAIN,
+                                      "expr": expr, "comment": _comment(bridge)}}})
+    _nft(commands, bridge, f"add masquerade for {network}")
+
+
+def _remove_nat(bridge):
+    rules = _agent_rules(bridge)
+    if rules is None:
+        return
+    tagged = [rule for rule in rules if rule.get("comment") == _comment(bridge)]
+    commands = [{"delete": {"rule": {"family": NFT_FAMILY, "table": NFT_TABLE, "chain": rule["chain"],
+                                     "handle": rule["handle"]}}} for rule in tagged]
+    if len(tagged) == len(rules):
+        commands = [{"delete": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}}]
+    if commands:
+        _nft(commands, bridge, "remove its masquerade rule")

@@ -1,0 +1,220 @@
+"""The one object the agent exposes over Pyro5: checks every argument, serialises changes, calls the modules."""
+
+import ipaddress
+import logging
+import os
+import re
+import socket
+import threading
+
+from Pyro5.api import behavior, expose
+
+import agent
+from agent import containers, hostinfo, network, storage
+from agent.errors import AgentError, BatchError, Conflict, InvalidArgument, NotFound
+from agent.workers import WorkerPool
+
+log = logging.getLogger("lxc-agent")
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
+
+
+def check_names(names, what="container name"):
+    """Refuse the whole batch before acting if any name is unusable (it becomes a path and a hostname)."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise InvalidArgument(f"expected a list of {what}s, got {type(names).__name__}")
+    bad = [name for name in names
+           if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name]
+    if bad:
+        raise InvalidArgument(f"invalid {what}(s) {bad!r}: use letters, digits, '.' and '-', start with a "
+                              "letter or digit, at most 63 characters, no '..'")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise InvalidArgument(f"{what}(s) listed twice: {duplicates}")
+    return list(names)
+
+
+@expose
+@behavior(instance_mode="single")
+class AgentService:
+    """Batch, idempotent operations on this host's containers and networks."""
+
+    def __init__(self, lxcpath, storage_backend="auto", command_workers=16):
+        os.makedirs(lxcpath, exist_ok=True)
+        self.lxcpath = lxcpath
+        self.backend = storage.choose_backend(lxcpath, storage_backend)
+        # One change at a time on this host; reads and commands in containers do not wait for it.
+        self._changes = threading.Lock()
+        self._lifecycle = WorkerPool(2)
+        self._commands = WorkerPool(command_workers)
+        self._features = hostinfo.kernel_features()
+
+    def close(self):
+        self._lifecycle.shutdown()
+        self._commands.shutdown()
+
+    # -- reading -----------------------------------------------------------------------------------------------
+
+    def info(self):
+        return {"version": agent.__version__, "hostname": socket.gethostname(), "lxcpath": self.lxcpath,
+                "storage": self.backend, "kernel_features": dict(self._features),
+                "memory": hostinfo.memory(), "templates": containers.templates()}
+
+    def list(self, names=None):
+        """State, addresses and memory of the given containers, or of all under lxcpath."""
+        names = containers.list_names(self.lxcpath) if names is None else check_names(names)
+        return self._lifecycle.call(containers.status_many, self.lxcpath, names)
+
+    # -- containers ----------------------------------------------------------------------------------------------
+
+    def create(self, name, template, release=None):
+        """Create from an LXC template; asking again for the same template and release is a no-op."""
+        check_names([name])
+        if template not in containers.templates():
+            raise InvalidArgument(f"unknown template {template!r}; this host has: "
+                                  + ", ".join(containers.templates()))
+        with self._changes:
+            if containers.exists(self.lxcpath, name):
+                made = containers.read_metadata(self.lxcpath, name)
+                if (made.get("template"), made.get("release")) == (template, release) \
+                        and not made.get("clone_of"):
+                    return {"name": name, "created": False}
+                raise Conflict(f"container {name!r} exists but was made from {self._origin(made)}, "
+                               f"not template {template!r}; destroy it first or pick another name",
+                               container=name)
+            log.info("create %s from template %s %s", name, template, release or "")
+            self._lifecycle.call(containers.create, self.lxcpath, name, template, release, self.backend)
+            return {"name": name, "created": True}
+
+    def clone(self, source, names, snapshot=True):
+        """Clone a stopped source to every name; names already cloned from this source are left alone."""
+        check_names([source], "source name")
+        names = check_names(names)
+        if source in names:
+            raise InvalidArgument(f"cannot clone {source!r} onto itself")
+        with self._changes:
+            if not containers.exists(self.lxcpath, source):
+                raise NotFound(f"source container {source!r} does not exist on this host", container=source)
+            if containers.is_running(self.lxcpath, source):
+                raise Conflict(f"source container {source!r} is running; stop it before cloning so the clones "
+                               "get a consistent filesystem", container=source)
+            todo, failed = [], {}
+            for name in names:
+                if not containers.exists(self.lxcpath, name):
+                    todo.append(name)
+                elif containers.read_metadata(self.lxcpath, name).get("clone_of") != source:
+                    made = containers.read_metadata(self.lxcpath, name)
+                    failed[name] = f"exists already, made from {self._origin(made)}, not cloned from {source!r}"
+            backend = self.backend if snapshot else "copy"
+            log.info("clone %s -> %d container(s) by %s", source, len(todo), backend)
+            failed.update(self._lifecycle.call(containers.each, containers.clone, self.lxcpath, todo,
+                                               source, backend))
+            return self._finish("clone", names, failed)
+
+    def set_addresses(self, bridge, addresses, mtu=None):
+        """Give each container {name: "10.0.0.5/24"} a static address on this host's bridge (when stopped)."""
+        if not isinstance(addresses, dict):
+            raise InvalidArgument("addresses must map container name -> address/prefix")
+        names = check_names(list(addresses))
+        host_network = network.get_host_network(bridge)
+        if host_network is None:
+            raise NotFound(f"bridge {bridge!r} is not set up on this host; call ensure_network first")
+        subnet = ipaddress.ip_network(host_network["subnet"])
+        for name, address in addresses.items():
+            self._check_address(name, address, subnet, host_network["gateway"])
+        with self._changes:
+            self._require_existing(names)
+            running = [name for name in names if containers.is_running(self.lxcpath, name)]
+            if running:
+                raise Conflict(f"container(s) {running} are running; stop them before changing addresses")
+            failed = containers.each(_set_network_from_table, self.lxcpath, names, bridge, addresses,
+                                     host_network["gateway"], mtu)
+            return self._finish("set_addresses", names, failed)
+
+    def start(self, names, timeout=60):
+        names = check_names(names)
+        with self._changes:
+            self._require_existing(names)
+            failed = self._lifecycle.call(containers.start_many, self.lxcpath, names, float(timeout))
+            return self._finish("start", names, failed)
+
+    def stop(self, names, timeout=10):
+        """Halt gracefully (all at once), killing what is still running after `timeout` seconds."""
+        names = check_names(names)
+        with self._changes:
+            self._require_existing(names)
+            failed = containers.stop_many(self.lxcpath, names, float(timeout))
+            return self._finish("stop", names, failed)
+
+    def destroy(self, names):
+        """Stop and remove each container with its storage; names that do not exist are already done."""
+        names = check_names(names)
+        with self._changes:
+            present = [name for name in names if containers.exists(self.lxcpath, name)]
+            failed = containers.each(containers.destroy, self.lxcpath, present)
+            return self._finish("destroy", names, failed)
+
+    def run(self, name, argv, stdin=None, env=None, user=None, timeout=None):
+        """Run a command in a running container (liblxc attach, no SSH); exit code, stdout and stderr."""
+        check_names([name])
+        if not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(a, str) for a in argv):
+            raise InvalidArgument("argv must be a non-empty list of strings, e.g. ['hostname']")
+        if env is not None and not (isinstance(env, dict)
+                                    and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+            raise InvalidArgument("env must map strings to strings")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise InvalidArgument(f"timeout must be a positive number of seconds, got {timeout!r}")
+        return self._commands.call(containers.run, self.lxcpath, name, list(argv), stdin, env, user, timeout)
+
+    # -- host network --------------------------------------------------------------------------------------------
+
+    def ensure_network(self, bridge, subnet):
+        """Bridge with the subnet's first address, forwarding and NAT for traffic leaving the host."""
+        with self._changes:
+            return network.ensure_host_network(bridge, subnet)
+
+    def destroy_network(self, bridge):
+        with self._changes:
+            network.destroy_host_network(bridge)
+
+    def list_networks(self):
+        return network.list_host_networks()
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+
+    def _require_existing(self, names):
+        missing = [name for name in names if not containers.exists(self.lxcpath, name)]
+        if missing:
+            raise NotFound(f"no such container(s) on this host: {missing}", containers=missing)
+
+    @staticmethod
+    def _check_address(name, address, subnet, gateway):
+        try:
+            interface = ipaddress.ip_interface(address)
+        except ValueError:
+            raise InvalidArgument(f"address {address!r} for {name!r} is not an IPv4 address/prefix") from None
+        reserved = {subnet.network_address, subnet.broadcast_address, ipaddress.ip_address(gateway)}
+        if interface.network != subnet or interface.ip in reserved:
+            raise InvalidArgument(f"address {address!r} for {name!r} must be a host address inside {subnet} "
+                                  f"other than the gateway {gateway}")
+
+    @staticmethod
+    def _origin(made):
+        if made.get("clone_of"):
+            return f"a clone of {made['clone_of']!r}"
+        if made.get("template"):
+            return f"template {made['template']!r}" + (f" {made['release']}" if made.get("release") else "")
+        return "something else (not made by lxc-agent)"
+
+    @staticmethod
+    def _finish(operation, names, failed):
+        if failed:
+            raise BatchError(operation, [name for name in names if name not in failed], failed)
+        return list(names)
+
+
+def _set_network_from_table(lxcpath, name, bridge, addresses, gateway, mtu):
+    containers.set_network(lxcpath, name, bridge, addresses[name], gateway, mtu)
+
+
+__all__ = ["AgentService", "AgentError", "check_names"]
