@@ -168,15 +168,28 @@ def start_many(lxcpath, names, timeout=30.0):
         container = _container(lxcpath, name)
         if container.running:
             continue
+        log_file = os.path.join(lxcpath, name, "lxc.log")
+        container.set_config_item("lxc.log.file", log_file)
+        container.set_config_item("lxc.log.level", "ERROR")
         if container.start(useinit=False, daemonize=True, close_fds=True):
             started.append(name)
         else:
-            failed[name] = "liblxc could not start it; see the container's log (lxc.log.file) or run lxc-start -F"
+            failed[name] = f"liblxc could not start it: {_last_errors(log_file)} (log: {log_file})"
     deadline = time.monotonic() + timeout
     for name in started:
         if not _container(lxcpath, name).wait("RUNNING", _seconds_left(deadline)):
             failed[name] = f"did not reach RUNNING within {timeout:.0f} s"
     return failed
+
+
+def _last_errors(log_file, count=3):
+    """liblxc's own words for a failed start: the last ERROR lines of the container's log."""
+    try:
+        with open(log_file, errors="replace") as handle:
+            lines = [line.split(" - ", 1)[-1].strip() for line in handle if " ERROR " in line]
+    except OSError:
+        return "no log"
+    return " | ".join(lines[-count:]) or "no error logged"
 
 
 def stop(lxcpath, name, timeout=10.0):
@@ -267,11 +280,15 @@ def run(lxcpath, name, argv, stdin=None, env=None, user=None, timeout=None):
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    _close_on_exec_all()
+    # Python ignores SIGPIPE and an ignored signal survives exec: `yes | head` would never end in there.
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         pid = container.attach(lxc.attach_run_command, list(argv), env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
                                extra_env_vars=[f"{k}={v}" for k, v in environment.items()],
                                stdin=in_r, stdout=out_w, stderr=err_w, uid=uid, gid=gid, initial_cwd=home)
     finally:
+        signal.signal(signal.SIGPIPE, previous)
         for fd in (in_r, out_w, err_w):
             os.close(fd)
     if pid < 0:
@@ -280,6 +297,17 @@ def run(lxcpath, name, argv, stdin=None, env=None, user=None, timeout=None):
         raise ContainerError(f"liblxc could not attach to container {name!r} to run {argv[0]!r}",
                              container=name)
     return _collect(pid, name, argv, in_w, out_r, err_r, (stdin or "").encode(), timeout)
+
+
+def _close_on_exec_all():
+    """The worker holds pipes to the agent; a command (or a daemon it starts) must not inherit them."""
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the fd of the listdir itself, already closed
 
 
 def _collect(pid, name, argv, in_w, out_r, err_r, stdin, timeout):

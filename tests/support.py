@@ -26,9 +26,12 @@ def links(netns=None):
     return sorted(link["ifname"] for link in json.loads(sh("ip", "-j", "link", netns=netns)))
 
 
-def lxc_states(lxcpath):
-    """name -> state from `lxc-ls --fancy`, independent of the bindings."""
-    out = sh("lxc-ls", "-P", lxcpath, "--fancy", "--fancy-format", "NAME,STATE")
+def lxc_states(lxcpath, netns=None):
+    """name -> state from `lxc-ls --fancy`, independent of the bindings.
+
+    LXC's command sockets are abstract, so they exist per network namespace: ask from the agent's namespace.
+    """
+    out = sh("lxc-ls", "-P", lxcpath, "--fancy", "--fancy-format", "NAME,STATE", netns=netns)
     rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
     return {row[0]: row[1] for row in rows}
 

@@ -1,0 +1,150 @@
+"""The agent's container lifecycle through RPC, on real LXC, btrfs and netlink, checked with the real CLIs."""
+
+import ipaddress
+import json
+import os
+import re
+
+import pytest
+
+from agent.errors import BatchError, Conflict
+from tests.support import lxc_states, sh, subvolumes
+
+CLONES = [f"web-{i:03d}" for i in range(16)]
+SUBNET = ipaddress.ip_network("10.231.7.0/24")
+BRIDGE = "lxcbr-test"
+
+
+def subvolume_field(path, field):
+    for line in sh("btrfs", "subvolume", "show", path).splitlines():
+        key, _, value = line.strip().partition(":")
+        if key.strip() == field:
+            return value.strip()
+    raise AssertionError(f"no {field!r} in `btrfs subvolume show {path}`")
+
+
+def host_links(netns):
+    return [link["ifname"] for link in json.loads(sh("ip", "-j", "link", netns=netns))]
+
+
+def test_clone_sixteen_start_run_ping_and_tear_down(agent_in_host, sim_host, lxcpath, btrfs_mount):
+    links_before = host_links(sim_host.netns)
+    agent = agent_in_host.connect()
+    assert agent.info()["storage"] == "btrfs"
+
+    assert agent.create("base", "busybox") == {"name": "base", "created": True}
+    network = agent.ensure_network(BRIDGE, str(SUBNET))
+    assert network["gateway"] == "10.231.7.1"
+    addresses = {name: f"{SUBNET[10 + i]}/24" for i, name in enumerate(CLONES)}
+
+    assert agent.clone("base", CLONES) == CLONES
+    assert agent.set_addresses(BRIDGE, addresses) == CLONES
+    assert agent.start(CLONES) == CLONES
+
+    states = agent_in_host.states()
+    assert {name: states[name] for name in CLONES} == {name: "RUNNING" for name in CLONES}
+    assert states["base"] == "STOPPED"
+    base_uuid = subvolume_field(os.path.join(lxcpath, "base", "rootfs"), "UUID")
+    for name in CLONES:
+        assert subvolume_field(os.path.join(lxcpath, name, "rootfs"), "Parent UUID") == base_uuid
+
+    for name in CLONES:
+        assert agent.run(name, ["hostname"])["stdout"].strip() == name
+        shown = agent.run(name, ["ip", "-4", "addr", "show", "eth0"])["stdout"]
+        assert re.search(rf"inet {re.escape(addresses[name])}\b", shown), shown
+        ping = agent.run(name, ["ping", "-c", "1", "-W", "2", network["gateway"]])
+        assert ping["exit_code"] == 0, ping
+    listed = {entry["name"]: entry for entry in agent.list(CLONES)}
+    assert all(listed[name]["addresses"] == [addresses[name].split("/")[0]] for name in CLONES)
+    assert all(listed[name]["memory"] > 0 for name in CLONES)
+
+    assert agent.stop(CLONES) == CLONES
+    assert set(agent_in_host.states().values()) == {"STOPPED"}
+    assert agent.destroy(CLONES + ["base"]) == CLONES + ["base"]
+    agent.destroy_network(BRIDGE)
+
+    assert agent_in_host.states() == {}
+    assert [path for path in subvolumes(btrfs_mount) if path.startswith(os.path.basename(lxcpath))] == []
+    assert host_links(sim_host.netns) == links_before
+
+
+def test_every_operation_is_idempotent(loopback_agent, lxcpath):
+    agent = loopback_agent.connect()
+    assert agent.create("solo", "busybox")["created"] is True
+    assert agent.create("solo", "busybox")["created"] is False
+    assert agent.clone("solo", ["twin"]) == ["twin"]
+    assert agent.clone("solo", ["twin"]) == ["twin"]
+    # No network assigned: the container runs with loopback only.
+    assert agent.start(["twin"]) == ["twin"]
+    assert agent.start(["twin"]) == ["twin"]
+    assert agent.stop(["twin"]) == ["twin"]
+    assert agent.stop(["twin"]) == ["twin"]
+    assert agent.destroy(["twin", "solo"]) == ["twin", "solo"]
+    assert agent.destroy(["twin", "solo"]) == ["twin", "solo"]
+    assert lxc_states(lxcpath) == {}
+
+
+def test_a_clone_does_not_see_later_changes_to_its_source(loopback_agent, lxcpath):
+    agent = loopback_agent.connect()
+    agent.create("origin", "busybox")
+    agent.clone("origin", ["copy1"])
+    with open(os.path.join(lxcpath, "origin", "rootfs", "etc", "after-clone"), "w") as handle:
+        handle.write("written after the clone\n")
+    assert not os.path.exists(os.path.join(lxcpath, "copy1", "rootfs", "etc", "after-clone"))
+    agent.start(["copy1"])
+    assert agent.run("copy1", ["ls", "/etc/after-clone"])["exit_code"] != 0
+    assert agent.run("copy1", ["cat", "/etc/hostname"])["stdout"] == "copy1\n"
+
+
+def test_copy_backend_makes_independent_full_copies(lxcpath, pki_dir):
+    from tests.agent.conftest import AgentProcess, free_port
+    process = AgentProcess(lxcpath, pki_dir, f"127.0.0.1:{free_port()}", extra=["--storage", "copy"])
+    try:
+        agent = process.connect()
+        assert agent.info()["storage"] == "copy"
+        agent.create("plain", "busybox")
+        assert agent.clone("plain", ["plain-copy"]) == ["plain-copy"]
+        clone_rootfs = os.path.join(lxcpath, "plain-copy", "rootfs")
+        assert os.path.exists(os.path.join(clone_rootfs, "bin", "busybox"))
+        assert sh("stat", "-c", "%i", clone_rootfs).strip() != "256", "a copy is not a btrfs subvolume"
+        agent.start(["plain-copy"])
+        assert agent.run("plain-copy", ["hostname"])["stdout"].strip() == "plain-copy"
+        agent.destroy(["plain-copy", "plain"])
+        assert lxc_states(lxcpath) == {}
+    finally:
+        process.stop()
+
+
+def test_a_batch_that_fails_part_way_names_both_sides_and_leaves_nothing_half_made(loopback_agent, lxcpath):
+    agent = loopback_agent.connect()
+    agent.create("first", "busybox")
+    agent.create("other", "busybox")
+    agent.clone("other", ["taken"])
+    with pytest.raises(BatchError) as caught:
+        agent.clone("first", ["fresh-1", "taken", "fresh-2"])
+    error = caught.value
+    assert error.succeeded == ["fresh-1", "fresh-2"]
+    assert list(error.failed) == ["taken"] and "a clone of 'other'" in error.failed["taken"]
+    assert sorted(lxc_states(lxcpath)) == ["first", "fresh-1", "fresh-2", "other", "taken"]
+    assert os.path.exists(os.path.join(lxcpath, "first", "rootfs", "bin", "busybox")), "source intact"
+
+
+def test_run_passes_stdin_env_user_and_exit_code(loopback_agent):
+    agent = loopback_agent.connect()
+    agent.create("runner", "busybox")
+    agent.start(["runner"])
+    result = agent.run("runner", ["sh", "-c", 'read line; echo "$line $GREETING $(id -u)"; echo oops >&2; exit 7'],
+                       stdin="hello\n", env={"GREETING": "world"})
+    assert result == {"exit_code": 7, "stdout": "hello world 0\n", "stderr": "oops\n"}
+    agent.run("runner", ["sh", "-c", "echo 'tester:x:1234:1234::/tmp:/bin/sh' >> /etc/passwd"])
+    as_tester = agent.run("runner", ["sh", "-c", 'echo "$(id -u) $HOME $USER $(pwd)"'], user="tester")
+    assert as_tester["stdout"] == "1234 /tmp tester /tmp\n"
+    big = agent.run("runner", ["sh", "-c", "yes 0123456789 | head -c 3000000"])
+    assert len(big["stdout"]) == 3000000
+
+
+def test_running_a_command_in_a_stopped_container_is_refused(loopback_agent):
+    agent = loopback_agent.connect()
+    agent.create("idle", "busybox")
+    with pytest.raises(Conflict, match="'idle' is not running; start it first"):
+        agent.run("idle", ["true"])
