@@ -299,6 +299,30 @@ def run(lxcpath, name, argv, stdin=None, env=None, user=None, timeout=None):
     return _collect(pid, name, argv, in_w, out_r, err_r, (stdin or "").encode(), timeout)
 
 
+def _kill_tree(pid):
+    """Kill a timed-out command and everything it started (they would otherwise live on in the container)."""
+    for _ in range(2):  # a second pass catches children forked while the first was killing
+        children = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as handle:
+                        parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(parent, []).append(int(entry))
+        tree, queue = [], [pid]
+        while queue:
+            current = queue.pop()
+            tree.append(current)
+            queue.extend(children.get(current, []))
+        for member in tree:
+            try:
+                os.kill(member, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def _close_on_exec_all():
     """The worker holds pipes to the agent; a command (or a daemon it starts) must not inherit them."""
     for entry in os.listdir("/proc/self/fd"):
@@ -348,10 +372,7 @@ def _collect(pid, name, argv, in_w, out_r, err_r, stdin, timeout):
         os.close(key.fd)
     selector.close()
     if timed_out:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_tree(pid)
     _, status_code = os.waitpid(pid, 0)
     stdout = b"".join(chunks[out_r]).decode("utf-8", "replace")
     stderr = b"".join(chunks[err_r]).decode("utf-8", "replace")

@@ -10,6 +10,7 @@ class AgentError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        self.__dict__.update(details)  # error.container, error.stdout ... for callers
 
     def __str__(self):
         return self.message

@@ -1,0 +1,171 @@
+"""The `coordinator` command: validate a config, print its plan (deploy, list, show and destroy come later).
+
+Only the project's own errors (ConfigError) become a message and exit code 1; anything else keeps its traceback.
+"""
+
+import argparse
+import sys
+
+from coordinator import topology
+from coordinator.config import ConfigError, load_config
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as error:
+        print(_errors(error, args.config), file=sys.stderr)
+        return 1
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="coordinator",
+                                     description="Plan and deploy dummy OpenStack clouds in LXC containers.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check a config; print every problem found",
+                                   description="Check a config (syntax, schemas, networks, placeholders, plan).")
+    validate.add_argument("config", metavar="CONFIG", help="the deployment config (JSON or YAML)")
+    validate.set_defaults(run=_validate)
+
+    plan = commands.add_parser("plan", help="print the whole plan: hosts, subnets, nodes, addresses, tunnels",
+                               description="Print the plan the deploy would carry out, without touching anything.")
+    plan.add_argument("config", metavar="CONFIG", help="the deployment config (JSON or YAML)")
+    plan.add_argument("--format", choices=("table", "json"), default="table",
+                      help="table for people (default), json for scripts")
+    plan.add_argument("--nodes", action="store_true", help="table: list every node, one line each")
+    plan.add_argument("--local-conf", action="store_true", help="table: print each node's local.conf")
+    plan.add_argument("--node", action="append", metavar="NAME", default=[],
+                      help="table: only these nodes for --nodes and --local-conf (repeatable)")
+    plan.set_defaults(run=_plan)
+    return parser
+
+
+def _errors(error, source):
+    problems = error.problems
+    if len(problems) == 1:
+        return f"{source}: error: {problems[0]}"
+    lines = [f"{source}: {len(problems)} errors:"]
+    lines += [f"  {problem}" for problem in problems]
+    return "\n".join(lines)
+
+
+def _validate(args):
+    config = load_config(args.config)
+    result = topology.plan(config)
+    print(f"{args.config}: valid {config.type}: {summary(result)}")
+    return 0
+
+
+def summary(result):
+    """One line: node counts by role and kind, hosts, and the controller's address."""
+    roles = _count(node.role for node in result.nodes)
+    kinds = _count(node.kind for node in result.nodes)
+    by_role = ", ".join(f"{count} {role}" for role, count in roles.items())
+    by_kind = ", ".join(f"{count} {_KIND_WORDS[kind]}" for kind, count in kinds.items())
+    text = (f"{len(result.nodes)} node(s) ({by_role}; {by_kind}) on {len(result.hosts)} host(s), "
+            f"{len(result.tunnels)} tunnel(s)")
+    if result.controller_address:
+        text += f"; controller {result.controller} at {result.controller_address}"
+    return text
+
+
+_KIND_WORDS = {"standalone": "standalone container(s)", "first": "first compute(s)", "clone": "clone(s)",
+               "host": "on hardware node(s) directly"}
+
+
+def _count(items):
+    counts = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def _plan(args):
+    result = topology.plan(load_config(args.config))
+    if args.format == "json":
+        sys.stdout.write(result.to_json())
+        return 0
+    wanted = set(args.node)
+    unknown = sorted(wanted - {node.name for node in result.nodes})
+    if unknown:
+        print(f"coordinator plan: no node named {', '.join(unknown)} in this plan", file=sys.stderr)
+        return 1
+    sys.stdout.write(render_table(result, args.config, nodes=args.nodes, local_conf=args.local_conf,
+                                  only=wanted))
+    return 0
+
+
+def render_table(result, source, nodes=False, local_conf=False, only=()):
+    """The plan for people: summary, hosts and their subnets, groups with name and address ranges, tunnels."""
+    out = [f"Plan for {source} ({result.type})", summary(result)]
+    if result.controller_address:
+        out.append(f"Controller address: {result.controller_address} ({result.controller})")
+    out.append("")
+    out.append("Hosts")
+    rows = []
+    for host in result.hosts:
+        agent = host.address if host.port is None else f"{host.address}:{host.port}"
+        networks = host.networks or (None,)
+        for network in networks:
+            rows.append([str(host.index), agent, host.user or "-",
+                         network.subnet if network else "-", network.gateway if network else "-",
+                         network.bridge if network else "-", str(network.containers) if network else "0",
+                         str(host.nodes)])
+    out += _table(["#", "HOST", "USER", "SUBNET", "GATEWAY", "BRIDGE", "CONTAINERS", "NODES"], rows)
+    out.append("")
+    out.append("Groups")
+    rows = []
+    placed = {}
+    for node in result.nodes:
+        placed.setdefault((node.group, node.host), []).append(node)
+    for group in result.groups:
+        for host in group.hosts:
+            here = placed.get((group.index, host), [])
+            kinds = _count(node.kind for node in here)
+            kind = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+            rows.append([str(group.index), group.path or "(top)", group.role, kind, host, str(len(here)),
+                         _span([node.name for node in here]), _span([node.address for node in here])])
+    out += _table(["#", "CONFIG", "ROLE", "KIND", "HOST", "NODES", "NAMES", "ADDRESSES"], rows)
+    out.append("")
+    if result.tunnels:
+        out.append("Tunnels")
+        out += _table(["KIND", "HOST", "SUBNET", "REMOTE"],
+                      [[t.kind, t.host, t.subnet, t.remote] for t in result.tunnels])
+    else:
+        out.append("Tunnels: none")
+    shown = [node for node in result.nodes if not only or node.name in only]
+    if nodes:
+        out.append("")
+        out.append("Nodes")
+        out += _table(["NAME", "ROLE", "KIND", "HOST", "ADDRESS", "SOURCE"],
+                      [[n.name, n.role, n.kind, n.host, n.address if n.prefixlen is None
+                        else f"{n.address}/{n.prefixlen}", n.source or "-"] for n in shown])
+    if local_conf:
+        for node in shown:
+            out.append("")
+            out.append(f"# local.conf of {node.name} ({node.role}, {node.address} on {node.host})")
+            out.append(node.local_conf.rstrip("\n"))
+    return "\n".join(out) + "\n"
+
+
+def _span(values):
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return values[0]
+    return f"{values[0]} .. {values[-1]}"
+
+
+def _table(header, rows):
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = []
+    for row in [header] + rows:
+        lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

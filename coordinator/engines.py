@@ -1,0 +1,281 @@
+"""The seed's engines: MultihostEngine (a controller and nodes), DevstackEngine (devstack on what a provider gives),
+LxcEngine (one devstack container per host, then clones of it).
+
+Each carries its schema and pure checks; its model says, through `groups(role)`, which groups of nodes it asks
+the planner for. Names, subnets and addresses are the planner's (topology.py), decided in one place.
+"""
+
+from dataclasses import dataclass
+
+from coordinator import localconf, plugins
+from coordinator.config import Problem, describe, nearest
+from coordinator.providers import (
+    COUNT_SCHEMA, DEFAULT_DISTRIBUTION, DEFAULT_TUNNEL_TYPE, DISTRIBUTION_SCHEMA, NAME_PREFIX_SCHEMA,
+    NETWORK_SCHEMA, RELEASE_SCHEMA, TUNNEL_TO_SCHEMA, TUNNEL_TYPE_SCHEMA, Containers, check_containers,
+    clean_prefix, parse_network, unique,
+)
+
+DEFAULT_DEVSTACK_REPO = "https://opendev.org/openstack/devstack"
+DEFAULT_DEVSTACK_BRANCH = "master"
+
+LOCALRC_SCHEMA = {
+    "type": "object",
+    "propertyNames": {
+        "pattern": localconf.KEY.pattern,
+        "x-expected": "a shell variable name (letters, digits and '_', not starting with a digit), "
+                      "optionally ending in '+' to append",
+    },
+    "properties": {
+        "enable_plugin": {
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "x-expected": "'NAME URL [BRANCH]' or a list of them",
+        },
+    },
+    "additionalProperties": {"type": ["string", "integer", "number", "boolean"],
+                             "x-expected": "a string, a number or true/false"},
+}
+
+
+@dataclass(frozen=True)
+class Devstack:
+    """What devstack is told on a node: localrc items in config order, plugins, and where devstack comes from."""
+
+    localrc: tuple          # ((key, value as text), ...) without the defaults
+    plugins: tuple          # (("heat", "https://...", "master"), ...)
+    repo: str
+    branch: str
+    path: str               # the localrc section's path, for messages
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A group of nodes one engine asks for: the same settings on each of `hosts`, `per_host` times."""
+
+    path: str
+    role: str               # controller | compute
+    kind: str               # standalone (LxcProvider) | cloned (LxcEngine) | host (devstack on the node itself)
+    hosts: tuple            # providers.Credential, in config order
+    per_host: int
+    prefix: str | None
+    network: object         # ipaddress.IPv4Network given by start_lxc_network, or None for the host's default
+    tunnel_to: tuple
+    tunnel_type: str
+    distribution: str | None
+    release: str | None
+    start_script: str | None
+    devstack: Devstack
+    count_path: str
+    network_path: str
+
+
+@dataclass(frozen=True)
+class DevstackModel:
+    devstack: Devstack
+    provider: object        # providers.Containers, providers.Servers, or None inside an LxcEngine
+    path: str
+
+    def groups(self, role):
+        provider = self.provider
+        if isinstance(provider, Containers):
+            return (GroupSpec(
+                path=self.path, role=role, kind="standalone", hosts=provider.hosts.credentials,
+                per_host=provider.containers_per_host, prefix=provider.prefix, network=provider.network,
+                tunnel_to=provider.tunnel_to, tunnel_type=provider.tunnel_type,
+                distribution=provider.distribution, release=provider.release, start_script=None,
+                devstack=self.devstack, count_path=provider.count_path, network_path=provider.network_path),)
+        return (GroupSpec(
+            path=self.path, role=role, kind="host", hosts=provider.credentials, per_host=1, prefix=None,
+            network=None, tunnel_to=(), tunnel_type=DEFAULT_TUNNEL_TYPE, distribution=None, release=None,
+            start_script=None, devstack=self.devstack, count_path=provider.path, network_path=provider.path),)
+
+
+@dataclass(frozen=True)
+class LxcEngineModel:
+    hosts: object           # providers.Servers
+    engine: DevstackModel
+    containers_per_host: int
+    prefix: str | None
+    distribution: str
+    release: str | None
+    network: object
+    tunnel_to: tuple
+    tunnel_type: str
+    start_script: str | None
+    path: str
+    count_path: str
+    network_path: str
+
+    def groups(self, role):
+        return (GroupSpec(
+            path=self.path, role=role, kind="cloned", hosts=self.hosts.credentials,
+            per_host=self.containers_per_host, prefix=self.prefix, network=self.network,
+            tunnel_to=self.tunnel_to, tunnel_type=self.tunnel_type, distribution=self.distribution,
+            release=self.release, start_script=self.start_script, devstack=self.engine.devstack,
+            count_path=self.count_path, network_path=self.network_path),)
+
+
+@dataclass(frozen=True)
+class MultihostModel:
+    controller: DevstackModel
+    nodes: tuple
+    path: str
+
+    def groups(self, role=None):
+        groups = list(self.controller.groups("controller"))
+        for node in self.nodes:
+            groups.extend(node.groups("compute"))
+        return tuple(groups)
+
+
+def _placeholder_problems(value, where, ctx):
+    problems = []
+    for name in localconf.placeholders(value):
+        if name not in localconf.PLACEHOLDERS:
+            known = ", ".join("{" + known + "}" for known in localconf.PLACEHOLDERS)
+            guess = nearest(name, localconf.PLACEHOLDERS)
+            hint = f"did you mean '{{{guess}}}'?" if guess else f"known: {known}"
+            problems.append(Problem(where, f"unknown placeholder '{{{name}}}'; {hint} "
+                                           f"(write '${{{name}}}' for a shell variable)"))
+        elif ctx.role == "controller":
+            problems.append(Problem(where, "'{controller_ip}' cannot be used in the controller's own settings: "
+                                           "it stands for the controller's address, which the controller's "
+                                           "devstack finds by itself"))
+        elif ctx.role == "standalone":
+            problems.append(Problem(where, "'{controller_ip}' is only known for the nodes of a MultihostEngine: "
+                                           "this config has no separate controller"))
+    return problems
+
+
+@plugins.engine
+class DevstackEngine(plugins.Plugin):
+    """Devstack on every node a provider gives (containers of an LxcProvider, or the hardware nodes themselves)."""
+
+    NAME = "DevstackEngine"
+    SCHEMA = {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string"},
+            "localrc": LOCALRC_SCHEMA,
+            "devstack_repo": {"type": "string", "pattern": r"^\S+$",
+                              "x-expected": "a git URL or path, without spaces"},
+            "devstack_branch": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+                                "x-expected": "a git branch or tag name"},
+            "provider": {},
+        },
+        "additionalProperties": False,
+    }
+    SLOTS = {"provider": plugins.Slot("provider", ("LxcProvider", "ExistingServers"),
+                                      "the machines devstack runs on")}
+
+    @classmethod
+    def check(cls, cfg, site, ctx):
+        problems = []
+        inside_lxc = ctx.inside == "LxcEngine"
+        if inside_lxc and "provider" in cfg:
+            problems.append(Problem(site.at("provider"),
+                                    "LxcEngine makes the containers this devstack runs in; remove 'provider' "
+                                    "here (LxcEngine's own 'provider' gives the hardware nodes)"))
+        if not inside_lxc and "provider" not in cfg:
+            problems.append(Problem(str(site), "missing required key 'provider': where devstack runs "
+                                               "(LxcProvider for containers, ExistingServers for hardware nodes)"))
+        for key, value in cfg.get("localrc", {}).items():
+            where = site.at("localrc", key)
+            if key == "enable_plugin":
+                entries = [value] if isinstance(value, str) else value
+                for index, entry in enumerate(entries):
+                    spot = where if isinstance(value, str) else f"{where}[{index}]"
+                    words = entry.split()
+                    if not 2 <= len(words) <= 3:
+                        problems.append(Problem(spot, f"expected 'NAME URL [BRANCH]', got {describe(entry)}"))
+                    problems += _placeholder_problems(entry, spot, ctx)
+                continue
+            text = localconf.as_text(value)
+            if localconf.has_control(text):
+                problems.append(Problem(where, "a value must be one line, without control characters "
+                                               "(devstack reads local.conf line by line)"))
+            problems += _placeholder_problems(text, where, ctx)
+        return problems
+
+    @classmethod
+    def build(cls, cfg, site, children, ctx):
+        localrc = cfg.get("localrc", {})
+        entries = localrc.get("enable_plugin", ())
+        entries = [entries] if isinstance(entries, str) else entries
+        devstack = Devstack(
+            localrc=tuple((key, localconf.as_text(value)) for key, value in localrc.items()
+                          if key != "enable_plugin"),
+            plugins=tuple(tuple(entry.split()) for entry in entries),
+            repo=cfg.get("devstack_repo", DEFAULT_DEVSTACK_REPO),
+            branch=cfg.get("devstack_branch", DEFAULT_DEVSTACK_BRANCH),
+            path=site.at("localrc"),
+        )
+        return DevstackModel(devstack=devstack, provider=children.get("provider"), path=str(site))
+
+
+@plugins.engine
+class LxcEngine(plugins.Plugin):
+    """Devstack in the first container of each host, then `containers_per_host - 1` clones of it there."""
+
+    NAME = "LxcEngine"
+    SCHEMA = {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string"},
+            "containers_per_host": COUNT_SCHEMA,
+            "container_name_prefix": NAME_PREFIX_SCHEMA,
+            "distribution": DISTRIBUTION_SCHEMA,
+            "release": RELEASE_SCHEMA,
+            "start_lxc_network": NETWORK_SCHEMA,
+            "tunnel_to": TUNNEL_TO_SCHEMA,
+            "tunnel_type": TUNNEL_TYPE_SCHEMA,
+            "start_script": {"type": "string", "minLength": 1},
+            "provider": {},
+            "engine": {},
+        },
+        "required": ["provider", "engine"],
+        "additionalProperties": False,
+    }
+    SLOTS = {
+        "provider": plugins.Slot("provider", ("ExistingServers",),
+                                 "LxcEngine's provider gives the hardware nodes for its containers"),
+        "engine": plugins.Slot("engine", ("DevstackEngine",), "what runs in the first container of each host"),
+    }
+
+    @classmethod
+    def check(cls, cfg, site, ctx):
+        return check_containers(cfg, site)
+
+    @classmethod
+    def build(cls, cfg, site, children, ctx):
+        network = parse_network(cfg["start_lxc_network"])[0] if "start_lxc_network" in cfg else None
+        return LxcEngineModel(
+            hosts=children["provider"], engine=children["engine"],
+            containers_per_host=int(cfg.get("containers_per_host", 1)),  # JSON Schema lets 4.0 be an integer
+            prefix=clean_prefix(cfg.get("container_name_prefix")),
+            distribution=cfg.get("distribution", DEFAULT_DISTRIBUTION), release=cfg.get("release"),
+            network=network, tunnel_to=unique(cfg.get("tunnel_to", ())),
+            tunnel_type=cfg.get("tunnel_type", DEFAULT_TUNNEL_TYPE), start_script=cfg.get("start_script"),
+            path=str(site), count_path=site.at("containers_per_host"), network_path=site.at("start_lxc_network"))
+
+
+@plugins.engine
+class MultihostEngine(plugins.Plugin):
+    """One controller, then groups of compute nodes whose settings may say `{controller_ip}`."""
+
+    NAME = "MultihostEngine"
+    SCHEMA = {
+        "type": "object",
+        "properties": {"type": {"type": "string"}, "controller": {}, "nodes": {}},
+        "required": ["controller", "nodes"],
+        "additionalProperties": False,
+    }
+    SLOTS = {
+        "controller": plugins.Slot("engine", ("DevstackEngine",),
+                                   "the controller is one DevstackEngine", role="controller"),
+        "nodes": plugins.Slot("engine", ("DevstackEngine", "LxcEngine"), "the compute nodes",
+                              role="compute", many=True),
+    }
+
+    @classmethod
+    def build(cls, cfg, site, children, ctx):
+        return MultihostModel(controller=children["controller"], nodes=children["nodes"], path=str(site))

@@ -1,0 +1,94 @@
+"""PURE: devstack's local.conf for one node, and the `{placeholder}`s a config may use in its values.
+
+Devstack sources the `[[local|localrc]]` section with bash, so every value is written in double quotes with
+everything but plain `$NAME` / `${NAME}` references escaped: references still expand, nothing else can run.
+"""
+
+import re
+
+# What a value may say that the plan fills in: name -> what it stands for.
+PLACEHOLDERS = {"controller_ip": "the controller's planned address"}
+
+# `{name}`, but not the shell's own `${name}`.
+_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# The only shell expansions left active: `$NAME` and `${NAME}` (no `$(...)`, no `${X:-...}`, no backquotes).
+_REFERENCE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
+_SPECIAL = re.compile(r'([\\"`$])')
+KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\+?$")
+# Control characters and Unicode line separators would end a line for some reader of local.conf (devstack reads
+# it line by line) or confuse the shell; a tab is fine.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+# Devstack stops to ask for these when they are missing; any of them can be set in the config instead.
+DEFAULT_PASSWORDS = (
+    ("ADMIN_PASSWORD", "admin"),
+    ("DATABASE_PASSWORD", "rally"),
+    ("RABBIT_PASSWORD", "rally"),
+    ("SERVICE_PASSWORD", "rally"),
+    ("SERVICE_TOKEN", "rally"),
+)
+
+SECTION = "[[local|localrc]]"
+
+
+def placeholders(text):
+    """The placeholder names used in a value, in order."""
+    return [match.group(1) for match in _PLACEHOLDER.finditer(text)]
+
+
+def resolve(text, values):
+    """Fill in known placeholders; anything else (`$DEST/logs`, `${VAR}`) stays as written."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def has_control(text):
+    return _CONTROL.search(text) is not None
+
+
+def as_text(value):
+    """A config value as devstack sees it: JSON true/false become True/False, as devstack writes them."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return str(value)
+
+
+def with_defaults(items):
+    """The default passwords, then the configured items (a configured key replaces its default in place)."""
+    merged = dict(DEFAULT_PASSWORDS)
+    for key, value in items:
+        merged[key] = value
+    return merged
+
+
+def quote(value):
+    """`value` as one bash word in double quotes: `$NAME` and `${NAME}` expand, nothing else does."""
+    out = []
+    pos = 0
+    for match in _REFERENCE.finditer(value):
+        out.append(_SPECIAL.sub(r"\\\1", value[pos:match.start()]))
+        out.append(match.group(0))
+        pos = match.end()
+    out.append(_SPECIAL.sub(r"\\\1", value[pos:]))
+    return '"' + "".join(out) + '"'
+
+
+def _literal(word):
+    """A word that must not expand at all (plugin names, URLs), in single quotes."""
+    return "'" + word.replace("'", "'\\''") + "'"
+
+
+def render(localrc, plugins=()):
+    """The text of local.conf: `KEY="value"` (`KEY+=` for a key ending in '+'), then `enable_plugin` lines."""
+    lines = [SECTION]
+    for key, value in localrc.items():
+        if not KEY.match(key):
+            raise ValueError(f"not a shell variable name: {key!r}")
+        if has_control(value):
+            raise ValueError(f"{key}: a value must be one line without control characters")
+        if key.endswith("+"):
+            lines.append(f"{key[:-1]}+={quote(value)}")
+        else:
+            lines.append(f"{key}={quote(value)}")
+    for words in plugins:
+        lines.append("enable_plugin " + " ".join(_literal(word) for word in words))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,520 @@
+"""PURE: a validated config -> the whole deployment plan (hosts, subnets, bridges, containers, addresses, tunnels,
+local.conf per node). Naming and addressing are decided here and nowhere else, so a plan can be printed, reviewed
+and tested before one container exists; the deploy only walks it.
+
+Networks: each host gets one default subnet (10.100.1.0/24 for the first, the next /24 for each next host,
+skipping any range a config gives itself); every group without `start_lxc_network` shares its host's default
+subnet and bridge, with disjoint addresses (controller first, then the nodes in order). A group with its own
+`start_lxc_network` gets start + i * size on its i-th host, and its own bridge there, unless that is exactly a
+subnet already used on that host, which is then shared. No two subnets may overlap.
+
+Names: `<prefix>-<subnet tag>-<index>` like Rally's engines (`devstack-compute-10-100-1-007`), the index three
+digits or more and counted on across groups with the same prefix and subnet, so names are unique everywhere.
+"""
+
+import bisect
+import ipaddress
+import json
+from dataclasses import dataclass, fields
+
+from coordinator import localconf
+from coordinator.config import ConfigError, Problem
+from coordinator.providers import Credential, capacity, too_small
+
+PLAN_VERSION = 1
+DEFAULT_NETWORK = ipaddress.IPv4Network("10.100.1.0/24")
+NAME_MAX = 63
+_LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+@dataclass(frozen=True)
+class Network:
+    """One container subnet on one host, with its bridge; the gateway (first address) sits on the bridge."""
+
+    subnet: str
+    gateway: str
+    prefixlen: int
+    bridge: str
+    containers: int
+
+
+@dataclass(frozen=True)
+class Host:
+    """A hardware node, reached through its agent at `address` (the credential's host)."""
+
+    index: int
+    address: str
+    user: str | None
+    port: int | None        # agent overrides from the credential; None = the coordinator's defaults
+    ca: str | None
+    cert: str | None
+    key: str | None
+    token_file: str | None
+    subnet: str | None      # the first (usually only) of `networks`, for the common case
+    gateway: str | None
+    bridge: str | None
+    networks: tuple         # Network, one per bridge to create
+    nodes: int
+
+
+@dataclass(frozen=True)
+class Node:
+    """One devstack node: a container (standalone, first, clone) or a hardware node itself (host)."""
+
+    name: str
+    role: str               # controller | compute
+    kind: str               # standalone | first | clone | host
+    source: str | None      # for a clone: the first container on its host, to clone from
+    group: int
+    host: str
+    address: str
+    prefixlen: int | None
+    gateway: str | None
+    subnet: str | None
+    bridge: str | None
+    distribution: str | None
+    release: str | None
+    devstack_repo: str
+    devstack_branch: str
+    start_script: str | None
+    localrc: dict           # resolved: default passwords, then the config's items with placeholders filled in
+    plugins: tuple          # enable_plugin arguments, one tuple per plugin
+    local_conf: str
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """Containers of `subnet` on `host` reach `remote` through a tunnel of `kind` (ipip or vxlan)."""
+
+    kind: str
+    host: str
+    remote: str
+    subnet: str
+
+
+@dataclass(frozen=True)
+class Group:
+    """One group of the config (the controller, or one entry of nodes), as planned."""
+
+    index: int
+    path: str
+    role: str
+    kind: str               # standalone | cloned | host
+    hosts: tuple
+    per_host: int
+    nodes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The deployment, decided: plain data, JSON-serialisable, the same config giving the same plan byte for byte."""
+
+    version: int
+    type: str
+    controller: str | None          # the controller node's name, when there is exactly one
+    controller_address: str | None
+    hosts: tuple
+    groups: tuple
+    nodes: tuple
+    tunnels: tuple
+
+    def to_dict(self):
+        return _plain(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data):
+        """The inverse of to_dict, for a plan read back from a store."""
+        if data.get("version") != PLAN_VERSION:
+            raise ValueError(f"plan version {data.get('version')!r}, expected {PLAN_VERSION}")
+        hosts = tuple(Host(**{**host, "networks": tuple(Network(**n) for n in host["networks"])})
+                      for host in data["hosts"])
+        groups = tuple(Group(**{**group, "hosts": tuple(group["hosts"])}) for group in data["groups"])
+        nodes = tuple(Node(**{**node, "plugins": tuple(tuple(p) for p in node["plugins"])})
+                      for node in data["nodes"])
+        tunnels = tuple(Tunnel(**tunnel) for tunnel in data["tunnels"])
+        return cls(version=data["version"], type=data["type"], controller=data["controller"],
+                   controller_address=data["controller_address"], hosts=hosts, groups=groups, nodes=nodes,
+                   tunnels=tunnels)
+
+    def host(self, address):
+        for host in self.hosts:
+            if host.address == address:
+                return host
+        raise KeyError(f"no host {address!r} in this plan")
+
+    def nodes_on(self, address):
+        return tuple(node for node in self.nodes if node.host == address)
+
+    def tunnels_from(self, address):
+        return tuple(tunnel for tunnel in self.tunnels if tunnel.host == address)
+
+
+def _plain(value):
+    if hasattr(value, "__dataclass_fields__"):
+        return {field.name: _plain(getattr(value, field.name)) for field in fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------- names and bridges
+
+def subnet_tag(network):
+    """The subnet as a name part: the octets its prefix covers (10.100.1.0/24 -> 10-100-1). Unique per subnet."""
+    octets = str(network.network_address).split(".")
+    return "-".join(octets[:max(1, -(-network.prefixlen // 8))])
+
+
+def bridge_name(network):
+    """`lxcbr-` and the subnet's address in hex: 14 characters (Linux allows 15), one per subnet on a host."""
+    return f"lxcbr-{int(network.network_address):08x}"
+
+
+def container_name(prefix, network, index):
+    return f"{prefix}-{subnet_tag(network)}-{index:03d}"
+
+
+# ---------------------------------------------------------------- the planner
+
+@dataclass
+class _Pool:
+    """The addresses of one subnet on one host while they are handed out."""
+
+    host: str
+    network: ipaddress.IPv4Network
+    users: list
+    needed: int = 0
+    used: int = 0
+
+
+class _Ranges:
+    """Address ranges already taken, for fast 'does this overlap anything' questions."""
+
+    def __init__(self, networks):
+        spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in networks)
+        self._starts = [start for start, _ in spans]
+        self._max_end = []
+        top = -1
+        for _, end in spans:
+            top = max(top, end)
+            self._max_end.append(top)
+
+    def overlaps(self, start, end):
+        index = bisect.bisect_right(self._starts, end)
+        return index > 0 and self._max_end[index - 1] >= start
+
+
+def plan(config):
+    """The plan for a validated config (coordinator.config.Config); ConfigError for what only the whole shows."""
+    specs = config.groups()
+    problems = []
+    hosts = _plan_hosts(specs, problems)
+    if problems:
+        raise ConfigError(problems, config.source)
+    subnets = _plan_subnets(specs, hosts, problems)
+    if problems:
+        raise ConfigError(problems, config.source)
+    pools = _plan_pools(specs, subnets, problems)
+    if problems:
+        raise ConfigError(problems, config.source)
+    drafts = _plan_nodes(specs, subnets, pools, problems)
+    controller = _find_controller(config, specs, drafts, problems)
+    tunnels = _plan_tunnels(specs, subnets, problems)
+    if problems:
+        raise ConfigError(problems, config.source)
+    values = {"controller_ip": controller.address} if controller else {}
+    nodes = _finish_nodes(specs, drafts, values)
+    return Plan(
+        version=PLAN_VERSION, type=config.type,
+        controller=controller.name if controller else None,
+        controller_address=controller.address if controller else None,
+        hosts=_finish_hosts(hosts, pools, nodes),
+        groups=tuple(Group(index=index, path=spec.path, role=spec.role, kind=spec.kind,
+                           hosts=tuple(c.host for c in spec.hosts), per_host=spec.per_host,
+                           nodes=spec.per_host * len(spec.hosts))
+                     for index, spec in enumerate(specs)),
+        nodes=nodes, tunnels=tunnels)
+
+
+def _plan_hosts(specs, problems):
+    """Hardware nodes by address, in order of first mention; one host's credentials may not disagree."""
+    hosts = {}
+    for spec in specs:
+        for credential in spec.hosts:
+            known = hosts.get(credential.host)
+            if known is None:
+                hosts[credential.host] = credential
+                continue
+            merged = {}
+            for name in Credential.AGENT_FIELDS:
+                mine, theirs = getattr(credential, name), getattr(known, name)
+                if mine is not None and theirs is not None and mine != theirs:
+                    problems.append(Problem(f"{credential.path}.{name}",
+                                            f"host '{credential.host}' is given {name} {mine!r} here but "
+                                            f"{theirs!r} at {known.path}"))
+                merged[name] = theirs if theirs is not None else mine
+            hosts[credential.host] = Credential(host=known.host, path=known.path, **merged)
+    return hosts
+
+
+def _nth(network, index):
+    start = int(network.network_address) + index * network.num_addresses
+    if start + network.num_addresses - 1 > 0xFFFFFFFF:
+        return None
+    return ipaddress.IPv4Network((start, network.prefixlen))
+
+
+def _plan_subnets(specs, hosts, problems):
+    """(group index, host) -> subnet, for every group of containers."""
+    subnets = {}
+    explicit = []
+    wants_default = set()
+    for index, spec in enumerate(specs):
+        if spec.kind == "host":
+            continue
+        for position, credential in enumerate(spec.hosts):
+            if spec.network is None:
+                wants_default.add(credential.host)
+                continue
+            network = _nth(spec.network, position)
+            if network is None:
+                problems.append(Problem(spec.network_path, f"{spec.network} has no room for a subnet for host "
+                                                           f"{position + 1} ({credential.host})"))
+                continue
+            subnets[(index, credential.host)] = network
+            explicit.append(network)
+    taken = _Ranges(explicit)
+    defaults = {}
+    cursor = int(DEFAULT_NETWORK.network_address)
+    size = DEFAULT_NETWORK.num_addresses
+    for host in hosts:
+        if host not in wants_default:
+            continue
+        while taken.overlaps(cursor, cursor + size - 1):
+            cursor += size
+        if cursor + size - 1 > 0xFFFFFFFF:
+            problems.append(Problem("", f"no free default subnet is left for host {host}"))
+            return subnets
+        defaults[host] = ipaddress.IPv4Network((cursor, DEFAULT_NETWORK.prefixlen))
+        cursor += size
+    for index, spec in enumerate(specs):
+        if spec.kind != "host" and spec.network is None:
+            for credential in spec.hosts:
+                subnets[(index, credential.host)] = defaults[credential.host]
+    _check_overlaps(specs, subnets, problems)
+    return subnets
+
+
+def _check_overlaps(specs, subnets, problems):
+    """No two subnets may overlap, on one host or across hosts (one subnet shared on one host is fine)."""
+    first_user = {}
+    for (index, host), network in subnets.items():
+        first_user.setdefault((host, network), index)
+    spans = sorted(first_user, key=lambda item: (int(item[1].network_address), -item[1].num_addresses, item[0]))
+    widest = None
+    for host, network in spans:
+        if widest is not None and int(network.network_address) <= int(widest[1].broadcast_address):
+            spec, other = specs[first_user[(host, network)]], specs[first_user[widest]]
+            problems.append(Problem(
+                _where_network(spec),
+                f"subnet {network} (for {spec.path} on {host}) overlaps subnet {widest[1]} "
+                f"(for {other.path} on {widest[0]}): container subnets must not overlap, across hosts or "
+                f"groups; give a different start_lxc_network"))
+        if widest is None or int(network.broadcast_address) > int(widest[1].broadcast_address):
+            widest = (host, network)
+
+
+def _where_network(spec):
+    return spec.network_path if spec.network is not None else spec.path
+
+
+def _plan_pools(specs, subnets, problems):
+    """(host, subnet) -> _Pool, checking that each subnet holds every container given to it."""
+    pools = {}
+    for index, spec in enumerate(specs):
+        if spec.kind == "host":
+            continue
+        for credential in spec.hosts:
+            key = (credential.host, subnets[(index, credential.host)])
+            pool = pools.get(key)
+            if pool is None:
+                pool = pools[key] = _Pool(host=credential.host, network=key[1], users=[])
+            pool.needed += spec.per_host
+            pool.users.append(spec)
+    for pool in pools.values():
+        if pool.needed > capacity(pool.network):
+            last = pool.users[-1]
+            if len(pool.users) == 1:
+                what = f" on {pool.host}"
+            else:
+                shares = ", ".join(f"{spec.path} {spec.per_host}" for spec in pool.users)
+                what = f" on {pool.host} (shared: {shares})"
+            problems.append(Problem(_where_network(last) if last.network is not None else last.count_path,
+                                    too_small(pool.network, pool.needed, what)
+                                    + "; set start_lxc_network to a network that size"))
+    return pools
+
+
+@dataclass
+class _Draft:
+    name: str
+    kind: str
+    source: str | None
+    group: int
+    host: str
+    address: str
+    network: ipaddress.IPv4Network | None
+
+
+def _plan_nodes(specs, subnets, pools, problems):
+    """Names and addresses, group by group in order, host by host."""
+    drafts = []
+    counters = {}
+    for index, spec in enumerate(specs):
+        default_prefix = spec.prefix or spec.role
+        for credential in spec.hosts:
+            if spec.kind == "host":
+                drafts.append(_Draft(name=credential.host, kind="host", source=None, group=index,
+                                     host=credential.host, address=credential.host, network=None))
+                continue
+            network = subnets[(index, credential.host)]
+            pool = pools[(credential.host, network)]
+            base = int(network.network_address) + 2 + pool.used
+            pool.used += spec.per_host
+            stem = f"{default_prefix}-{subnet_tag(network)}"
+            start = counters.get(stem, 0)
+            counters[stem] = start + spec.per_host
+            first = f"{stem}-{start:03d}"
+            for offset in range(spec.per_host):
+                if spec.kind == "standalone":
+                    kind, source = "standalone", None
+                elif offset == 0:
+                    kind, source = "first", None
+                else:
+                    kind, source = "clone", first
+                drafts.append(_Draft(name=f"{stem}-{start + offset:03d}", kind=kind, source=source, group=index,
+                                     host=credential.host, address=str(ipaddress.IPv4Address(base + offset)),
+                                     network=network))
+    seen = {}
+    for draft in drafts:
+        other = seen.setdefault(draft.name, draft)
+        if other is not draft:
+            spec = specs[draft.group]
+            why = ("devstack would run twice on one hardware node" if draft.kind == "host"
+                   else "two groups make the same name")
+            problems.append(Problem(spec.path, f"node name '{draft.name}' is used twice ({why}; also in "
+                                               f"{specs[other.group].path})"))
+        elif len(draft.name) > NAME_MAX:
+            problems.append(Problem(specs[draft.group].path,
+                                    f"container name '{draft.name}' is longer than {NAME_MAX} characters; "
+                                    f"use a shorter container_name_prefix"))
+    return drafts
+
+
+def _find_controller(config, specs, drafts, problems):
+    """The controller node (exactly one in a MultihostEngine); its address is what `{controller_ip}` means."""
+    controllers = [draft for draft in drafts if specs[draft.group].role == "controller"]
+    if config.type == "MultihostEngine" and len(controllers) != 1:
+        spec = specs[0]
+        problems.append(Problem(spec.path, f"the controller must be exactly one node; this config makes "
+                                           f"{len(controllers)} ({spec.per_host} per host on "
+                                           f"{len(spec.hosts)} host(s))"))
+        return None
+    if len(controllers) != 1:
+        return None
+    controller = controllers[0]
+    has_container_computes = any(d.kind != "host" for d in drafts if specs[d.group].role == "compute")
+    if controller.kind == "host" and has_container_computes and _is_loopback(controller.address):
+        problems.append(Problem(specs[controller.group].hosts[0].path + ".host",
+                                f"the controller runs on '{controller.address}' itself, which containers "
+                                f"cannot reach by that name; give the host's address as the containers see it"))
+    return controller
+
+
+def _is_loopback(host):
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() in _LOOPBACK_NAMES
+
+
+def _plan_tunnels(specs, subnets, problems):
+    """One tunnel per (host, remote, subnet); one kind per (host, remote); no tunnel from a host to itself."""
+    tunnels = {}
+    kinds = {}
+    taken = _Ranges(set(subnets.values()))
+    for index, spec in enumerate(specs):
+        if spec.kind == "host":
+            continue
+        for position, remote in enumerate(spec.tunnel_to):
+            address = int(ipaddress.IPv4Address(remote))
+            if taken.overlaps(address, address):
+                problems.append(Problem(f"{spec.path}.tunnel_to[{position}]",
+                                        f"'{remote}' is inside a container subnet of this deployment; "
+                                        f"a tunnel goes to a hardware node's address"))
+        for credential in spec.hosts:
+            subnet = str(subnets[(index, credential.host)])
+            for remote in spec.tunnel_to:
+                if remote == credential.host:
+                    continue
+                known = kinds.setdefault((credential.host, remote), (spec.tunnel_type, spec.path))
+                if known[0] != spec.tunnel_type:
+                    problems.append(Problem(spec.path, f"tunnel from {credential.host} to {remote} is "
+                                                       f"{spec.tunnel_type} here but {known[0]} in {known[1]}; "
+                                                       f"one host reaches one remote one way"))
+                tunnels.setdefault((credential.host, remote, subnet),
+                                   Tunnel(kind=spec.tunnel_type, host=credential.host, remote=remote,
+                                          subnet=subnet))
+    return tuple(tunnels.values())
+
+
+def _finish_nodes(specs, drafts, values):
+    """Fill placeholders and render local.conf once per group (every node of a group is told the same)."""
+    rendered = {}
+    for index, spec in enumerate(specs):
+        devstack = spec.devstack
+        localrc = localconf.with_defaults((key, localconf.resolve(value, values)) for key, value in devstack.localrc)
+        plugins = tuple(tuple(localconf.resolve(word, values) for word in words) for words in devstack.plugins)
+        rendered[index] = (localrc, plugins, localconf.render(localrc, plugins))
+    nodes = []
+    for draft in drafts:
+        spec = specs[draft.group]
+        localrc, plugins, text = rendered[draft.group]
+        network = draft.network
+        nodes.append(Node(
+            name=draft.name, role=spec.role, kind=draft.kind, source=draft.source, group=draft.group,
+            host=draft.host, address=draft.address,
+            prefixlen=network.prefixlen if network else None,
+            gateway=str(network.network_address + 1) if network else None,
+            subnet=str(network) if network else None,
+            bridge=bridge_name(network) if network else None,
+            distribution=spec.distribution, release=spec.release,
+            devstack_repo=spec.devstack.repo, devstack_branch=spec.devstack.branch,
+            start_script=spec.start_script, localrc=dict(localrc), plugins=plugins, local_conf=text))
+    return tuple(nodes)
+
+
+def _finish_hosts(hosts, pools, nodes):
+    networks = {}
+    for (host, network), pool in pools.items():
+        networks.setdefault(host, []).append(Network(
+            subnet=str(network), gateway=str(network.network_address + 1), prefixlen=network.prefixlen,
+            bridge=bridge_name(network), containers=pool.needed))
+    counts = {}
+    for node in nodes:
+        counts[node.host] = counts.get(node.host, 0) + 1
+    out = []
+    for index, (address, credential) in enumerate(hosts.items()):
+        mine = tuple(networks.get(address, ()))
+        first = mine[0] if mine else None
+        out.append(Host(
+            index=index, address=address, user=credential.user, port=credential.port, ca=credential.ca,
+            cert=credential.cert, key=credential.key, token_file=credential.token_file,
+            subnet=first.subnet if first else None, gateway=first.gateway if first else None,
+            bridge=first.bridge if first else None, networks=mine, nodes=counts.get(address, 0)))
+    return tuple(out)

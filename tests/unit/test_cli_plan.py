@@ -1,0 +1,145 @@
+"""`coordinator validate` and `coordinator plan`: exit codes, every error listed, never a traceback."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from coordinator import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = ROOT / "configs" / "seed.json"
+
+
+def run(capsys, *argv):
+    code = cli.main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def broken_seed():
+    data = json.loads(SEED.read_text())
+    data["nodes"][0]["containers_per_hosts"] = 1
+    data["nodes"][0]["engine"]["localrc"]["MYSQL_HOST"] = "{contoller_ip}"
+    data["controller"]["provider"]["tunnel_to"] = ["10.1.1.256"]
+    return data
+
+
+def test_validate_seed_prints_one_line_summary(capsys):
+    code, out, err = run(capsys, "validate", SEED)
+    assert code == 0 and err == ""
+    assert out.count("\n") == 1
+    assert out == (f"{SEED}: valid MultihostEngine: 65 node(s) (1 controller, 64 compute; 1 standalone "
+                   f"container(s), 1 first compute(s), 63 clone(s)) on 1 host(s), 0 tunnel(s); controller "
+                   f"controller-10-100-1-000 at 10.100.1.2\n")
+
+
+def test_validate_lists_every_error_and_exits_1(capsys, tmp_path):
+    path = write(tmp_path, "bad.json", broken_seed())
+    code, out, err = run(capsys, "validate", path)
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    assert lines[0] == f"{path}: 3 errors:"
+    assert lines[1:] == [
+        "  controller.provider.tunnel_to[0]: '10.1.1.256' is not an address: expected an IPv4 address such as "
+        "192.168.1.13",
+        "  nodes[0].containers_per_hosts: unknown key for LxcEngine; did you mean 'containers_per_host'?",
+        "  nodes[0].engine.localrc.MYSQL_HOST: unknown placeholder '{contoller_ip}'; did you mean "
+        "'{controller_ip}'? (write '${contoller_ip}' for a shell variable)"]
+
+
+@pytest.mark.parametrize("name,text,words", [
+    ("comma.json", '{\n  "type": "LxcEngine",\n}\n', "line 2, column 22: trailing comma"),
+    ("missing.json", None, "cannot read the config"),
+    ("plan-level.json", json.dumps({
+        "type": "MultihostEngine", "nodes": [],
+        "controller": {"type": "DevstackEngine", "provider": {
+            "type": "LxcProvider", "containers_per_host": 2,
+            "host_provider": {"type": "ExistingServers", "credentials": [{"host": "a"}]}}}}),
+     "the controller must be exactly one node"),
+], ids=["syntax", "missing-file", "found-by-the-planner"])
+def test_validate_reports_one_error_on_one_line(capsys, tmp_path, name, text, words):
+    path = tmp_path / name if text is None else write(tmp_path, name, text)
+    code, out, err = run(capsys, "validate", path)
+    assert code == 1 and out == ""
+    assert err.startswith(f"{path}: error: ") and words in err and err.count("\n") == 1
+
+
+def test_invalid_config_never_shows_a_traceback(tmp_path):
+    path = write(tmp_path, "bad.json", broken_seed())
+    for command in ("validate", "plan"):
+        result = subprocess.run([sys.executable, "-m", "coordinator.cli", command, str(path)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr and "3 errors" in result.stderr
+
+
+def test_plan_json_is_the_whole_plan_and_deterministic(capsys):
+    code, out, _ = run(capsys, "plan", SEED, "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert len(data["nodes"]) == 65 and data["tunnels"] == []
+    assert data["controller_address"] == "10.100.1.2"
+    assert {node["role"] for node in data["nodes"]} == {"controller", "compute"}
+    assert all(node["local_conf"].startswith("[[local|localrc]]\n") for node in data["nodes"])
+    assert run(capsys, "plan", SEED, "--format", "json")[1] == out
+
+
+def test_plan_table_shows_hosts_subnets_roles_counts_controller_and_tunnels(capsys, tmp_path):
+    data = json.loads(SEED.read_text())
+    data["nodes"][0]["tunnel_to"] = ["192.168.1.13"]
+    data["nodes"][0]["provider"]["credentials"][0]["host"] = "192.168.10.1"
+    code, out, _ = run(capsys, "plan", write(tmp_path, "c.json", data))
+    assert code == 0
+    assert "Controller address: 10.100.1.2 (controller-10-100-1-000)" in out
+    assert "1 controller, 64 compute" in out
+    lines = out.splitlines()
+    assert any(line.split()[:4] == ["0", "localhost", "root", "10.100.1.0/24"] for line in lines)
+    assert any(line.split()[:4] == ["1", "192.168.10.1", "root", "10.100.2.0/24"] for line in lines)
+    assert any("1 first, 63 clone" in line and "devstack-compute-10-100-2-000 .. devstack-compute-10-100-2-063"
+               in line for line in lines)
+    assert any(line.split() == ["ipip", "192.168.10.1", "10.100.2.0/24", "192.168.1.13"] for line in lines)
+    assert "[[local|localrc]]" not in out
+
+
+def test_plan_table_prints_local_conf_of_chosen_nodes(capsys):
+    code, out, _ = run(capsys, "plan", SEED, "--nodes", "--local-conf", "--node", "devstack-compute-10-100-1-005")
+    assert code == 0
+    assert out.count("[[local|localrc]]") == 1
+    assert "# local.conf of devstack-compute-10-100-1-005 (compute, 10.100.1.8 on localhost)" in out
+    assert 'MYSQL_HOST="10.100.1.2"' in out
+    node_lines = [line for line in out.splitlines() if line.strip().startswith("devstack-compute-10-100-1-005")]
+    assert node_lines[0].split() == ["devstack-compute-10-100-1-005", "compute", "clone", "localhost",
+                                     "10.100.1.8/24", "devstack-compute-10-100-1-000"]
+
+
+def test_plan_table_local_conf_for_every_node(capsys):
+    code, out, _ = run(capsys, "plan", SEED, "--local-conf")
+    assert code == 0 and out.count("[[local|localrc]]") == 65
+
+
+def test_plan_unknown_node_name_is_an_error(capsys):
+    code, _, err = run(capsys, "plan", SEED, "--node", "nope")
+    assert code == 1 and "no node named nope" in err
+
+
+def test_yaml_config_through_the_cli(capsys, tmp_path):
+    path = write(tmp_path, "seed.yaml", yaml.safe_dump(json.loads(SEED.read_text()), sort_keys=False))
+    assert run(capsys, "plan", path, "--format", "json")[1] == run(capsys, "plan", SEED, "--format", "json")[1]
+
+
+@pytest.mark.parametrize("argv", [[], ["plan"], ["plan", "x", "--format", "xml"], ["deploy", "x"]],
+                         ids=["no-command", "no-config", "bad-format", "not-yet-a-command"])
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv)
+    assert caught.value.code == 2

@@ -1,0 +1,448 @@
+"""The plan: hosts, subnets, names, addresses, tunnels and local.conf, decided before any container exists."""
+
+import ipaddress
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from coordinator import topology
+from coordinator.config import ConfigError, load_config, validate
+
+SEED = Path(__file__).resolve().parents[2] / "configs" / "seed.json"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+
+
+def servers(*hosts, **extra):
+    return {"type": "ExistingServers", "credentials": [{"user": "root", "host": h, **extra} for h in hosts]}
+
+
+def lxc_provider(*hosts, count=1, prefix="controller", **extra):
+    return {"type": "LxcProvider", "containers_per_host": count, "container_name_prefix": prefix,
+            "host_provider": servers(*hosts), **extra}
+
+
+def devstack(provider=None, **localrc):
+    config = {"type": "DevstackEngine", "localrc": localrc or {"VIRT_DRIVER": "fake"}}
+    if provider is not None:
+        config["provider"] = provider
+    return config
+
+
+def lxc_engine(*hosts, count=4, prefix="compute", **extra):
+    return {"type": "LxcEngine", "container_name": prefix, "nodes_per_server": count, "provider": servers(*hosts),
+            "engine": {"name": "DevstackEngine", "localrc": {"MYSQL_HOST": "{controller_ip}"}}, **extra}
+
+
+def multihost(controller, *nodes):
+    return {"type": "MultihostEngine", "controller": controller, "nodes": list(nodes)}
+
+
+def plan_of(data):
+    return topology.plan(validate(data))
+
+
+def problems_of(data):
+    with pytest.raises(ConfigError) as caught:
+        plan_of(data)
+    return {problem.path: problem.message for problem in caught.value.problems}
+
+
+# ---------------------------------------------------------------- the seed
+
+def test_seed_plans_one_controller_and_64_computes_on_localhost():
+    result = topology.plan(load_config(SEED))
+    controllers = [n for n in result.nodes if n.role == "controller"]
+    computes = [n for n in result.nodes if n.role == "compute"]
+    assert len(controllers) == 1 and len(computes) == 64
+    assert [n.kind for n in computes].count("first") == 1
+    assert [n.kind for n in computes].count("clone") == 63
+    assert {n.host for n in result.nodes} == {"localhost"}
+    assert [h.address for h in result.hosts] == ["localhost"]
+    controller = controllers[0]
+    assert (controller.name, controller.address, controller.kind) == ("controller-10-100-1-000", "10.100.1.2",
+                                                                      "standalone")
+    assert result.controller_address == controller.address
+    for node in computes:
+        assert node.localrc["MYSQL_HOST"] == controller.address
+        assert node.localrc["RABBIT_HOST"] == controller.address
+        assert node.localrc["GLANCE_HOSTPORT"] == f"{controller.address}:9292"
+        assert f'MYSQL_HOST="{controller.address}"' in node.local_conf
+        assert "{controller_ip}" not in node.local_conf
+    first = computes[0]
+    assert first.name == "devstack-compute-10-100-1-000" and first.kind == "first"
+    assert {n.source for n in computes[1:]} == {first.name}
+    assert computes[-1].name == "devstack-compute-10-100-1-063"
+    assert [n.address for n in computes] == [f"10.100.1.{i}" for i in range(3, 67)]
+    assert controller.localrc["SCREEN_LOGDIR"] == "$DEST/logs/screen"
+    assert 'ENABLED_SERVICES+=",-n-cpu"' in controller.local_conf.splitlines()
+
+
+def test_seed_host_carries_bridge_subnet_and_gateway():
+    host = topology.plan(load_config(SEED)).hosts[0]
+    assert (host.subnet, host.gateway, host.bridge, host.user) == ("10.100.1.0/24", "10.100.1.1", "lxcbr-0a640100",
+                                                                   "root")
+    assert [(n.subnet, n.containers) for n in host.networks] == [("10.100.1.0/24", 65)]
+
+
+def test_seed_plan_json_has_the_promised_shape():
+    data = json.loads(topology.plan(load_config(SEED)).to_json())
+    assert isinstance(data["tunnels"], list)
+    for node in data["nodes"]:
+        assert {"name", "role", "host", "address", "local_conf", "kind", "source", "group", "prefixlen", "gateway",
+                "distribution", "release", "devstack_repo", "devstack_branch", "start_script", "localrc"} <= set(node)
+        assert node["role"] in ("controller", "compute")
+    node = data["nodes"][1]
+    assert (node["devstack_repo"], node["devstack_branch"], node["start_script"], node["distribution"],
+            node["release"], node["prefixlen"], node["gateway"]) == (
+        "https://opendev.org/openstack/devstack", "master", None, "ubuntu", None, 24, "10.100.1.1")
+
+
+def test_plan_round_trips_through_json():
+    result = topology.plan(load_config(SEED))
+    again = topology.Plan.from_dict(json.loads(result.to_json()))
+    assert again == result
+
+
+# ---------------------------------------------------------------- hosts and subnets
+
+def test_hosts_get_consecutive_default_subnets():
+    result = plan_of(multihost(devstack(lxc_provider("a")), lxc_engine("a", "b", "c")))
+    assert [(h.address, h.subnet, h.gateway) for h in result.hosts] == [
+        ("a", "10.100.1.0/24", "10.100.1.1"), ("b", "10.100.2.0/24", "10.100.2.1"),
+        ("c", "10.100.3.0/24", "10.100.3.1")]
+    assert len({h.bridge for h in result.hosts}) == 3
+
+
+def test_start_lxc_network_is_incremented_per_host():
+    result = plan_of(multihost(devstack(lxc_provider("ctl")),
+                               lxc_engine("a", "b", count=2, start_lxc_network="10.100.1.0/28")))
+    by_host = {n.host: n.subnet for n in result.nodes if n.role == "compute"}
+    assert by_host == {"a": "10.100.1.0/28", "b": "10.100.1.16/28"}
+    names = [n.name for n in result.nodes if n.host == "b"]
+    assert names == ["compute-10-100-1-16-000", "compute-10-100-1-16-001"]
+    # The controller's host needs a default subnet: it skips the range the computes asked for.
+    assert [n.subnet for n in result.nodes if n.role == "controller"] == ["10.100.2.0/24"]
+
+
+def test_groups_on_one_host_share_its_subnet_and_bridge_with_disjoint_addresses():
+    result = plan_of(multihost(devstack(lxc_provider("h")), lxc_engine("h", count=3),
+                               lxc_engine("h", count=2, prefix="other")))
+    assert len(result.hosts[0].networks) == 1
+    assert {(n.subnet, n.bridge) for n in result.nodes} == {("10.100.1.0/24", "lxcbr-0a640100")}
+    assert [n.address for n in result.nodes] == [f"10.100.1.{i}" for i in range(2, 8)]
+    assert [n.group for n in result.nodes] == [0, 1, 1, 1, 2, 2]
+
+
+def test_group_with_its_own_network_gets_its_own_bridge_on_the_same_host():
+    result = plan_of(multihost(devstack(lxc_provider("h")), lxc_engine("h", start_lxc_network="10.200.0.0/24")))
+    networks = result.hosts[0].networks
+    assert [(n.subnet, n.bridge, n.containers) for n in networks] == [
+        ("10.100.1.0/24", "lxcbr-0a640100", 1), ("10.200.0.0/24", "lxcbr-0ac80000", 4)]
+    assert [n.address for n in result.nodes if n.role == "compute"] == [f"10.200.0.{i}" for i in range(2, 6)]
+
+
+def test_same_subnet_given_twice_on_one_host_is_shared():
+    network = {"start_lxc_network": "10.100.7.0/24"}
+    result = plan_of(multihost(devstack(lxc_provider("h", **network)), lxc_engine("h", **network)))
+    assert [n.address for n in result.nodes] == [f"10.100.7.{i}" for i in range(2, 7)]
+    assert len(result.hosts[0].networks) == 1
+
+
+OVERLAPS = [
+    ("same-subnet-two-hosts", lxc_provider("a", start_lxc_network="10.9.0.0/24"),
+     lxc_engine("b", start_lxc_network="10.9.0.0/24"), "nodes[0].start_lxc_network"),
+    ("nested-on-one-host", lxc_provider("a", start_lxc_network="10.9.0.0/24"),
+     lxc_engine("a", start_lxc_network="10.9.0.0/25"), "nodes[0].start_lxc_network"),
+    ("second-host-runs-into-other", lxc_provider("a", start_lxc_network="10.9.1.0/24"),
+     lxc_engine("b", "c", start_lxc_network="10.9.0.0/24"), "nodes[0].start_lxc_network"),
+]
+
+
+@pytest.mark.parametrize("provider,node,where", [case[1:] for case in OVERLAPS], ids=[c[0] for c in OVERLAPS])
+def test_overlapping_subnets_are_refused(provider, node, where):
+    found = problems_of(multihost(devstack(provider), node))
+    assert "overlaps subnet" in found[where] and "container subnets must not overlap" in found[where]
+
+
+def test_shared_subnet_too_small_names_every_group_in_it():
+    found = problems_of(multihost(devstack(lxc_provider("h")), lxc_engine("h", count=200),
+                                  lxc_engine("h", count=60, prefix="more")))
+    assert found == {"nodes[1].nodes_per_server": (
+        "10.100.1.0/24 is too small for 261 containers on h (shared: controller 1, nodes[0] 200, nodes[1] 60): "
+        "it holds 253 (network, gateway and broadcast addresses are reserved); a /23 would hold them; "
+        "set start_lxc_network to a network that size")}
+
+
+def test_253_containers_fill_a_default_subnet_exactly():
+    result = plan_of(multihost(devstack(lxc_provider("h")), lxc_engine("h", count=252)))
+    assert result.nodes[-1].address == "10.100.1.254"
+
+
+def test_network_running_past_the_address_space_is_refused():
+    found = problems_of(multihost(devstack(lxc_provider("a")),
+                                  lxc_engine("b", "c", start_lxc_network="255.255.255.0/24")))
+    assert "has no room for a subnet for host 2 (c)" in found["nodes[0].start_lxc_network"]
+
+
+# ---------------------------------------------------------------- names
+
+def test_names_follow_prefix_subnet_index_without_doubled_separators():
+    result = plan_of(devstack(lxc_provider("h", count=2, prefix="rally-providertest-02-")))
+    assert [n.name for n in result.nodes] == ["rally-providertest-02-10-100-1-000",
+                                              "rally-providertest-02-10-100-1-001"]
+
+
+def test_same_prefix_on_same_subnet_counts_on():
+    result = plan_of(multihost(devstack(lxc_provider("h")), lxc_engine("h", count=2), lxc_engine("h", count=2)))
+    assert [n.name for n in result.nodes if n.role == "compute"] == [
+        "compute-10-100-1-000", "compute-10-100-1-001", "compute-10-100-1-002", "compute-10-100-1-003"]
+    assert [n.source for n in result.nodes if n.role == "compute"] == [
+        None, "compute-10-100-1-000", None, "compute-10-100-1-002"]
+
+
+def test_default_prefixes_come_from_the_role():
+    data = multihost(devstack(lxc_provider("h")), lxc_engine("h", count=1))
+    del data["controller"]["provider"]["container_name_prefix"]
+    del data["nodes"][0]["container_name"]
+    assert [n.name for n in plan_of(data).nodes] == ["controller-10-100-1-000", "compute-10-100-1-000"]
+
+
+def test_more_than_999_containers_keep_unique_names():
+    result = plan_of(multihost(devstack(lxc_provider("h")),
+                               lxc_engine("h", count=1200, start_lxc_network="10.120.0.0/21")))
+    names = [n.name for n in result.nodes]
+    assert len(set(names)) == len(names)
+    assert names[-1] == "compute-10-120-0-1199"
+
+
+def test_devstack_twice_on_one_hardware_node_is_refused():
+    found = problems_of(multihost(devstack(servers("h1")), devstack(servers("h1"))))
+    assert "devstack would run twice on one hardware node" in found["nodes[0]"]
+
+
+# ---------------------------------------------------------------- the controller
+
+def test_controller_must_be_exactly_one_node():
+    found = problems_of(multihost(devstack(lxc_provider("a", count=2)), lxc_engine("a")))
+    assert found == {"controller": "the controller must be exactly one node; this config makes 2 (2 per host on "
+                                   "1 host(s))"}
+
+
+def test_controller_on_a_hardware_node_lends_its_address():
+    result = plan_of(multihost(devstack(servers("192.168.1.13")),
+                               lxc_engine("192.168.10.1", tunnel_to=["192.168.1.13"])))
+    assert result.nodes[0].kind == "host" and result.nodes[0].address == "192.168.1.13"
+    assert result.nodes[0].subnet is None and result.nodes[0].bridge is None
+    assert {n.localrc["MYSQL_HOST"] for n in result.nodes[1:]} == {"192.168.1.13"}
+    assert result.hosts[0].networks == ()
+
+
+def test_controller_on_localhost_itself_is_unreachable_from_containers():
+    found = problems_of(multihost(devstack(servers("localhost")), lxc_engine("localhost")))
+    assert "containers cannot reach by that name" in found["controller.provider.credentials[0].host"]
+
+
+# ---------------------------------------------------------------- tunnels
+
+def test_tunnels_carry_both_ends_and_the_subnet():
+    result = plan_of(multihost(devstack(lxc_provider("192.168.1.13")),
+                               lxc_engine("192.168.10.1", "192.168.10.2", start_lxc_network="10.100.10.0/24",
+                                          tunnel_to=["10.1.1.20", "192.168.1.13"])))
+    assert [(t.kind, t.host, t.remote, t.subnet) for t in result.tunnels] == [
+        ("ipip", "192.168.10.1", "10.1.1.20", "10.100.10.0/24"),
+        ("ipip", "192.168.10.1", "192.168.1.13", "10.100.10.0/24"),
+        ("ipip", "192.168.10.2", "10.1.1.20", "10.100.11.0/24"),
+        ("ipip", "192.168.10.2", "192.168.1.13", "10.100.11.0/24")]
+    assert result.tunnels_from("192.168.10.2") == result.tunnels[2:]
+
+
+def test_no_tunnel_from_a_host_to_itself():
+    result = plan_of(multihost(devstack(lxc_provider("192.168.1.13")),
+                               lxc_engine("192.168.1.13", "192.168.10.1", tunnel_to=["192.168.1.13"])))
+    assert [(t.host, t.remote) for t in result.tunnels] == [("192.168.10.1", "192.168.1.13")]
+
+
+def test_one_host_reaches_one_remote_one_way():
+    found = problems_of(multihost(devstack(lxc_provider("c")),
+                                  lxc_engine("a", tunnel_to=["192.168.1.13"]),
+                                  lxc_engine("a", tunnel_to=["192.168.1.13"], tunnel_type="vxlan", prefix="x",
+                                             start_lxc_network="10.7.0.0/24")))
+    assert "is vxlan here but ipip in nodes[0]" in found["nodes[1]"]
+
+
+def test_tunnel_into_a_container_subnet_is_refused():
+    found = problems_of(multihost(devstack(lxc_provider("c")), lxc_engine("a", tunnel_to=["10.100.1.7"])))
+    assert "inside a container subnet of this deployment" in found["nodes[0].tunnel_to[0]"]
+
+
+def test_shared_subnet_tunnels_are_listed_once():
+    result = plan_of(multihost(devstack(lxc_provider("a", tunnel_to=["192.168.1.13"])),
+                               lxc_engine("a", tunnel_to=["192.168.1.13"])))
+    assert len(result.tunnels) == 1
+
+
+# ---------------------------------------------------------------- credentials
+
+def test_agent_settings_from_credentials_are_kept_and_merged():
+    data = multihost(devstack(lxc_provider("a")), lxc_engine("a"))
+    data["nodes"][0]["provider"]["credentials"][0].update(port=7001, ca="ca.pem", token_file="/t")
+    host = plan_of(data).hosts[0]
+    assert (host.user, host.port, host.ca, host.token_file, host.cert, host.key) == ("root", 7001, "ca.pem", "/t",
+                                                                                     None, None)
+
+
+def test_one_host_with_two_different_agent_ports_is_refused():
+    data = multihost(devstack(lxc_provider("a")), lxc_engine("a"))
+    data["controller"]["provider"]["host_provider"]["credentials"][0]["port"] = 7000
+    data["nodes"][0]["provider"]["credentials"][0]["port"] = 7001
+    found = problems_of(data)
+    assert found == {"nodes[0].provider.credentials[0].port": "host 'a' is given port 7001 here but 7000 at "
+                                                              "controller.provider.host_provider.credentials[0]"}
+
+
+# ---------------------------------------------------------------- scale and determinism
+
+def test_planning_thousands_of_containers_per_host_is_fast():
+    data = multihost(devstack(lxc_provider("ctl")),
+                     lxc_engine("a", "b", "c", count=3000, start_lxc_network="10.64.0.0/20"))
+    config = validate(data)
+    start = time.perf_counter()
+    result = topology.plan(config)
+    elapsed = time.perf_counter() - start
+    assert len(result.nodes) == 9001
+    assert elapsed < 3, f"planning 9001 nodes took {elapsed:.2f}s"
+
+
+def test_same_config_same_plan_byte_for_byte():
+    text = SEED.read_text()
+    first = topology.plan(validate(json.loads(text))).to_json()
+    assert topology.plan(validate(json.loads(text))).to_json() == first
+
+
+# ---------------------------------------------------------------- properties over generated configs
+
+HOSTS = ["alpha", "beta", "gamma", "192.168.10.5"]
+
+
+@st.composite
+def networks(draw):
+    # Inside 10.100.0.0/16, where the default subnets are too, so that collisions with them get tried.
+    prefix = draw(st.integers(22, 27))
+    index = draw(st.integers(0, 2 ** (prefix - 16) - 1))
+    return str(ipaddress.IPv4Network((int(ipaddress.IPv4Address("10.100.0.0")) + index * 2 ** (32 - prefix),
+                                      prefix)))
+
+
+@st.composite
+def groups(draw, explicit_networks):
+    hosts = draw(st.lists(st.sampled_from(HOSTS), min_size=1, max_size=3, unique=True))
+    count = draw(st.integers(1, 40))
+    extra = {}
+    if explicit_networks and draw(st.booleans()):
+        extra["start_lxc_network"] = draw(networks())
+    prefix = draw(st.sampled_from(["compute", "cmp", "node-x"]))
+    if draw(st.booleans()):
+        return lxc_engine(*hosts, count=count, prefix=prefix, **extra)
+    provider = lxc_provider(*hosts, count=count, prefix=prefix, **extra)
+    return devstack(provider, MYSQL_HOST="{controller_ip}")
+
+
+@st.composite
+def deployments(draw, explicit_networks=True):
+    extra = {}
+    if explicit_networks and draw(st.booleans()):
+        extra["start_lxc_network"] = draw(networks())
+    controller = devstack(lxc_provider(draw(st.sampled_from(HOSTS)), **extra))
+    return multihost(controller, *draw(st.lists(groups(explicit_networks), min_size=1, max_size=4)))
+
+
+def independent_expectation(data):
+    """Whether the config should plan, computed apart from the planner: explicit subnets may not overlap
+    (one subnet shared on one host is fine), and each (host, subnet) must hold what is put in it."""
+    explicit, default_counts, pool_counts = {}, {}, {}
+    for node in [data["controller"]] + data["nodes"]:
+        lxc_engine_node = node["type"] == "LxcEngine"
+        cfg = node if lxc_engine_node else node["provider"]
+        hosts = [c["host"] for c in cfg["provider" if lxc_engine_node else "host_provider"]["credentials"]]
+        count = cfg.get("nodes_per_server", cfg.get("containers_per_host", 1))
+        if "start_lxc_network" in cfg:
+            start = ipaddress.IPv4Network(cfg["start_lxc_network"])
+            for position, host in enumerate(hosts):
+                net = ipaddress.IPv4Network((int(start.network_address) + position * start.num_addresses,
+                                             start.prefixlen))
+                explicit[(host, net)] = True
+                pool_counts[(host, net)] = pool_counts.get((host, net), 0) + count
+        else:
+            for host in hosts:
+                default_counts[host] = default_counts.get(host, 0) + count
+    nets = list(explicit)
+    for i, (host_a, a) in enumerate(nets):
+        for host_b, b in nets[i + 1:]:
+            if a.overlaps(b):
+                return False
+    if any(count > net.num_addresses - 3 for (_, net), count in pool_counts.items()):
+        return False
+    return all(count <= 253 for count in default_counts.values())
+
+
+def assert_plan_invariants(result):
+    names = [n.name for n in result.nodes]
+    assert len(set(names)) == len(names)
+    assert all(NAME.match(name) and len(name) <= 63 for name in names)
+    addresses = [n.address for n in result.nodes]
+    assert len(set(addresses)) == len(addresses)
+    subnets = {}
+    for host in result.hosts:
+        for network in host.networks:
+            subnets[(host.address, network.subnet)] = network
+    for node in result.nodes:
+        network = ipaddress.IPv4Network(node.subnet)
+        address = ipaddress.IPv4Address(node.address)
+        assert (node.host, node.subnet) in subnets
+        assert address in network
+        assert address not in (network.network_address, network.network_address + 1, network.broadcast_address)
+        assert node.gateway == str(network.network_address + 1)
+        if node.kind == "clone":
+            assert any(other.name == node.source and other.host == node.host and other.kind == "first"
+                       for other in result.nodes)
+    nets = sorted({ipaddress.IPv4Network(subnet) for _, subnet in subnets}, key=lambda n: int(n.network_address))
+    for before, after in zip(nets, nets[1:]):
+        assert not before.overlaps(after)
+    assert len(nets) == len(subnets), "one subnet on two hosts"
+    bridges = [(host.address, n.bridge) for host in result.hosts for n in host.networks]
+    assert len(set(bridges)) == len(bridges) and all(len(b) <= 15 for _, b in bridges)
+    controller = [n for n in result.nodes if n.role == "controller"]
+    assert len(controller) == 1 and result.controller_address == controller[0].address
+    assert all(n.localrc.get("MYSQL_HOST") == controller[0].address for n in result.nodes if n.role == "compute")
+
+
+SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(data=deployments(explicit_networks=False))
+def test_property_default_networks_always_plan_correctly(data):
+    assume(independent_expectation(data))
+    result = plan_of(data)
+    assert_plan_invariants(result)
+    assert result.to_json() == plan_of(json.loads(json.dumps(data))).to_json()
+
+
+@SETTINGS
+@given(data=deployments())
+def test_property_plan_succeeds_exactly_when_subnets_fit_and_then_is_sound(data):
+    expected = independent_expectation(data)
+    try:
+        result = plan_of(data)
+    except ConfigError as error:
+        assert not expected, str(error)
+        assert all("overlap" in p.message or "too small" in p.message for p in error.problems), str(error)
+        return
+    assert expected
+    assert_plan_invariants(result)
+    assert topology.Plan.from_dict(json.loads(result.to_json())) == result
