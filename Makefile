@@ -1,28 +1,28 @@
-# Two commands do everything on a fresh Debian/Ubuntu machine: `make test` and `make demo`.
+# Two commands do everything on a fresh Debian/Ubuntu machine (as root): `make test` and `make demo`.
 # Both install what is missing first and are safe to run twice.
 
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := lxc python3-lxc btrfs-progs python3-btrfsutil python3-nftables nftables \
-                busybox-static debootstrap rsync iproute2 iputils-ping openssl python3-venv systemd
+APT_PACKAGES := lxc lxc-templates python3-lxc btrfs-progs python3-btrfsutil python3-nftables nftables \
+                busybox-static debootstrap rsync iproute2 iputils-ping util-linux openssl python3-venv systemd
 PYTEST_ARGS ?=
 
-.PHONY: deps test test-slow demo bench clean
+.PHONY: deps apt test test-slow demo bench clean
 
-deps: $(VENV)/.installed
+deps: apt $(VENV)/.installed
 
-$(VENV)/.apt-done:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-	  echo "apt: installing $$missing"; \
+	  echo "apt: installing" $$missing; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@# liblxc and btrfsutil bindings exist for Debian's own interpreter only, so the venv is made from it.
-	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	@touch $@
 
-$(VENV)/.installed: $(VENV)/.apt-done setup.py
+# liblxc, btrfsutil and nftables bindings exist for Debian's own interpreter only: the venv is made from it.
+$(VENV)/.installed: setup.py
+	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
 
@@ -33,7 +33,7 @@ test-slow: deps
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 demo: deps
-	$(PY) -m agent.demo
+	$(PY) examples/agent_demo.py
 
 bench: deps
 	$(PY) bench/clone_start.py 64

@@ -5,7 +5,7 @@ setup(
     name="lxc-cloud-deployer",
     version="0.1.0",
     description="Deploy one controller and many fake compute nodes in LXC containers",
-    packages=find_packages(include=["agent", "agent.*", "coordinator", "coordinator.*"]),
+    packages=find_packages(include=["agent", "agent.*", "coordinator", "coordinator.*", "simlab"]),
     package_data={"coordinator": ["schemas/*.json"]},
     python_requires=">=3.11",
     # python3-lxc, python3-btrfsutil and python3-nftables come from Debian (apt), not PyPI:

@@ -1,13 +1,12 @@
 """Fixtures that make real resources (loop btrfs, network namespaces) and remove them even on failure."""
 
 import os
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 
-from tests.support import sh, unique
+from simlab import loop_btrfs, unique
+from tests.support import sh
 
 
 def _require_root():
@@ -19,17 +18,8 @@ def _require_root():
 def btrfs_mount():
     """A loop-file btrfs mounted in a temporary folder, for the whole session."""
     _require_root()
-    workdir = tempfile.mkdtemp(prefix="lxcagent-btrfs-")
-    image, mountpoint = os.path.join(workdir, "image"), os.path.join(workdir, "mnt")
-    os.mkdir(mountpoint)
-    sh("truncate", "-s", "8G", image)
-    sh("mkfs.btrfs", "-q", image)
-    sh("mount", "-o", "loop", image, mountpoint)
-    try:
+    with loop_btrfs() as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", mountpoint], check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -2,13 +2,9 @@
 
 import json
 import os
-import secrets
 import subprocess
 
-
-def unique(prefix):
-    """A short unique name (interface names are limited to 15 characters)."""
-    return f"{prefix}{secrets.token_hex(3)}"
+from simlab import unique  # noqa: F401  (tests import it from here too)
 
 
 def sh(*argv, netns=None, check=True, input=None):

@@ -96,23 +96,18 @@ def test_a_clone_does_not_see_later_changes_to_its_source(loopback_agent, lxcpat
     assert agent.run("copy1", ["cat", "/etc/hostname"])["stdout"] == "copy1\n"
 
 
-def test_copy_backend_makes_independent_full_copies(lxcpath, pki_dir):
-    from tests.agent.conftest import AgentProcess, free_port
-    process = AgentProcess(lxcpath, pki_dir, f"127.0.0.1:{free_port()}", extra=["--storage", "copy"])
-    try:
-        agent = process.connect()
-        assert agent.info()["storage"] == "copy"
-        agent.create("plain", "busybox")
-        assert agent.clone("plain", ["plain-copy"]) == ["plain-copy"]
-        clone_rootfs = os.path.join(lxcpath, "plain-copy", "rootfs")
-        assert os.path.exists(os.path.join(clone_rootfs, "bin", "busybox"))
-        assert sh("stat", "-c", "%i", clone_rootfs).strip() != "256", "a copy is not a btrfs subvolume"
-        agent.start(["plain-copy"])
-        assert agent.run("plain-copy", ["hostname"])["stdout"].strip() == "plain-copy"
-        agent.destroy(["plain-copy", "plain"])
-        assert lxc_states(lxcpath) == {}
-    finally:
-        process.stop()
+def test_copy_backend_makes_independent_full_copies(lxcpath, start_agent):
+    agent = start_agent(lxcpath, "--storage", "copy").connect()
+    assert agent.info()["storage"] == "copy"
+    agent.create("plain", "busybox")
+    assert agent.clone("plain", ["plain-copy"]) == ["plain-copy"]
+    clone_rootfs = os.path.join(lxcpath, "plain-copy", "rootfs")
+    assert os.path.exists(os.path.join(clone_rootfs, "bin", "busybox"))
+    assert sh("stat", "-c", "%i", clone_rootfs).strip() != "256", "a copy is not a btrfs subvolume"
+    agent.start(["plain-copy"])
+    assert agent.run("plain-copy", ["hostname"])["stdout"].strip() == "plain-copy"
+    agent.destroy(["plain-copy", "plain"])
+    assert lxc_states(lxcpath) == {}
 
 
 def test_a_batch_that_fails_part_way_names_both_sides_and_leaves_nothing_half_made(loopback_agent, lxcpath):

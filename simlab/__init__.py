@@ -1,0 +1,156 @@
+"""A lab on one machine for tests, benchmarks and the demo: loop-file btrfs, simulated hardware nodes
+(network namespaces with addresses in 198.18.0.0/15) and real lxc-agent processes inside them.
+
+Everything made here is removed by the matching cleanup, checked with the real CLIs (lxc-stop, btrfs, ip),
+independent of the agent's own code.
+"""
+
+import contextlib
+import itertools
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_host_numbers = itertools.count(1)
+
+# Inside a simulated node, as on a real one: its own sysfs (liblxc finds bridges in /sys/class/net) and the
+# machine's cgroup mounts (which `ip netns exec` would hide by remounting /sys). Private mounts, gone on exit.
+HOST_VIEW = ('hold=$(mktemp -d) && mount --rbind /sys/fs/cgroup "$hold" && mount -t sysfs sysfs /sys && '
+             'mount --rbind "$hold" /sys/fs/cgroup && umount -l "$hold" && rmdir "$hold" && exec "$@"')
+
+
+def unique(prefix):
+    """A short unique name (interface names are limited to 15 characters)."""
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+def _run(*argv, check=True):
+    return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+
+@contextlib.contextmanager
+def loop_btrfs(size="8G", prefix="lxcagent-btrfs-"):
+    """A loop-file btrfs mounted in a temporary folder; yields the mount point."""
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    image, mountpoint = os.path.join(workdir, "image"), os.path.join(workdir, "mnt")
+    os.mkdir(mountpoint)
+    try:
+        _run("truncate", "-s", size, image)
+        _run("mkfs.btrfs", "-q", image)
+        _run("mount", "-o", "loop", image, mountpoint)
+        yield mountpoint
+    finally:
+        if os.path.ismount(mountpoint):
+            listing = _run("btrfs", "subvolume", "list", "-o", mountpoint, check=False).stdout
+            paths = [line.split(" path ", 1)[1] for line in listing.splitlines() if " path " in line]
+            for path in sorted(paths, key=len, reverse=True):  # nested ones first
+                _run("btrfs", "subvolume", "delete", os.path.join(mountpoint, path), check=False)
+            if _run("umount", mountpoint, check=False).returncode != 0:
+                _run("umount", "-l", mountpoint, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class SimulatedHost:
+    """A hardware node: a network namespace joined to this one by a veth pair with a /30 in 198.18.0.0/15."""
+
+    def __init__(self):
+        number = next(_host_numbers) % 250 + 1
+        self.netns = unique("lxch-")
+        self.root_link = unique("lxv")
+        self.gateway, self.address = f"198.18.{number}.1", f"198.18.{number}.2"
+        _run("ip", "netns", "add", self.netns)
+        try:
+            _run("ip", "link", "add", self.root_link, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
+            _run("ip", "addr", "add", f"{self.gateway}/30", "dev", self.root_link)
+            _run("ip", "link", "set", self.root_link, "up")
+            for command in (("addr", "add", f"{self.address}/30", "dev", "eth0"), ("link", "set", "eth0", "up"),
+                            ("link", "set", "lo", "up")):
+                _run("ip", "-n", self.netns, *command)
+        except BaseException:
+            self.remove()
+            raise
+
+    def enter(self, argv):
+        """argv run inside this node, with the node's own view of /sys."""
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount", "--propagation", "private",
+                "sh", "-c", HOST_VIEW, "sh", *argv]
+
+    def remove(self):
+        _run("ip", "link", "del", self.root_link, check=False)
+        _run("ip", "netns", "del", self.netns, check=False)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class AgentProcess:
+    """`lxc-agent serve` as a child process, on loopback or inside a SimulatedHost.
+
+    stop() ends it and removes every container it left under its lxcpath.
+    """
+
+    def __init__(self, lxcpath, pki_dir, host=None, extra=(), log_level="info"):
+        self.lxcpath, self.pki_dir, self.sim_host = lxcpath, pki_dir, host
+        self.host = host.address if host else "127.0.0.1"
+        self.log = lxcpath.rstrip("/") + ".agent.log"
+        argv = [sys.executable, "-m", "agent.daemon", "serve", "--listen", f"{self.host}:{free_port()}",
+                "--lxcpath", lxcpath, "--tls-cert", f"{pki_dir}/agent.crt", "--tls-key", f"{pki_dir}/agent.key",
+                "--tls-ca", f"{pki_dir}/ca.crt", "--token-file", f"{pki_dir}/token", "--log-level", log_level,
+                *extra]
+        if host:
+            argv = host.enter(argv)
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
+        line = self.process.stdout.readline()
+        if "listening on" not in line:
+            self.process.wait(10)
+            with open(self.log) as log:
+                raise RuntimeError(f"lxc-agent did not start: {line!r}\n{log.read()}")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    @property
+    def netns(self):
+        return self.sim_host.netns if self.sim_host else None
+
+    def connect(self, **overrides):
+        from agent.client import connect
+        return connect(self.host, self.port, **{"pki_dir": self.pki_dir, **overrides})
+
+    def stop(self, keep_containers=False):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if not keep_containers:
+            force_remove_containers(self.lxcpath, self.netns)
+
+
+def force_remove_containers(lxcpath, netns=None):
+    """Stop and remove every container under lxcpath with the real CLIs.
+
+    LXC's command sockets are abstract, so they exist per network namespace: stop from the agent's namespace.
+    """
+    if not os.path.isdir(lxcpath):
+        return
+    in_netns = ["ip", "netns", "exec", netns] if netns else []
+    for name in os.listdir(lxcpath):
+        folder = os.path.join(lxcpath, name)
+        if not os.path.isdir(folder):
+            continue
+        subprocess.run(in_netns + ["lxc-stop", "-P", lxcpath, "-n", name, "-k"], capture_output=True)
+        rootfs = os.path.join(folder, "rootfs")
+        if os.path.isdir(rootfs):
+            _run("btrfs", "subvolume", "delete", rootfs, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
