@@ -1,0 +1,170 @@
+"""Deployment records in SQLite: config, plan, the state of each step and every resource created.
+
+A deploy marks each step done as it finishes, so deploying again under the same name resumes at the first
+step not done; `destroy` walks the resources in reverse. A per-deployment lock file (flock, released by the
+kernel when its process dies) keeps two coordinators off the same deployment.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+
+DEFAULT_PATH = "/var/lib/lxc-coordinator/deployments.sqlite"
+ENVIRONMENT_VARIABLE = "LXC_COORDINATOR_STORE"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deployments (
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    status TEXT NOT NULL,
+    config TEXT NOT NULL,
+    plan TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    deployment TEXT NOT NULL REFERENCES deployments(name) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    updated REAL NOT NULL,
+    PRIMARY KEY (deployment, key)
+);
+CREATE TABLE IF NOT EXISTS resources (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment TEXT NOT NULL REFERENCES deployments(name) ON DELETE CASCADE,
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (deployment, host, kind, name)
+);
+"""
+
+
+class StoreError(Exception):
+    """A deployment record is missing, conflicting or locked."""
+
+
+def default_path():
+    return os.environ.get(ENVIRONMENT_VARIABLE) or DEFAULT_PATH
+
+
+class Store:
+    def __init__(self, path=None):
+        self.path = path or default_path()
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as error:
+            raise StoreError(f"cannot open the deployment store {self.path}: {error}; choose another with "
+                             f"--store or {ENVIRONMENT_VARIABLE}") from error
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self):
+        self._db.close()
+
+    # -- locking ---------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, name):
+        """Exclusive work on one deployment; refuses at once if another process holds it."""
+        lock_dir = self.path + ".locks"
+        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        handle = open(os.path.join(lock_dir, f"{name}.lock"), "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise StoreError(f"deployment {name!r} is being worked on by {holder}; wait for it to finish "
+                                 "or stop it first") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"coordinator pid {os.getpid()}")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
+
+    # -- deployments -------------------------------------------------------------------------------------------
+
+    def begin(self, name, config, plan):
+        """Record a new deployment, or return the existing one if its config is the same (a resume)."""
+        config_text, plan_text = _dump(config), _dump(plan)
+        existing = self.get(name, missing_ok=True)
+        if existing is None:
+            now = time.time()
+            self._db.execute("INSERT INTO deployments VALUES (?, ?, ?, 'deploying', ?, ?)",
+                             (name, now, now, config_text, plan_text))
+            return False
+        if _dump(existing["config"]) != config_text:
+            raise StoreError(f"deployment {name!r} exists with a different config; destroy it first "
+                             f"(coordinator destroy {name}) or deploy under another --name")
+        self.set_status(name, "deploying")
+        return True
+
+    def get(self, name, missing_ok=False):
+        row = self._db.execute("SELECT name, created, updated, status, config, plan FROM deployments "
+                               "WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            if missing_ok:
+                return None
+            raise StoreError(f"no deployment named {name!r} in {self.path}; `coordinator list` shows them")
+        return {"name": row[0], "created": row[1], "updated": row[2], "status": row[3],
+                "config": json.loads(row[4]), "plan": json.loads(row[5])}
+
+    def list(self):
+        rows = self._db.execute("SELECT name, created, updated, status FROM deployments ORDER BY created")
+        return [{"name": r[0], "created": r[1], "updated": r[2], "status": r[3]} for r in rows]
+
+    def set_status(self, name, status):
+        self._db.execute("UPDATE deployments SET status = ?, updated = ? WHERE name = ?",
+                         (status, time.time(), name))
+
+    def delete(self, name):
+        self._db.execute("DELETE FROM deployments WHERE name = ?", (name,))
+
+    # -- steps ---------------------------------------------------------------------------------------------------
+
+    def step_done(self, name, key):
+        row = self._db.execute("SELECT state FROM steps WHERE deployment = ? AND key = ?", (name, key)).fetchone()
+        return row is not None and row[0] == "done"
+
+    def mark_step(self, name, key, state, detail=""):
+        self._db.execute("INSERT INTO steps VALUES (?, ?, ?, ?, ?) ON CONFLICT (deployment, key) DO UPDATE "
+                         "SET state = excluded.state, detail = excluded.detail, updated = excluded.updated",
+                         (name, key, state, detail, time.time()))
+
+    def steps(self, name):
+        rows = self._db.execute("SELECT key, state, detail, updated FROM steps WHERE deployment = ? "
+                                "ORDER BY updated", (name,))
+        return [{"key": r[0], "state": r[1], "detail": r[2], "updated": r[3]} for r in rows]
+
+    # -- resources -------------------------------------------------------------------------------------------
+
+    def add_resource(self, name, host, kind, resource, detail=None):
+        """Remember what was made (before making it, so a crash in between still leaves it on the list)."""
+        self._db.execute("INSERT INTO resources (deployment, host, kind, name, detail) VALUES (?, ?, ?, ?, ?) "
+                         "ON CONFLICT (deployment, host, kind, name) DO NOTHING",
+                         (name, host, kind, resource, _dump(detail or {})))
+
+    def resources(self, name):
+        """In the order they were recorded; destroy walks it backwards."""
+        rows = self._db.execute("SELECT host, kind, name, detail FROM resources WHERE deployment = ? "
+                                "ORDER BY id", (name,))
+        return [{"host": r[0], "kind": r[1], "name": r[2], "detail": json.loads(r[3])} for r in rows]
+
+    def remove_resource(self, name, host, kind, resource):
+        self._db.execute("DELETE FROM resources WHERE deployment = ? AND host = ? AND kind = ? AND name = ?",
+                         (name, host, kind, resource))
+
+
+def _dump(value):
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,89 @@
+"""Deployment records: resume, resources in order, and one coordinator at a time."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from coordinator.store import Store, StoreError
+
+CONFIG = {"type": "MultihostEngine", "controller": {}, "nodes": []}
+PLAN = {"nodes": [{"name": "controller-10-100-1-001"}], "tunnels": []}
+
+
+@pytest.fixture
+def store(tmp_path):
+    opened = Store(str(tmp_path / "store" / "deployments.sqlite"))
+    yield opened
+    opened.close()
+
+
+def test_a_new_deployment_is_recorded_and_listed(store):
+    assert store.begin("demo", CONFIG, PLAN) is False
+    record = store.get("demo")
+    assert (record["config"], record["plan"], record["status"]) == (CONFIG, PLAN, "deploying")
+    assert [entry["name"] for entry in store.list()] == ["demo"]
+
+
+def test_deploying_again_with_the_same_config_resumes_at_the_first_step_not_done(store):
+    store.begin("demo", CONFIG, PLAN)
+    store.mark_step("demo", "create:controller", "done")
+    store.mark_step("demo", "devstack:controller", "failed", "stack.sh exited 1")
+    assert store.begin("demo", CONFIG, PLAN) is True
+    assert store.step_done("demo", "create:controller")
+    assert not store.step_done("demo", "devstack:controller")
+    assert not store.step_done("demo", "never-seen")
+
+
+def test_the_same_name_with_another_config_is_refused(store):
+    store.begin("demo", CONFIG, PLAN)
+    with pytest.raises(StoreError, match="exists with a different config; destroy it first"):
+        store.begin("demo", {**CONFIG, "nodes": [{"type": "LxcEngine"}]}, PLAN)
+
+
+def test_resources_come_back_in_the_order_they_were_recorded_and_once(store):
+    store.begin("demo", CONFIG, PLAN)
+    for kind, name in [("network", "lxcbr-0a640100"), ("container", "c1"), ("container", "c2")]:
+        store.add_resource("demo", "localhost", kind, name, {"why": kind})
+    store.add_resource("demo", "localhost", "container", "c1")
+    assert [(r["kind"], r["name"]) for r in store.resources("demo")] == [
+        ("network", "lxcbr-0a640100"), ("container", "c1"), ("container", "c2")]
+    store.remove_resource("demo", "localhost", "container", "c1")
+    assert [r["name"] for r in store.resources("demo")] == ["lxcbr-0a640100", "c2"]
+    store.delete("demo")
+    assert store.resources("demo") == [] and store.get("demo", missing_ok=True) is None
+
+
+def test_a_missing_deployment_says_how_to_find_the_others(store):
+    with pytest.raises(StoreError, match="`coordinator list` shows them"):
+        store.get("nope")
+
+
+def test_two_coordinators_cannot_work_on_one_deployment(store):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from coordinator.store import Store
+        with Store({store.path!r}).lock("demo"):
+            print("locked", flush=True)
+            time.sleep(30)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreError, match=rf"being worked on by coordinator pid {holder.pid}"):
+            with store.lock("demo"):
+                pass
+        with store.lock("other"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.lock("demo"):  # the kernel released the dead holder's lock
+        pass
+
+
+def test_an_unwritable_store_location_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match="cannot open the deployment store"):
+        Store(str(blocker / "deployments.sqlite"))
