@@ -10,6 +10,7 @@ import math
 import os
 import selectors
 import signal
+import stat
 import time
 
 import lxc
@@ -91,33 +92,60 @@ def create(lxcpath, name, template, release=None, backend="btrfs"):
 
 
 def clone(lxcpath, name, source, backend="btrfs"):
-    """A clone with its own identity; btrfs: a snapshot of the rootfs; copy: liblxc's full copy (forks)."""
+    """A clone with its own identity. btrfs: a snapshot of the rootfs; overlay: its own upper dir over the
+    source's frozen layers (see storage.clone_lowers); copy: liblxc's full copy (forks)."""
     folder = os.path.join(lxcpath, name)
     os.mkdir(folder)  # fails if it exists: what follows may only ever clean up its own folder
     try:
         if backend == "btrfs":
             storage.snapshot_rootfs(lxcpath, source, name)
-            container = _container(lxcpath, name)
-            _check(container.load_config(os.path.join(lxcpath, source, "config")), name,
-                   f"load the config of {source!r} for")
+            container = _configured_like(lxcpath, name, source)
             _check(container.set_config_item("lxc.rootfs.path", storage.rootfs_path(lxcpath, name)), name,
                    "set the rootfs of")
+        elif backend == "overlay":
+            lowers = storage.clone_lowers(lxcpath, source)
+            _check_rootfs(lxcpath, source, [storage.upper_path(lxcpath, source), *lowers])
+            spec = storage.make_overlay(lxcpath, name, lowers)
+            container = _configured_like(lxcpath, name, source)
         else:
             os.rmdir(folder)  # liblxc makes it
-            copied = _container(lxcpath, source).clone(name, config_path=lxcpath, flags=lxc.LXC_CLONE_KEEPNAME)
+            # An overlay source is copied as the container sees it (merged) into a plain folder.
+            overlay_source = storage.parse_overlay(storage.read_rootfs_spec(lxcpath, source)) is not None
+            copied = _container(lxcpath, source).clone(name, config_path=lxcpath, flags=lxc.LXC_CLONE_KEEPNAME,
+                                                       bdevtype="dir" if overlay_source else None)
             _check(copied, name, f"copy {source!r} to")
             container = _container(lxcpath, name)
         _check(container.set_config_item("lxc.uts.name", name), name, "set the host name of")
         if container.get_config_item("lxc.net.0.type") == "veth":
             _check(container.set_config_item("lxc.net.0.hwaddr", mac_address(name)), name, "set the MAC of")
         _check(container.save_config(), name, "save the config of")
-        guest.write_identity(storage.rootfs_path(lxcpath, name), name)
+        if backend == "overlay":  # after save_config, which writes the source's rootfs line
+            storage.write_rootfs_spec(lxcpath, name, spec)
+            _check_rootfs(lxcpath, name, [storage.upper_path(lxcpath, name), *lowers])
+        guest.write_identity(storage.layers(lxcpath, name), name)
         metadata = read_metadata(lxcpath, source)
         metadata.update({"clone_of": source})
         write_metadata(lxcpath, name, metadata)
     except BaseException:
         storage.remove_container_files(lxcpath, name)
         raise
+
+
+def _configured_like(lxcpath, name, source):
+    container = _container(lxcpath, name)
+    _check(container.load_config(os.path.join(lxcpath, source, "config")), name,
+           f"load the config of {source!r} for")
+    return container
+
+
+def _check_rootfs(lxcpath, name, layers):
+    """What liblxc will mount for the container, read back through liblxc from the saved config."""
+    seen = _container(lxcpath, name).get_config_item("lxc.rootfs.path")
+    expected = ":".join([*layers[1:], layers[0]])
+    if [os.path.realpath(path) for path in seen.split(":")] != [os.path.realpath(path) for path in
+                                                                  expected.split(":")]:
+        raise ContainerError(f"liblxc reads the rootfs of container {name!r} as {seen!r}, not the overlay "
+                             f"{expected!r} that was written to its config", container=name)
 
 
 def mac_address(name):
@@ -138,7 +166,7 @@ def set_network(lxcpath, name, bridge, address, gateway, mtu=None):
     for key, value in items:
         _check(container.set_config_item(key, value), name, f"set {key} = {value} for")
     _check(container.save_config(), name, "save the config of")
-    guest.write_network(storage.rootfs_path(lxcpath, name), address, gateway)
+    guest.write_network(storage.layers(lxcpath, name), address, gateway)
     metadata = read_metadata(lxcpath, name)
     metadata.update({"bridge": bridge, "address": address, "gateway": gateway})
     write_metadata(lxcpath, name, metadata)
@@ -254,15 +282,13 @@ def status(lxcpath, name, with_addresses=True):
 
 def _guest_user(lxcpath, name, user):
     """uid, gid and home of a user inside the container, read from its own /etc/passwd."""
-    passwd = os.path.join(storage.rootfs_path(lxcpath, name), "etc", "passwd")
-    try:
-        with open(passwd) as handle:
+    found = storage.lookup(storage.layers(lxcpath, name), "etc/passwd")
+    if found and stat.S_ISREG(found[1].st_mode):
+        with open(found[0]) as handle:
             for line in handle:
                 fields = line.rstrip("\n").split(":")
                 if len(fields) >= 7 and fields[0] == user:
                     return int(fields[2]), int(fields[3]), fields[5]
-    except FileNotFoundError:
-        pass
     raise InvalidArgument(f"no user {user!r} in container {name!r} (looked in its /etc/passwd)",
                           container=name)
 

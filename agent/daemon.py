@@ -16,7 +16,7 @@ import Pyro5.errors
 import Pyro5.socketutil
 
 import agent
-from agent import pki
+from agent import pki, storage
 from agent.errors import AgentError, InvalidArgument
 from agent.service import AgentService
 
@@ -163,7 +163,9 @@ def build_parser():
     run.add_argument("--config", help=f"TOML file with the settings below (default {DEFAULT_CONFIG} if present)")
     run.add_argument("--listen", help=f"HOST:PORT to listen on (default {SETTINGS['listen']})")
     run.add_argument("--lxcpath", help=f"where containers live; btrfs recommended (default {SETTINGS['lxcpath']})")
-    run.add_argument("--storage", choices=["auto", "btrfs", "copy"], help="clone method (default auto)")
+    run.add_argument("--storage", choices=["auto", *storage.BACKENDS],
+                     help="clone method: btrfs snapshots, overlay layers or full copies (default auto: btrfs when "
+                          "the lxcpath is on btrfs, else overlay when the kernel can mount it there, else copy)")
     run.add_argument("--tls-cert", help=f"agent certificate (default {SETTINGS['tls_cert']})")
     run.add_argument("--tls-key", help=f"agent key (default {SETTINGS['tls_key']})")
     run.add_argument("--tls-ca", help=f"CA that signs client certificates (default {SETTINGS['tls_ca']})")

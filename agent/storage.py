@@ -1,24 +1,71 @@
-"""How a container's root filesystem is made, cloned and removed on this host: btrfs snapshots or full copies."""
+"""How a container's root filesystem is made, cloned and removed on this host: btrfs snapshots, overlayfs
+layers over shared read-only bases, or full copies; and how the host reads and writes a container's files.
 
+Overlay layout (all under the lxcpath, so nothing outside it is ever written or removed):
+  <lxcpath>/.lxc-agent/bases/<source>-<hex>/   a frozen layer: read-only from then on, shared by its users
+  <lxcpath>/<name>/overlay/delta, .../work     the container's own upper and work dirs (liblxc's own layout)
+  <lxcpath>/<name>/config                      lxc.rootfs.path = overlay:<top base>:...:<bottom base>:<delta>
+A base's users are the containers whose config names it; there is no other record that could drift.
+"""
+
+import ctypes
 import os
+import re
+import secrets
 import shutil
+import stat
+import tempfile
 
 from agent import btrfs
+from agent.errors import InvalidArgument, StorageError
 
-BACKENDS = ("btrfs", "copy")
+BACKENDS = ("btrfs", "overlay", "copy")
+AGENT_DIR = ".lxc-agent"
+# liblxc passes the overlay options to mount(2), which takes one page; keep well below it.
+MAX_OVERLAY_OPTIONS = 3800
+_ROOTFS_LINE = re.compile(r"^\s*lxc\.rootfs\.path\s*=(.*)$", re.M)
 
 
 def choose_backend(lxcpath, requested="auto"):
-    """btrfs when the lxcpath is on btrfs (clones in milliseconds), otherwise full copies."""
-    on_btrfs = btrfs.is_btrfs(lxcpath)
+    """btrfs when the lxcpath is on btrfs, else overlay when it can hold overlay layers, else full copies."""
+    if requested not in ("auto", *BACKENDS):
+        raise InvalidArgument(f"unknown storage {requested!r}; use auto, " + ", ".join(BACKENDS))
     if requested == "auto":
-        return "btrfs" if on_btrfs else "copy"
-    if requested == "btrfs" and not on_btrfs:
-        from agent.errors import InvalidArgument
+        if btrfs.is_btrfs(lxcpath):
+            return "btrfs"
+        return "copy" if overlay_problem(lxcpath) else "overlay"
+    if requested == "btrfs" and not btrfs.is_btrfs(lxcpath):
         raise InvalidArgument(f"storage 'btrfs' asked for, but {lxcpath} is not on btrfs; "
-                              "mount a btrfs filesystem there or use --storage copy")
+                              "mount a btrfs filesystem there or use --storage overlay or copy")
+    if requested == "overlay":
+        problem = overlay_problem(lxcpath)
+        if problem:
+            raise InvalidArgument(f"storage 'overlay' asked for, but {problem}; use --storage copy")
     return requested
 
+
+def overlay_problem(lxcpath):
+    """Why overlay layers cannot live in lxcpath (None if they can): checked by mounting a tiny overlay there."""
+    if ":" in lxcpath or "," in lxcpath:
+        return f"the lxcpath {lxcpath} contains ':' or ',', which overlay mount options cannot carry"
+    probe = tempfile.mkdtemp(prefix=".overlay-probe-", dir=lxcpath)
+    try:
+        for part in ("lower", "upper", "work", "merged"):
+            os.mkdir(os.path.join(probe, part))
+        options = f"lowerdir={probe}/lower,upperdir={probe}/upper,workdir={probe}/work"
+        libc = ctypes.CDLL(None, use_errno=True)
+        merged = f"{probe}/merged".encode()
+        if libc.mount(b"overlay", merged, b"overlay", 0, options.encode()) != 0:
+            error = os.strerror(ctypes.get_errno())
+            return f"the kernel cannot mount an overlay with its upper layer in {lxcpath} ({error})"
+        if libc.umount2(merged, 0) != 0:
+            libc.umount2(merged, 2)  # MNT_DETACH: never leave the probe mounted
+        return None
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+# -- paths ---------------------------------------------------------------------------------------------------------
 
 def rootfs_path(lxcpath, name):
     return os.path.join(lxcpath, name, "rootfs")
@@ -28,10 +75,259 @@ def snapshot_rootfs(lxcpath, source, name):
     btrfs.snapshot(rootfs_path(lxcpath, source), rootfs_path(lxcpath, name))
 
 
+def upper_path(lxcpath, name):
+    """liblxc puts the work dir beside the upper one: <name>/overlay/work."""
+    return os.path.join(lxcpath, name, "overlay", "delta")
+
+
+def bases_path(lxcpath):
+    return os.path.join(lxcpath, AGENT_DIR, "bases")
+
+
+def _is_base(lxcpath, path):
+    """Only a direct child of this lxcpath's bases folder is ever removed as a base."""
+    bases = os.path.realpath(bases_path(lxcpath))
+    return os.path.dirname(os.path.realpath(path)) == bases and os.path.basename(path) not in ("", ".", "..")
+
+
+# -- the rootfs line of a container's config ---------------------------------------------------------------------
+
+def read_rootfs_spec(lxcpath, name):
+    """The value of lxc.rootfs.path in the container's config (the last one wins, as in liblxc), or None."""
+    try:
+        with open(os.path.join(lxcpath, name, "config")) as handle:
+            values = _ROOTFS_LINE.findall(handle.read())
+    except FileNotFoundError:
+        return None
+    if not values:
+        return None
+    value = values[-1].strip()
+    return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
+def write_rootfs_spec(lxcpath, name, spec):
+    """Set lxc.rootfs.path in the saved config. liblxc's set_config_item refuses a typed value ("overlay:...",
+    "dir:...") through the Python binding, but reads one from the file; so this one line is written here."""
+    path = os.path.join(lxcpath, name, "config")
+    with open(path) as handle:
+        text = handle.read()
+    line = f"lxc.rootfs.path = {spec}\n"
+    kept, placed = [], False
+    for existing in text.splitlines(keepends=True):
+        if _ROOTFS_LINE.match(existing):
+            if not placed:  # the first one becomes ours, later ones (which would win) go
+                kept.append(line)
+                placed = True
+            continue
+        kept.append(existing)
+    if not placed:
+        kept.append(("" if not kept or kept[-1].endswith("\n") else "\n") + line)
+    text = "".join(kept)
+    with open(path + ".tmp", "w") as handle:
+        handle.write(text)
+    os.chmod(path + ".tmp", stat.S_IMODE(os.stat(path).st_mode))
+    os.replace(path + ".tmp", path)
+    if read_rootfs_spec(lxcpath, name) != spec:
+        raise StorageError(f"could not set lxc.rootfs.path of container {name!r} in {path}")
+
+
+def overlay_spec(lowers, upper):
+    return "overlay:" + ":".join([*lowers, upper])
+
+
+def parse_overlay(spec):
+    """(lowers top first, upper) of an "overlay:" or "overlayfs:" rootfs, or None for any other kind."""
+    if not spec:
+        return None
+    kind, _, rest = spec.partition(":")
+    if kind not in ("overlay", "overlayfs") or ":" not in rest:
+        return None
+    *lowers, upper = rest.split(":")
+    return lowers, upper
+
+
+def _check_options_fit(lowers, upper, name):
+    work = os.path.join(os.path.dirname(upper), "work")
+    length = len(f"upperdir={upper},lowerdir={':'.join(lowers)},workdir={work}")
+    if length > MAX_OVERLAY_OPTIONS:
+        raise StorageError(f"container {name!r} would sit on {len(lowers)} overlay layers, more than one mount "
+                           "can name; clone its source with snapshot=False (a full copy) to start a new stack")
+
+
+# -- overlay clones ------------------------------------------------------------------------------------------------
+
+def layers(lxcpath, name):
+    """The container's filesystem as the host sees it: directories top first; the host writes only the first.
+
+    For an overlay container that is its own upper dir (the merged view exists only inside the container's
+    mount namespace while it runs), then its bases; for any other, its rootfs folder.
+    """
+    parsed = parse_overlay(read_rootfs_spec(lxcpath, name))
+    if parsed is None:
+        return [rootfs_path(lxcpath, name)]
+    lowers, upper = parsed
+    folder = os.path.realpath(os.path.join(lxcpath, name))
+    if not os.path.realpath(upper).startswith(folder + os.sep):
+        raise StorageError(f"the overlay upper dir {upper} of container {name!r} is outside its folder {folder}; "
+                           "refusing to write into it")
+    return [upper, *lowers]
+
+
+def clone_lowers(lxcpath, source):
+    """The read-only layers a new overlay clone of `source` stacks on, freezing the source's own top if needed.
+
+    A dir source: its rootfs moves (rename, same filesystem) into a new base and the source becomes an overlay
+    on it with an empty upper. An overlay source whose upper is empty shares its bases as they are; one whose
+    upper holds changes gets that upper frozen into a new base on top of its others. Either way the source's
+    later writes go to its own new upper, which no clone sees. The source changes only by complete steps: on
+    failure each step is undone, and a source left frozen is a valid container.
+    """
+    spec = read_rootfs_spec(lxcpath, source)
+    parsed = parse_overlay(spec)
+    if parsed is None:
+        top, lowers = rootfs_path(lxcpath, source), []
+        kind, _, path = (spec or "").partition(":")
+        configured = path if kind in ("dir", "btrfs") else spec
+        if not configured or os.path.realpath(configured) != os.path.realpath(top) or not os.path.isdir(top):
+            raise StorageError(f"the rootfs of source {source!r} is {spec!r}, not its own folder {top}; overlay "
+                               "clones need that: clone it with snapshot=False (a full copy)", container=source)
+    else:
+        lowers, top = parsed
+        foreign = [lower for lower in lowers if not _is_base(lxcpath, lower)]
+        if foreign or os.path.realpath(top) != os.path.realpath(upper_path(lxcpath, source)):
+            raise StorageError(f"source {source!r} is an overlay that was not made by lxc-agent (layers "
+                               f"{foreign or [top]}); clone it with snapshot=False (a full copy)", container=source)
+        if not os.listdir(top):
+            return lowers
+    base = os.path.join(bases_path(lxcpath), f"{source}-{secrets.token_hex(4)}")
+    while os.path.lexists(base):  # rename() would replace an empty folder of that name
+        base = os.path.join(bases_path(lxcpath), f"{source}-{secrets.token_hex(4)}")
+    upper = upper_path(lxcpath, source)
+    _check_options_fit([base, *lowers], upper, source)
+    os.makedirs(bases_path(lxcpath), mode=0o700, exist_ok=True)
+    os.rename(top, base)
+    made_upper = False
+    try:
+        os.makedirs(upper, mode=0o755)
+        made_upper = True
+        _copy_owner_and_mode(base, upper)
+        write_rootfs_spec(lxcpath, source, overlay_spec([base, *lowers], upper))
+    except BaseException:
+        if read_rootfs_spec(lxcpath, source) != spec:
+            write_rootfs_spec(lxcpath, source, spec)
+        if made_upper:
+            os.rmdir(upper)
+        os.rename(base, top)
+        raise
+    return [base, *lowers]
+
+
+def make_overlay(lxcpath, name, lowers):
+    """The clone's own empty upper dir (liblxc makes the work dir at start); returns its rootfs spec."""
+    upper = upper_path(lxcpath, name)
+    _check_options_fit(lowers, upper, name)
+    os.makedirs(upper, mode=0o755)
+    _copy_owner_and_mode(lowers[0], upper)
+    return overlay_spec(lowers, upper)
+
+
+def _copy_owner_and_mode(model, directory):
+    """An upper dir's own mode and owner are those the container sees for the folder (overlay's copy-up)."""
+    seen = os.lstat(model)
+    os.chown(directory, seen.st_uid, seen.st_gid)
+    os.chmod(directory, stat.S_IMODE(seen.st_mode))
+
+
+def base_users(lxcpath):
+    """base path -> names of the containers whose config stacks on it, for every base in use under lxcpath."""
+    users = {}
+    if not os.path.isdir(lxcpath):
+        return users
+    for name in sorted(os.listdir(lxcpath)):
+        parsed = parse_overlay(read_rootfs_spec(lxcpath, name))
+        for lower in (parsed[0] if parsed else []):
+            if _is_base(lxcpath, lower):
+                users.setdefault(os.path.realpath(lower), []).append(name)
+    return users
+
+
+# -- the container's files seen from the host ----------------------------------------------------------------------
+
+def _is_whiteout(seen):
+    return stat.S_ISCHR(seen.st_mode) and seen.st_rdev == 0
+
+
+def _is_opaque(path):
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def lookup(directories, relative):
+    """(host path, lstat) of what the container sees at `relative` over `directories` (top first), or None.
+
+    Follows overlayfs: the topmost entry wins, a whiteout hides the name below, folders merge down to the first
+    opaque one. Symlinks are not followed: in a guest they may point anywhere on the host.
+    """
+    parts = [part for part in relative.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise StorageError(f"{relative!r} leaves the container's root; refusing to look it up")
+    current = list(directories)
+    try:
+        found = (directories[0], os.lstat(directories[0]))
+    except FileNotFoundError:
+        return None
+    for part in parts:
+        if not stat.S_ISDIR(found[1].st_mode):
+            return None  # a file or symlink where a folder should be
+        entries = []
+        for directory in current:
+            path = os.path.join(directory, part)
+            try:
+                seen = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if _is_whiteout(seen) or (entries and not stat.S_ISDIR(seen.st_mode)):
+                break
+            entries.append((path, seen))
+            if not stat.S_ISDIR(seen.st_mode) or _is_opaque(path):
+                break
+        if not entries:
+            return None
+        found = entries[0]
+        current = [path for path, _ in entries]
+    return found
+
+
+# -- removal -------------------------------------------------------------------------------------------------------
+
 def remove_container_files(lxcpath, name):
-    """Remove a container's folder; its rootfs subvolume first, and only its own (never a path from config)."""
+    """Remove a container's folder (its rootfs subvolume first, only its own, never a path from config), then
+    each base it stacked on that no remaining container names."""
     folder = os.path.join(lxcpath, name)
+    parsed = parse_overlay(read_rootfs_spec(lxcpath, name))
     rootfs = rootfs_path(lxcpath, name)
     if btrfs.is_subvolume(rootfs):
         btrfs.delete_subvolume(rootfs)
-    shutil.rmtree(folder, ignore_errors=False) if os.path.isdir(folder) else None
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    if parsed:
+        remove_unused_bases(lxcpath, parsed[0])
+
+
+def remove_unused_bases(lxcpath, candidates):
+    """Remove those of `candidates` that are bases of this lxcpath and that no container names any more."""
+    in_use = base_users(lxcpath)
+    for base in candidates:
+        if not _is_base(lxcpath, base) or os.path.realpath(base) in in_use or not os.path.isdir(base):
+            continue
+        if btrfs.is_subvolume(base):
+            btrfs.delete_subvolume(base)
+        else:
+            shutil.rmtree(base)
+    for folder in (bases_path(lxcpath), os.path.join(lxcpath, AGENT_DIR)):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass  # not empty, or never made

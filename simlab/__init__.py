@@ -125,6 +125,14 @@ class AgentProcess:
         from agent.client import connect
         return connect(self.host, self.port, **{"pki_dir": self.pki_dir, **overrides})
 
+    def states(self):
+        """name -> state from `lxc-ls --fancy` (the real CLI), asked from the agent's namespace."""
+        argv = ["lxc-ls", "-P", self.lxcpath, "--fancy", "--fancy-format", "NAME,STATE"]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        rows = [line.split() for line in _run(*argv).stdout.splitlines()[1:] if line.strip()]
+        return {row[0]: row[1] for row in rows}
+
     def stop(self, keep_containers=False):
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
