@@ -6,7 +6,6 @@ setup(
     version="0.1.0",
     description="Deploy one controller and many fake compute nodes in LXC containers",
     packages=find_packages(include=["agent", "agent.*", "coordinator", "coordinator.*", "simlab"]),
-    package_data={"coordinator": ["schemas/*.json"]},
     python_requires=">=3.11",
     # python3-lxc, python3-btrfsutil and python3-nftables come from Debian (apt), not PyPI:
     # the virtual environment is made with --system-site-packages to see them.

@@ -4,6 +4,7 @@ Every False from liblxc becomes a ContainerError naming the container. Functions
 (create, start, attach, get_ips, copy clones) are called through agent.workers, never from RPC threads.
 """
 
+import contextlib
 import hashlib
 import json
 import math
@@ -11,6 +12,7 @@ import os
 import selectors
 import signal
 import stat
+import tempfile
 import time
 
 import lxc
@@ -80,15 +82,40 @@ def create(lxcpath, name, template, release=None, backend="btrfs"):
         raise Conflict(f"{os.path.join(lxcpath, name)} exists but is not a container; remove it or pick another "
                        "name", container=name)
     try:
-        _check(container.create(template, 0, args, "btrfs" if backend == "btrfs" else "dir"), name,
-               f"create (template {template!r}" + (f", release {release!r}" if release else "") + ") the",
-               "the template's output is in the agent's log")
+        with _captured_output() as output:
+            created = container.create(template, 0, args, "btrfs" if backend == "btrfs" else "dir")
+        _check(created, name, f"create (template {template!r}" + (f", release {release!r}" if release else "")
+               + ") the", "the template said:\n" + _tail(output[0], 15))
         _disconnect(container, name)
         _check(container.save_config(), name, "save the config of")
         write_metadata(lxcpath, name, {"template": template, "release": release})
     except BaseException:
         storage.remove_container_files(lxcpath, name)
         raise
+
+
+@contextlib.contextmanager
+def _captured_output():
+    """The template's stdout and stderr, into a file: for the error message, and never into the agent's own
+    stdout (a pipe nobody reads would fill up and stop the template)."""
+    text = []
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(1), os.dup(2)
+        os.dup2(capture.fileno(), 1)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield text
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            capture.seek(0)
+            text.append(capture.read().decode("utf-8", "replace"))
+
+
+def _tail(text, count):
+    return "\n".join(text.rstrip().splitlines()[-count:]) or "(nothing)"
 
 
 def clone(lxcpath, name, source, backend="btrfs"):

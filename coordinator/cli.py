@@ -132,8 +132,9 @@ def render_table(result, source, nodes=False, local_conf=False, only=()):
     out.append("")
     if result.tunnels:
         out.append("Tunnels")
-        out += _table(["KIND", "HOST", "SUBNET", "REMOTE"],
-                      [[t.kind, t.host, t.subnet, t.remote] for t in result.tunnels])
+        out += _table(["KIND", "HOST", "SUBNET", "REMOTE", "REMOTE SUBNETS"],
+                      [[t.kind, t.host, t.subnet, t.remote, ", ".join(t.remote_subnets) or "-"]
+                       for t in result.tunnels])
     else:
         out.append("Tunnels: none")
     shown = [node for node in result.nodes if not only or node.name in only]

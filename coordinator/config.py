@@ -1,18 +1,21 @@
-"""The config: read it (JSON or YAML), map the seed's spellings onto one (one table), check it with each type's schema.
+"""The config: read it (JSON or YAML, see syntax.py), map the seed's spellings onto one (one table), check it with
+each type's schema and its own checks.
 
-Only `load` touches the disk; `parse` and `validate` are pure, so every message can be tested on a string.
-Every problem found is reported at once, each with the path of the key it is about (`nodes[0].engine.localrc.X`).
+Only `load` and `load_config` touch the disk; `parse` and `validate` are pure, so every message can be tested on a
+string. Every problem found is reported at once, in the config's order, each with the path of the key it is about
+(`nodes[0].engine.localrc.X`): a refused value is left out of the checks, not its neighbours.
 """
 
+import copy
 import difflib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
-import yaml
 
-from coordinator import plugins
+from coordinator import plugins, syntax
+# Re-exported: the plugins, the planner and the CLI take these from here.
+from coordinator.problems import ConfigError, Problem, describe, format_path
 
 # The seed's (and Rally's) spellings of one setting: spelling -> the name used everywhere after loading.
 # Applied to the keys of a typed config (engine or provider) only, where the type has the canonical key.
@@ -22,45 +25,6 @@ KEY_ALIASES = {
     "nodes_per_server": "containers_per_host",
     "container_name": "container_name_prefix",
 }
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a config: where (a path like `nodes[0].provider`) and what."""
-
-    path: str
-    message: str
-
-    def __str__(self):
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
-class ConfigError(Exception):
-    """The config cannot be used; `problems` lists everything found, not only the first."""
-
-    def __init__(self, problems, source=None):
-        self.problems = tuple(problems)
-        self.source = source
-        super().__init__(str(self))
-
-    def __str__(self):
-        head = f"{self.source}: " if self.source else ""
-        if len(self.problems) == 1:
-            return f"{head}{self.problems[0]}"
-        lines = [f"{head}{len(self.problems)} problems:"]
-        lines += [f"  - {problem}" for problem in self.problems]
-        return "\n".join(lines)
-
-
-def format_path(parts):
-    """('nodes', 0, 'engine') -> 'nodes[0].engine'."""
-    text = ""
-    for part in parts:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
 
 
 @dataclass(frozen=True)
@@ -93,162 +57,53 @@ class Config:
 
 # ---------------------------------------------------------------- reading
 
-def load(path):
-    """Read and parse one config file (the only I/O here); syntax errors name the line and column."""
+def _read(path):
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError([Problem("", f"cannot read the config: {error.strerror or error}")], source)
+        raise ConfigError([Problem(None, f"cannot read the config: {error.strerror or error}")], source)
     except UnicodeDecodeError as error:
-        raise ConfigError([Problem("", f"the config is not UTF-8 text ({error.reason} at byte {error.start})")],
+        raise ConfigError([Problem(None, f"the config is not UTF-8 text ({error.reason} at byte {error.start})")],
                           source)
-    return parse(text, source)
+    return _parse(text, source, None)
+
+
+def load(path):
+    """Read and parse one config file (the only I/O here); syntax errors name the line and column."""
+    return _plain(_read(path), str(path))
 
 
 def load_config(path):
-    """load() then validate(): the usual way in."""
-    return validate(load(path), source=str(path))
+    """Read, parse and validate one config file: the usual way in. Every problem is reported at once."""
+    return validate(_read(path), source=str(path))
 
 
 def parse(text, source=None, fmt=None):
     """Text -> plain data. `fmt` is 'json' or 'yaml'; by default the file name decides, then the first character."""
-    fmt = fmt or _guess_format(source or "", text)
-    data = _parse_json(text, source) if fmt == "json" else _parse_yaml(text, source)
+    return _plain(_parse(text, source, fmt), source)
+
+
+def _parse(text, source, fmt):
+    try:
+        return syntax.parse(text, fmt or syntax.guess_format(source or "", text))
+    except syntax.SyntaxProblem as error:
+        raise ConfigError([Problem(None, str(error))], source) from None
+
+
+def _plain(data, source):
     problems = []
-    data = _plain(data, (), problems)
+    data = _clean(data, source, problems, [])
     if problems:
         raise ConfigError(problems, source)
     return data
 
 
-def _guess_format(source, text):
-    suffix = Path(source).suffix.lower()
-    if suffix == ".json":
-        return "json"
-    if suffix in (".yaml", ".yml"):
-        return "yaml"
-    first = text.lstrip()[:1]
-    return "json" if first in ("{", "[", '"', "/", "") else "yaml"
-
-
-class _Object(dict):
-    """A parsed mapping that remembers keys given twice, reported later with their path."""
-
-    duplicates = ()
-
-
-def _json_object(pairs):
-    obj = _Object()
-    dups = []
-    for key, value in pairs:
-        if key in obj:
-            dups.append(key)
-        obj[key] = value
-    obj.duplicates = tuple(dups)
-    return obj
-
-
-def _plain(value, path, problems):
-    """Turn parsed mappings into plain dicts, reporting keys given twice and keys that are not strings."""
-    if isinstance(value, dict):
-        for key in getattr(value, "duplicates", ()):
-            problems.append(Problem(format_path(path + (key,)),
-                                    "given twice in one object; only the last would count, so remove one"))
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                problems.append(Problem(format_path(path + (str(key),)),
-                                        f"keys must be strings, got {_describe(key)}"))
-                continue
-            out[key] = _plain(item, path + (key,), problems)
-        return out
-    if isinstance(value, list):
-        return [_plain(item, path + (index,), problems) for index, item in enumerate(value)]
-    return value
-
-
-def _line_col(text, pos):
-    line = text.count("\n", 0, pos) + 1
-    return line, pos - (text.rfind("\n", 0, pos) + 1) + 1
-
-
-def _parse_json(text, source):
+def _clean(data, source, problems, blocked):
     try:
-        return json.loads(text, object_pairs_hook=_json_object)
-    except json.JSONDecodeError as error:
-        raise ConfigError([Problem("", _explain_json(error, text))], source) from None
-
-
-def _explain_json(error, text):
-    """A JSON syntax error in words, for the slips people make (and the seed's snippets show)."""
-    pos = error.pos
-    here = text[pos:]
-    before = text[:pos].rstrip()
-    prev = before[-1:]
-    line, col = error.lineno, error.colno
-    hint = None
-    if not text.strip():
-        hint = "the file is empty; a config is one JSON object, {...}"
-    elif here.startswith(("//", "/*", "#")):
-        hint = ("comments are not allowed in JSON; remove the comment "
-                "(or write the config in YAML, where '#' starts a comment)")
-    elif prev == "," and here[:1] in ("}", "]"):
-        line, col = _line_col(text, len(before) - 1)
-        closer = "object" if here[:1] == "}" else "list"
-        hint = (f"trailing comma: JSON allows no ',' after the last item of an {closer}" if closer == "object"
-                else f"trailing comma: JSON allows no ',' after the last item of a {closer}")
-        hint += f"; remove this ',' (before the '{here[:1]}')"
-    elif error.msg == "Extra data":
-        if here[:1] == ":":
-            hint = ("this is not one JSON value: it looks like a list of keys without the braces "
-                    "around them; wrap the whole config in '{' and '}'")
-        else:
-            hint = "unexpected text after the end of the config's object (one '}' too many?)"
-    elif here[:1] == ":" and prev in ("]", "}"):
-        what = "list" if prev == "]" else "object"
-        hint = (f"stray ':' after the {what} that ends with '{prev}': a value is followed by ',' "
-                f"(when another key follows) or by '}}'; did you mean ','?")
-    elif here[:1] == "'":
-        hint = "strings and keys need double quotes (\"), not single quotes"
-    elif here.startswith(("True", "False", "None")):
-        hint = "JSON spells these true, false and null"
-    elif error.msg.startswith("Expecting property name") and (here[:1].isalpha() or here[:1] == "_"):
-        hint = "keys need double quotes, e.g. \"type\""
-    elif error.msg.startswith("Expecting ',' delimiter") and here[:1] == '"':
-        hint = "a ',' is missing before this (between two items)"
-    elif not here.strip():
-        hint = "the file ends before the config does: a '}' or ']' is missing"
-    message = f"line {line}, column {col}: "
-    return message + (f"{hint} ({error.msg})" if hint else error.msg)
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader whose mappings remember keys given twice."""
-
-
-def _yaml_mapping(loader, node):
-    pairs = loader.construct_pairs(node, deep=True)
-    return _json_object(pairs)
-
-
-_YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _yaml_mapping)
-
-
-def _parse_yaml(text, source):
-    try:
-        return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        what = error.problem or "invalid YAML"
-        if error.context:
-            what = f"{what} ({error.context})"
-        if "\\t" in what or "'\t'" in what:
-            what += "; YAML does not allow tabs for indentation, use spaces"
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError([Problem("", f"{where}{what}")], source) from None
-    except yaml.YAMLError as error:
-        raise ConfigError([Problem("", f"invalid YAML: {error}")], source) from None
+        return syntax.clean(data, problems, blocked)
+    except syntax.TooBig as error:
+        raise ConfigError([Problem(None, str(error))], source) from None
 
 
 # ---------------------------------------------------------------- validating
@@ -256,14 +111,16 @@ def _parse_yaml(text, source):
 def validate(data, source=None):
     """Plain data -> Config, or ConfigError listing every problem found."""
     plugins.load()
-    problems = []
+    problems, blocked = [], []
+    data = _clean(data, source, problems, blocked)
+    checked_from = len(problems)
     if not isinstance(data, dict):
         problems.append(Problem("", f"the config must be an object with a 'type' "
                                     f"(one of {plugins.ENGINES.describe()}), got {_describe(data)}"))
-        raise ConfigError(problems, source)
+        raise ConfigError(_settle(problems, blocked, checked_from), source)
     top = plugins.Slot("engine", tuple(plugins.ENGINES.names()), "the top of the config is an engine")
     model = _walk(data, (), top, plugins.Context(), problems)
-    problems = _unique(problems)
+    problems = _in_order(_settle(problems, blocked, checked_from), data)
     if problems:
         raise ConfigError(problems, source)
     return Config(type=_type_name(data), root=model, data=data, source=source)
@@ -274,14 +131,66 @@ def _type_name(data):
     return plugins.ENGINES.get(name).NAME
 
 
-def _unique(problems):
+def _settle(problems, blocked, checked_from):
+    """Each problem once; none (from `checked_from` on) at or below a value already reported as unusable."""
     seen = set()
     out = []
-    for problem in problems:
-        if problem not in seen:
-            seen.add(problem)
-            out.append(problem)
+    for index, problem in enumerate(problems):
+        if problem in seen:
+            continue
+        if index >= checked_from and problem.path is not None and any(_below(problem.path, stop)
+                                                                       for stop in blocked):
+            continue
+        seen.add(problem)
+        out.append(problem)
     return out
+
+
+def _below(path, stop):
+    """Whether `path` is `stop` or inside it ('a.b' and 'a[0]' are inside 'a'; '' holds everything)."""
+    return not stop or path == stop or (path.startswith(stop) and path[len(stop)] in ".[")
+
+
+def _in_order(problems, data):
+    """Problems in the order of the config's text (a problem about a missing key sits at its object)."""
+    order = {}
+
+    def visit(value, parts):
+        order.setdefault(format_path(parts), len(order))
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            visit(item, parts + (key,))
+
+    visit(data, ())
+
+    def position(problem):
+        path = problem.path
+        if path is None:
+            return -1
+        while path not in order and path:
+            path = path[:max(path.rfind("."), path.rfind("["), 0)]
+        return order.get(path, 0)
+
+    return sorted(problems, key=position)
+
+
+class _Pruned:
+    """Stands in a list for an item the schema refused, so the items after it keep their index."""
+
+    def __repr__(self):
+        return "PRUNED"
+
+
+PRUNED = _Pruned()
+
+
+def kept(items):
+    """(index, item) for the items of a list the schema accepted (see PRUNED)."""
+    return [(index, item) for index, item in enumerate(items) if item is not PRUNED]
+
+
+# Keys that stand for the type when the type key itself is misspelled ('tpye'), so the rest can still be checked.
+_TYPE_KEYS = ("type", "name")
 
 
 def _walk(value, path, slot, ctx, problems):
@@ -292,13 +201,22 @@ def _walk(value, path, slot, ctx, problems):
         problems.append(Problem(where, f"expected an object describing {_article(slot.kind)} "
                                        f"(with a 'type'), got {_describe(value)}"))
         return None
-    type_keys = [key for key in ("type", "name") if key in value]
+    renamed = {}
+    type_keys = [key for key in _TYPE_KEYS if key in value]
     if not type_keys:
-        problems.append(Problem(where, f"missing 'type': which {slot.kind} this is; "
-                                       f"here {_one_of(slot.allowed)}"))
-        return None
+        slip = next((key for key in value if _nearest(key, _TYPE_KEYS)), None)
+        if slip is None:
+            problems.append(Problem(where, f"missing 'type': which {slot.kind} this is; "
+                                           f"here {_one_of(slot.allowed)}"))
+            return None
+        canonical = _nearest(slip, _TYPE_KEYS)
+        problems.append(Problem(format_path(path + (slip,)), f"unknown key; did you mean '{canonical}'?"))
+        # Read on as if it were spelled right, so one run reports the rest too.
+        value = {(canonical if key == slip else key): item for key, item in value.items()}
+        renamed[canonical] = slip
+        type_keys = [canonical]
     name = value[type_keys[0]]
-    type_path = format_path(path + (type_keys[0],))
+    type_path = format_path(path + (renamed.get(type_keys[0], type_keys[0]),))
     if not isinstance(name, str):
         problems.append(Problem(type_path, f"expected a type name, got {_describe(name)}"))
         return None
@@ -311,7 +229,7 @@ def _walk(value, path, slot, ctx, problems):
                                            f"use {_one_of(slot.allowed)}"))
         return None
     before = len(problems)
-    cfg, spelled = _canonical(value, cls, path, problems)
+    cfg, spelled = _canonical(value, cls, path, problems, renamed)
     site = Site(path, spelled)
     errors = _schema_errors(cls, cfg)
     for error in errors:
@@ -326,10 +244,13 @@ def _walk(value, path, slot, ctx, problems):
             continue
         child_ctx = ctx.enter(child_slot, cls.NAME)
         child_path = path + (spelled.get(key, key),)
+        child_where = format_path(child_path)
+        if any(problem.path == child_where for problem in problems[before:]):
+            continue  # the type refused this key as a whole (e.g. 'provider' inside an LxcEngine): said once
         if child_slot.many:
             items = cfg[key]
             if not isinstance(items, list):
-                problems.append(Problem(format_path(child_path),
+                problems.append(Problem(child_where,
                                         f"expected a list of {child_slot.kind}s, got {_describe(items)}"))
                 continue
             children[key] = tuple(_walk(item, child_path + (index,), child_slot, child_ctx, problems)
@@ -341,21 +262,22 @@ def _walk(value, path, slot, ctx, problems):
     return cls.build(cfg, site, children, ctx)
 
 
-def _canonical(value, cls, path, problems):
+def _canonical(value, cls, path, problems, renamed):
     """Map the seed's spellings onto one (where the type knows the setting); two spellings at once is a problem."""
     known = cls.SCHEMA.get("properties", {})
     cfg, spelled = {}, {}
     for key, item in value.items():
+        written = renamed.get(key, key)
         canonical = KEY_ALIASES.get(key, key)
         if canonical not in known or key in known:
             canonical = key
         if canonical in spelled:
-            problems.append(Problem(format_path(path + (key,)),
-                                    f"'{spelled[canonical]}' and '{key}' are two spellings of one setting; "
+            problems.append(Problem(format_path(path + (written,)),
+                                    f"'{spelled[canonical]}' and '{written}' are two spellings of one setting; "
                                     f"give only one"))
             continue
         cfg[canonical] = item
-        spelled[canonical] = key
+        spelled[canonical] = written
     return cfg, spelled
 
 
@@ -381,31 +303,42 @@ def _error_parts(error, site):
 
 
 def _prune(cfg, errors):
-    """`cfg` without the values the schema refused, or None when the object itself is wrong (a key missing)."""
+    """A copy of `cfg` without exactly the values the schema refused (a list item becomes PRUNED, a key goes),
+    so the type's checks see everything else; None when the object itself is wrong."""
     if not errors:
         return cfg
-    out = {key: (dict(value) if isinstance(value, dict) else value) for key, value in cfg.items()}
+    out = copy.deepcopy(cfg)
     for error in errors:
         parts = list(error.absolute_path)
         if _is_name_error(error):
-            parts.append(error.instance)
+            _remove(out, parts + [error.instance])
         elif error.validator == "additionalProperties" and error.validator_value is False:
             known = error.schema.get("properties", {})
             for key in [key for key in error.instance if key not in known]:
-                _drop(out, parts + [key])
-            continue
-        if not parts:
+                _remove(out, parts + [key])
+        elif error.validator == "required" and not parts:
+            continue  # the type's own checks cope with a missing key
+        elif not parts:
             return None
-        _drop(out, parts)
+        else:
+            _remove(out, parts)
     return out
 
 
-def _drop(cfg, parts):
-    """Remove the refused value: a key of the object or of an object one level down; a list goes whole."""
-    if len(parts) >= 2 and isinstance(parts[1], str) and isinstance(cfg.get(parts[0]), dict):
-        cfg[parts[0]].pop(parts[1], None)
-    else:
-        cfg.pop(parts[0], None)
+def _remove(cfg, parts):
+    target = cfg
+    for part in parts[:-1]:
+        try:
+            target = target[part]
+        except (KeyError, IndexError, TypeError):
+            return
+        if target is PRUNED:
+            return
+    last = parts[-1]
+    if isinstance(target, list) and isinstance(last, int) and 0 <= last < len(target):
+        target[last] = PRUNED
+    elif isinstance(target, dict):
+        target.pop(last, None)
 
 
 def _is_name_error(error):
@@ -421,6 +354,8 @@ def _explain_schema(error, base, cls, site):
     where = format_path(base)
     schema = error.schema if isinstance(error.schema, dict) else {}
     expected = schema.get("x-expected")
+    if schema.get("x-message"):
+        return [Problem(where, schema["x-message"])]
     kind = error.validator
     if kind == "additionalProperties" and error.validator_value is False:
         known = set(schema.get("properties", {}))
@@ -432,8 +367,13 @@ def _explain_schema(error, base, cls, site):
                 for key in extras]
     if kind == "required":
         missing = [key for key in error.validator_value if key not in error.instance]
+        # A misspelled required key is one slip: the unknown key's "did you mean" says it all.
+        known = set(schema.get("properties", {}))
+        guesses = {_nearest(key, known) for key in error.instance if key not in known}
         out = []
         for key in missing:
+            if key in guesses:
+                continue
             also = [alias for alias, canonical in KEY_ALIASES.items() if canonical == key]
             hint = f" (also spelled '{also[0]}')" if also and not base[len(site.parts):] else ""
             out.append(Problem(where, f"missing required key '{key}'{hint}"))
@@ -508,26 +448,4 @@ def _article(kind):
     return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
-def _describe(value):
-    """A value as a message shows it: its JSON type and, when short, itself."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"the integer {value}"
-    if isinstance(value, float):
-        return f"the number {value}"
-    if isinstance(value, str):
-        shown = value if len(value) <= 60 else value[:57] + "..."
-        return f"the string {json.dumps(shown)}"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def describe(value):
-    """Public for the plugins' own checks."""
-    return _describe(value)
+_describe = describe

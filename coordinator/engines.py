@@ -8,10 +8,10 @@ the planner for. Names, subnets and addresses are the planner's (topology.py), d
 from dataclasses import dataclass
 
 from coordinator import localconf, plugins
-from coordinator.config import Problem, describe, nearest
+from coordinator.config import Problem, describe, kept, nearest
 from coordinator.providers import (
     COUNT_SCHEMA, DEFAULT_DISTRIBUTION, DEFAULT_TUNNEL_TYPE, DISTRIBUTION_SCHEMA, NAME_PREFIX_SCHEMA,
-    NETWORK_SCHEMA, RELEASE_SCHEMA, TUNNEL_TO_SCHEMA, TUNNEL_TYPE_SCHEMA, Containers, check_containers,
+    NETWORK_SCHEMA, ONE_LINE_SCHEMA, RELEASE_SCHEMA, TUNNEL_TO_SCHEMA, TUNNEL_TYPE_SCHEMA, Containers, check_containers,
     clean_prefix, parse_network, unique,
 )
 
@@ -29,6 +29,14 @@ LOCALRC_SCHEMA = {
         "enable_plugin": {
             "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
             "x-expected": "'NAME URL [BRANCH]' or a list of them",
+        },
+    },
+    # Slips for enable_plugin would only set a shell variable nobody reads.
+    "patternProperties": {
+        r"^(?!enable_plugin\Z)(?i:enable_?plugins?)\Z": {
+            "not": {},
+            "x-message": "did you mean 'enable_plugin'? (each 'NAME URL [BRANCH]' given there becomes an "
+                         "enable_plugin line; this key would only set a shell variable)",
         },
     },
     "additionalProperties": {"type": ["string", "integer", "number", "boolean"],
@@ -146,6 +154,35 @@ def _placeholder_problems(value, where, ctx):
     return problems
 
 
+def _localrc_problems(key, value, where, ctx):
+    """One localrc item, beyond its schema: a name bash keeps for itself, a value that would not be written as
+    given, control characters, placeholders."""
+    why = localconf.reserved(key)
+    if why:
+        return [Problem(where, f"'{key.rstrip('+')}' cannot be set in localrc: {why}; use another name")]
+    if key == "enable_plugin":
+        problems = []
+        entries = [(None, value)] if isinstance(value, str) else kept(value)
+        for index, entry in entries:
+            spot = where if index is None else f"{where}[{index}]"
+            if localconf.has_control(entry):
+                problems.append(Problem(spot, "an enable_plugin entry must be one line, without control "
+                                              "characters (it becomes one line of local.conf)"))
+            elif not 2 <= len(entry.split()) <= 3:
+                problems.append(Problem(spot, f"expected 'NAME URL [BRANCH]', got {describe(entry)}"))
+            problems += _placeholder_problems(entry, spot, ctx)
+        return problems
+    if isinstance(value, float):
+        return [Problem(where, f"got the number {value!r}: write a number with a fraction or exponent as a string "
+                               f"(quote it, e.g. \"1.10\"); as a number it may not be written back as given "
+                               f"(1.10 reads as 1.1)")]
+    text = localconf.as_text(value)
+    if localconf.has_control(text):
+        return [Problem(where, "a value must be one line, without control characters "
+                               "(devstack reads local.conf line by line)")]
+    return _placeholder_problems(text, where, ctx)
+
+
 @plugins.engine
 class DevstackEngine(plugins.Plugin):
     """Devstack on every node a provider gives (containers of an LxcProvider, or the hardware nodes themselves)."""
@@ -156,9 +193,9 @@ class DevstackEngine(plugins.Plugin):
         "properties": {
             "type": {"type": "string"},
             "localrc": LOCALRC_SCHEMA,
-            "devstack_repo": {"type": "string", "pattern": r"^\S+$",
+            "devstack_repo": {"type": "string", "pattern": "^[^\\s\x00-\x1f\x7f]+\\Z",
                               "x-expected": "a git URL or path, without spaces"},
-            "devstack_branch": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+            "devstack_branch": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/-]*\Z",
                                 "x-expected": "a git branch or tag name"},
             "provider": {},
         },
@@ -179,21 +216,7 @@ class DevstackEngine(plugins.Plugin):
             problems.append(Problem(str(site), "missing required key 'provider': where devstack runs "
                                                "(LxcProvider for containers, ExistingServers for hardware nodes)"))
         for key, value in cfg.get("localrc", {}).items():
-            where = site.at("localrc", key)
-            if key == "enable_plugin":
-                entries = [value] if isinstance(value, str) else value
-                for index, entry in enumerate(entries):
-                    spot = where if isinstance(value, str) else f"{where}[{index}]"
-                    words = entry.split()
-                    if not 2 <= len(words) <= 3:
-                        problems.append(Problem(spot, f"expected 'NAME URL [BRANCH]', got {describe(entry)}"))
-                    problems += _placeholder_problems(entry, spot, ctx)
-                continue
-            text = localconf.as_text(value)
-            if localconf.has_control(text):
-                problems.append(Problem(where, "a value must be one line, without control characters "
-                                               "(devstack reads local.conf line by line)"))
-            problems += _placeholder_problems(text, where, ctx)
+            problems += _localrc_problems(key, value, site.at("localrc", key), ctx)
         return problems
 
     @classmethod
@@ -228,7 +251,7 @@ class LxcEngine(plugins.Plugin):
             "start_lxc_network": NETWORK_SCHEMA,
             "tunnel_to": TUNNEL_TO_SCHEMA,
             "tunnel_type": TUNNEL_TYPE_SCHEMA,
-            "start_script": {"type": "string", "minLength": 1},
+            "start_script": ONE_LINE_SCHEMA,
             "provider": {},
             "engine": {},
         },

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 
 from coordinator import plugins
-from coordinator.config import Problem
+from coordinator.config import Problem, kept
 
 DEFAULT_DISTRIBUTION = "ubuntu"
 TUNNEL_TYPES = ("ipip", "vxlan")
@@ -17,12 +17,12 @@ DEFAULT_TUNNEL_TYPE = "ipip"
 # A name is `<prefix>-<subnet tag>-<index>` and must stay within LXC's 63 characters: 40 + 1 + 15 + 1 + 5 + margin.
 PREFIX_MAX = 40
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
 
 NAME_PREFIX_SCHEMA = {
     "type": "string",
-    "pattern": r"^[A-Za-z0-9][A-Za-z0-9.-]*$",
+    "pattern": r"^[A-Za-z0-9][A-Za-z0-9.-]*\Z",
     "maxLength": PREFIX_MAX + 1,
     "x-expected": "a container name prefix: letters, digits, '.' and '-', starting with a letter or digit",
 }
@@ -30,11 +30,24 @@ NETWORK_SCHEMA = {"type": "string", "x-expected": "an IPv4 network such as 10.10
 TUNNEL_TO_SCHEMA = {"type": "array", "items": {"type": "string", "x-expected": "an IPv4 address"},
                     "x-expected": "a list of IPv4 addresses"}
 TUNNEL_TYPE_SCHEMA = {"enum": list(TUNNEL_TYPES)}
-DISTRIBUTION_SCHEMA = {"type": "string", "pattern": r"^[a-z][a-z0-9._-]*$",
+DISTRIBUTION_SCHEMA = {"type": "string", "pattern": r"^[a-z][a-z0-9._-]*\Z",
                        "x-expected": "a distribution name such as ubuntu or debian"}
-RELEASE_SCHEMA = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+RELEASE_SCHEMA = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z",
                   "x-expected": "a release name such as jammy or bookworm"}
-COUNT_SCHEMA = {"type": "integer", "minimum": 1}
+# No host runs more containers than this; a larger number is a slip (and would make the arithmetic absurd).
+MAX_PER_HOST = 100_000
+COUNT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_PER_HOST}
+ONE_LINE_SCHEMA = {"type": "string", "minLength": 1, "pattern": "^[^\x00-\x1f\x7f]*\\Z",
+                   "x-expected": "one line of text, without control characters"}
+
+# Ranges a container subnet must stay out of: traffic to them never reaches a bridge on this host as intended.
+SPECIAL_RANGES = (
+    (ipaddress.IPv4Network("0.0.0.0/8"), "'this network' range"),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "loopback range"),
+    (ipaddress.IPv4Network("169.254.0.0/16"), "link-local range"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "multicast range"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "reserved range (with the broadcast address)"),
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,36 @@ def is_host_name(text):
         return bool(_HOSTNAME.match(text))
 
 
+def normal_host(text):
+    """One spelling per host: an address in its canonical form, a name in lower case without a trailing dot
+    ('A', 'a' and 'a.' are one host)."""
+    try:
+        return ipaddress.ip_address(text).compressed
+    except ValueError:
+        return text.lower().rstrip(".")
+
+
+def special_range(network):
+    """Why a container subnet may not be `network` (it overlaps a special range), or None."""
+    for special, what in SPECIAL_RANGES:
+        if network.overlaps(special):
+            return f"{network} overlaps the {what} {special}; container subnets must be ordinary unicast addresses"
+    return None
+
+
+def unusable_address(address):
+    """Why an IPv4 address cannot be a hardware node's (a tunnel's far end, an agent's host), or None."""
+    if address.is_unspecified or address in SPECIAL_RANGES[0][0]:
+        return "is in 0.0.0.0/8 ('this network'), not a host's address"
+    if address == ipaddress.IPv4Address("255.255.255.255"):
+        return "is the broadcast address"
+    if address.is_multicast:
+        return "is a multicast address"
+    if address.is_reserved:
+        return "is in the reserved range 240.0.0.0/4"
+    return None
+
+
 def parse_network(text):
     """(network, None) or (None, why)."""
     try:
@@ -119,12 +162,15 @@ def parse_network(text):
         return None, f"give the prefix length too, e.g. '{text}/24'"
     if network.prefixlen > 30:
         return None, f"'{text}' leaves no address for containers; use a /30 or larger"
+    why = special_range(network)
+    if why:
+        return None, why
     return network, None
 
 
 def check_tunnels(addresses, path):
     problems = []
-    for index, text in enumerate(addresses):
+    for index, text in kept(addresses):
         try:
             address = ipaddress.ip_address(text)
         except ValueError:
@@ -134,8 +180,11 @@ def check_tunnels(addresses, path):
             continue
         if address.version != 4:
             problems.append(Problem(f"{path}[{index}]", f"'{text}' is IPv6; tunnels need an IPv4 address"))
-        elif address.is_unspecified or address.is_multicast:
-            problems.append(Problem(f"{path}[{index}]", f"'{text}' cannot be a tunnel's end"))
+            continue
+        why = "is a loopback address" if address.is_loopback else unusable_address(address)
+        if why:
+            problems.append(Problem(f"{path}[{index}]", f"'{text}' {why}; a tunnel's far end is another hardware "
+                                                        f"node's address"))
     return problems
 
 
@@ -156,11 +205,22 @@ def check_containers(cfg, site):
                                 too_small(network, count, " per host")))
     problems += check_tunnels(cfg.get("tunnel_to", []), site.at("tunnel_to"))
     if network is not None and not problems:
-        for index, text in enumerate(cfg.get("tunnel_to", [])):
+        for index, text in kept(cfg.get("tunnel_to", [])):
             if ipaddress.ip_address(text) in network:
                 problems.append(Problem(site.at("tunnel_to", index),
                                         f"'{text}' is inside this group's own container network {network}"))
     return problems
+
+
+def _unusable_host(host):
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if address.version != 4:
+        return None
+    why = unusable_address(address)
+    return f"{why}; give the address its agent listens on" if why else None
 
 
 def clean_prefix(prefix):
@@ -191,12 +251,12 @@ class ExistingServers(plugins.Plugin):
                     "type": "object",
                     "properties": {
                         "host": {"type": "string", "minLength": 1},
-                        "user": {"type": "string", "minLength": 1},
+                        "user": ONE_LINE_SCHEMA,
                         "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                        "ca": {"type": "string", "minLength": 1},
-                        "cert": {"type": "string", "minLength": 1},
-                        "key": {"type": "string", "minLength": 1},
-                        "token_file": {"type": "string", "minLength": 1},
+                        "ca": ONE_LINE_SCHEMA,
+                        "cert": ONE_LINE_SCHEMA,
+                        "key": ONE_LINE_SCHEMA,
+                        "token_file": ONE_LINE_SCHEMA,
                     },
                     "required": ["host"],
                     "additionalProperties": False,
@@ -211,21 +271,32 @@ class ExistingServers(plugins.Plugin):
     def check(cls, cfg, site, ctx):
         problems = []
         seen = {}
-        for index, credential in enumerate(cfg.get("credentials", ())):
-            host = credential["host"]
+        for index, credential in kept(cfg.get("credentials", ())):
+            host = credential.get("host")
+            if host is None:
+                continue  # refused by the schema, said already
             where = site.at("credentials", index, "host")
             if not is_host_name(host):
                 problems.append(Problem(where, f"'{host}' is not a host name or IP address"))
-            elif host in seen:
-                problems.append(Problem(where, f"'{host}' is listed twice (first at credentials[{seen[host]}])"))
-            seen.setdefault(host, index)
+                continue
+            why = _unusable_host(host)
+            if why:
+                problems.append(Problem(where, f"'{host}' {why}"))
+                continue
+            key = normal_host(host)
+            if key in seen:
+                first, spelled = seen[key]
+                same = "" if spelled == host else f" as '{spelled}'; case and a trailing dot make no other host"
+                problems.append(Problem(where, f"'{host}' is listed twice (first at credentials[{first}]{same})"))
+            seen.setdefault(key, (index, host))
         return problems
 
     @classmethod
     def build(cls, cfg, site, children, ctx):
         credentials = tuple(
             Credential(path=site.at("credentials", index),
-                       **{**credential, **({"port": int(credential["port"])} if "port" in credential else {})})
+                       **{**credential, "host": normal_host(credential["host"]),
+                          **({"port": int(credential["port"])} if "port" in credential else {})})
             for index, credential in enumerate(cfg["credentials"]))
         return Servers(credentials=credentials, path=str(site))
 

@@ -3,10 +3,13 @@ local.conf per node). Naming and addressing are decided here and nowhere else, s
 and tested before one container exists; the deploy only walks it.
 
 Networks: each host gets one default subnet (10.100.1.0/24 for the first, the next /24 for each next host,
-skipping any range a config gives itself); every group without `start_lxc_network` shares its host's default
-subnet and bridge, with disjoint addresses (controller first, then the nodes in order). A group with its own
+skipping any range a config gives itself, any hardware node's or tunnel end's address, and the special ranges);
+every group without `start_lxc_network` shares its host's default subnet and bridge, with disjoint addresses
+(controller first, then the nodes in order). A group with its own
 `start_lxc_network` gets start + i * size on its i-th host, and its own bridge there, unless that is exactly a
-subnet already used on that host, which is then shared. No two subnets may overlap.
+subnet already used on that host, which is then shared. No two subnets may overlap, and none may hold a hardware
+node's address. A tunnel record carries both ends: the local host and subnet, the remote and the container subnets
+on it (when the remote is a host of this plan), so the deploy can route both ways.
 
 Names: `<prefix>-<subnet tag>-<index>` like Rally's engines (`devstack-compute-10-100-1-007`), the index three
 digits or more and counted on across groups with the same prefix and subnet, so names are unique everywhere.
@@ -19,9 +22,9 @@ from dataclasses import dataclass, fields
 
 from coordinator import localconf
 from coordinator.config import ConfigError, Problem
-from coordinator.providers import Credential, capacity, too_small
+from coordinator.providers import SPECIAL_RANGES, Credential, capacity, special_range, too_small
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 DEFAULT_NETWORK = ipaddress.IPv4Network("10.100.1.0/24")
 NAME_MAX = 63
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
@@ -84,12 +87,18 @@ class Node:
 
 @dataclass(frozen=True)
 class Tunnel:
-    """Containers of `subnet` on `host` reach `remote` through a tunnel of `kind` (ipip or vxlan)."""
+    """Containers of `subnet` on `host` reach `remote` through a tunnel of `kind` (ipip or vxlan), and through it
+    the container subnets on the remote (`remote_subnets`); the remote routes `subnet` back through it.
+
+    `remote_host` is the plan's host at the far end (whose agent sets up that end), or None when the remote is
+    not a host of this plan (then only this end is set up, and `remote_subnets` is empty)."""
 
     kind: str
     host: str
     remote: str
     subnet: str
+    remote_host: str | None
+    remote_subnets: tuple
 
 
 @dataclass(frozen=True)
@@ -134,7 +143,8 @@ class Plan:
         groups = tuple(Group(**{**group, "hosts": tuple(group["hosts"])}) for group in data["groups"])
         nodes = tuple(Node(**{**node, "plugins": tuple(tuple(p) for p in node["plugins"])})
                       for node in data["nodes"])
-        tunnels = tuple(Tunnel(**tunnel) for tunnel in data["tunnels"])
+        tunnels = tuple(Tunnel(**{**tunnel, "remote_subnets": tuple(tunnel["remote_subnets"])})
+                        for tunnel in data["tunnels"])
         return cls(version=data["version"], type=data["type"], controller=data["controller"],
                    controller_address=data["controller_address"], hosts=hosts, groups=groups, nodes=nodes,
                    tunnels=tunnels)
@@ -224,7 +234,7 @@ def plan(config):
         raise ConfigError(problems, config.source)
     drafts = _plan_nodes(specs, subnets, pools, problems)
     controller = _find_controller(config, specs, drafts, problems)
-    tunnels = _plan_tunnels(specs, subnets, problems)
+    tunnels = _plan_tunnels(specs, hosts, subnets, problems)
     if problems:
         raise ConfigError(problems, config.source)
     values = {"controller_ip": controller.address} if controller else {}
@@ -259,6 +269,12 @@ def _plan_hosts(specs, problems):
                                             f"{theirs!r} at {known.path}"))
                 merged[name] = theirs if theirs is not None else mine
             hosts[credential.host] = Credential(host=known.host, path=known.path, **merged)
+    loopbacks = [credential for credential in hosts.values() if _is_loopback(credential.host)]
+    for credential in loopbacks[1:]:
+        first = loopbacks[0]
+        problems.append(Problem(f"{credential.path}.host",
+                                f"'{credential.host}' and '{first.host}' (at {first.path}) both name this machine; "
+                                f"name it one way everywhere, or the plan would treat it as two hosts"))
     return hosts
 
 
@@ -269,11 +285,26 @@ def _nth(network, index):
     return ipaddress.IPv4Network((start, network.prefixlen))
 
 
+def _ipv4(text):
+    """The IPv4 address a host or tunnel end is given as, or None for a name."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return address if address.version == 4 else None
+
+
 def _plan_subnets(specs, hosts, problems):
     """(group index, host) -> subnet, for every group of containers."""
     subnets = {}
     explicit = []
     wants_default = set()
+    # Hardware nodes' addresses: no container subnet may hold one (tunnel ends are checked in _plan_tunnels).
+    nodes = {}
+    for host, credential in hosts.items():
+        if _ipv4(host) is not None:
+            nodes.setdefault(_ipv4(host), f"hardware node {host} (at {credential.path})")
+    remotes = {ipaddress.IPv4Address(remote) for spec in specs for remote in spec.tunnel_to}
     for index, spec in enumerate(specs):
         if spec.kind == "host":
             continue
@@ -286,16 +317,30 @@ def _plan_subnets(specs, hosts, problems):
                 problems.append(Problem(spec.network_path, f"{spec.network} has no room for a subnet for host "
                                                            f"{position + 1} ({credential.host})"))
                 continue
+            why = special_range(network)
+            if why:
+                problems.append(Problem(spec.network_path, f"the subnet for host {position + 1} "
+                                                           f"({credential.host}): {why}"))
+                continue
+            inside = [what for address, what in nodes.items() if address in network]
+            if inside:
+                problems.append(Problem(spec.network_path,
+                                        f"subnet {network} (for {spec.path} on {credential.host}) holds the address "
+                                        f"of {inside[0]}; a container subnet must not hold a hardware node's "
+                                        f"address; give a different start_lxc_network"))
+                continue
             subnets[(index, credential.host)] = network
             explicit.append(network)
-    taken = _Ranges(explicit)
+    # Default subnets skip every range given explicitly, the special ranges and the hardware nodes' addresses.
+    taken = _Ranges(explicit + [special for special, _ in SPECIAL_RANGES]
+                    + [ipaddress.IPv4Network(address) for address in set(nodes) | remotes])
     defaults = {}
     cursor = int(DEFAULT_NETWORK.network_address)
     size = DEFAULT_NETWORK.num_addresses
     for host in hosts:
         if host not in wants_default:
             continue
-        while taken.overlaps(cursor, cursor + size - 1):
+        while cursor + size - 1 <= 0xFFFFFFFF and taken.overlaps(cursor, cursor + size - 1):
             cursor += size
         if cursor + size - 1 > 0xFFFFFFFF:
             problems.append(Problem("", f"no free default subnet is left for host {host}"))
@@ -443,11 +488,15 @@ def _is_loopback(host):
         return host.lower() in _LOOPBACK_NAMES
 
 
-def _plan_tunnels(specs, subnets, problems):
-    """One tunnel per (host, remote, subnet); one kind per (host, remote); no tunnel from a host to itself."""
+def _plan_tunnels(specs, hosts, subnets, problems):
+    """One tunnel per (host, remote, subnet); one kind per (host, remote); no tunnel from a host to itself.
+    Each carries the container subnets on the remote when the remote is a host of this plan."""
     tunnels = {}
     kinds = {}
     taken = _Ranges(set(subnets.values()))
+    on_host = {}
+    for (_, host), network in subnets.items():
+        on_host.setdefault(host, set()).add(network)
     for index, spec in enumerate(specs):
         if spec.kind == "host":
             continue
@@ -467,9 +516,12 @@ def _plan_tunnels(specs, subnets, problems):
                     problems.append(Problem(spec.path, f"tunnel from {credential.host} to {remote} is "
                                                        f"{spec.tunnel_type} here but {known[0]} in {known[1]}; "
                                                        f"one host reaches one remote one way"))
+                remote_host = remote if remote in hosts else None
+                far = sorted(on_host.get(remote, ()), key=lambda n: (int(n.network_address), n.prefixlen))
                 tunnels.setdefault((credential.host, remote, subnet),
                                    Tunnel(kind=spec.tunnel_type, host=credential.host, remote=remote,
-                                          subnet=subnet))
+                                          subnet=subnet, remote_host=remote_host,
+                                          remote_subnets=tuple(str(network) for network in far)))
     return tuple(tunnels.values())
 
 

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from agent import pki
-from agent.errors import (AgentError, AuthenticationError, CommandTimeout, Conflict, InvalidArgument,
-                          NotFound)
+from agent.errors import (AgentError, AuthenticationError, CommandTimeout, Conflict, ContainerError,
+                          InvalidArgument, NotFound)
 from tests.support import lxc_states, subvolumes
 
 
@@ -91,9 +91,11 @@ def test_sixteen_clients_are_served_at_once_while_a_long_command_runs(loopback_a
     (lambda a: a.run("base", []), InvalidArgument, "non-empty list"),
     (lambda a: a.run("base", ["true"], timeout=-1), InvalidArgument, "positive number"),
     (lambda a: a.set_addresses("nobridge0", {"base": "10.1.1.5/24"}), NotFound, "ensure_network first"),
+    (lambda a: a.create("ok", "debian", release="nosuchrelease"), ContainerError,
+     "the template said:\n(.|\n)*Invalid release nosuchrelease"),
 ], ids=["path-escape", "dot-dot", "leading-dash", "too-long", "unknown-template", "missing-source",
         "names-not-a-list", "duplicate-names", "start-missing", "stop-missing", "run-stopped", "run-missing",
-        "run-empty-argv", "run-bad-timeout", "address-without-bridge"])
+        "run-empty-argv", "run-bad-timeout", "address-without-bridge", "template-fails"])
 def test_bad_input_gets_its_error_and_changes_nothing(loopback_agent, lxcpath, btrfs_mount, call, error,
                                                       message):
     agent = loopback_agent.connect()

@@ -1,6 +1,7 @@
 """`coordinator validate` and `coordinator plan`: exit codes, every error listed, never a traceback."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,9 +53,9 @@ def test_validate_lists_every_error_and_exits_1(capsys, tmp_path):
     assert lines[1:] == [
         "  controller.provider.tunnel_to[0]: '10.1.1.256' is not an address: expected an IPv4 address such as "
         "192.168.1.13",
-        "  nodes[0].containers_per_hosts: unknown key for LxcEngine; did you mean 'containers_per_host'?",
         "  nodes[0].engine.localrc.MYSQL_HOST: unknown placeholder '{contoller_ip}'; did you mean "
-        "'{controller_ip}'? (write '${contoller_ip}' for a shell variable)"]
+        "'{controller_ip}'? (write '${contoller_ip}' for a shell variable)",
+        "  nodes[0].containers_per_hosts: unknown key for LxcEngine; did you mean 'containers_per_host'?"]
 
 
 @pytest.mark.parametrize("name,text,words", [
@@ -107,7 +108,7 @@ def test_plan_table_shows_hosts_subnets_roles_counts_controller_and_tunnels(caps
     assert any(line.split()[:4] == ["1", "192.168.10.1", "root", "10.100.2.0/24"] for line in lines)
     assert any("1 first, 63 clone" in line and "devstack-compute-10-100-2-000 .. devstack-compute-10-100-2-063"
                in line for line in lines)
-    assert any(line.split() == ["ipip", "192.168.10.1", "10.100.2.0/24", "192.168.1.13"] for line in lines)
+    assert any(line.split() == ["ipip", "192.168.10.1", "10.100.2.0/24", "192.168.1.13", "-"] for line in lines)
     assert "[[local|localrc]]" not in out
 
 
@@ -143,3 +144,74 @@ def test_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as caught:
         cli.main(argv)
     assert caught.value.code == 2
+
+
+def test_plan_table_shows_the_subnets_behind_a_tunnel(capsys, tmp_path):
+    data = json.loads(SEED.read_text())
+    data["controller"]["provider"]["host_provider"]["credentials"][0]["host"] = "192.168.1.13"
+    data["nodes"][0]["provider"]["credentials"] = [{"host": "192.168.10.1"}, {"host": "192.168.10.2"}]
+    data["nodes"][0]["tunnel_to"] = ["192.168.1.13"]
+    code, out, _ = run(capsys, "plan", write(tmp_path, "c.json", data))
+    assert code == 0
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("ipip")]
+    assert rows == [["ipip", "192.168.10.1", "10.100.2.0/24", "192.168.1.13", "10.100.1.0/24"],
+                    ["ipip", "192.168.10.2", "10.100.3.0/24", "192.168.1.13", "10.100.1.0/24"]]
+
+
+def test_plan_json_is_the_same_whatever_the_hash_seed(tmp_path):
+    # Sets and dicts of strings iterate in a per-process order: the plan must not depend on it.
+    data = json.loads(SEED.read_text())
+    data["controller"]["provider"]["host_provider"]["credentials"][0]["host"] = "192.168.1.13"
+    data["nodes"][0]["provider"]["credentials"] = [{"host": h} for h in ("n3", "192.168.10.1", "N1", "n2")]
+    data["nodes"][0]["nodes_per_server"] = 3
+    data["nodes"][0]["tunnel_to"] = ["192.168.1.13", "10.1.1.20"]
+    data["nodes"].append({"type": "LxcEngine", "container_name": "x", "start_lxc_network": "10.7.0.0/26",
+                          "tunnel_to": ["192.168.1.13"], "provider": {"type": "ExistingServers", "credentials": [
+                              {"host": "n2"}, {"host": "192.168.1.13"}]},
+                          "engine": {"type": "DevstackEngine", "localrc": {"Z": "1", "A": "{controller_ip}"}}})
+    path = write(tmp_path, "c.json", data)
+    outputs = set()
+    for seed in ("0", "1", "2", "4242"):
+        result = subprocess.run([sys.executable, "-m", "coordinator.cli", "plan", str(path), "--format", "json"],
+                                cwd=ROOT, capture_output=True, timeout=60,
+                                env={**os.environ, "PYTHONHASHSEED": seed})
+        assert result.returncode == 0, result.stderr.decode()
+        outputs.add(result.stdout)
+    assert len(outputs) == 1
+    assert len(json.loads(outputs.pop())["tunnels"]) == 4 * 2 + 1
+
+
+def test_surrogate_in_a_value_is_an_error_not_a_traceback(capsys, tmp_path):
+    path = write(tmp_path, "c.json", '{"type": "DevstackEngine", "localrc": {"X": "a\\ud800b"}, '
+                                     '"provider": {"type": "ExistingServers", "credentials": [{"host": "h"}]}}')
+    code, out, err = run(capsys, "plan", path, "--local-conf")
+    assert code == 1 and out == ""
+    assert err == (f"{path}: error: localrc.X: holds a lone surrogate ('\\ud800' at character 2), which is not text "
+                   f"and cannot be written as UTF-8; remove it\n")
+
+
+EXTREME_FILES = [
+    ("bigint.json", '{"type": "LxcEngine", "containers_per_host": ' + "9" * 5000 + "}", "too large"),
+    ("deep.json", "[" * 5000 + "]" * 5000, "nested too deeply"),
+    ("deep.yaml", "a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("bomb.yaml", "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                  + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+                            for i in range(7)), "more than 100000 values"),
+    ("nan.json", '{"type": "LxcEngine", "x": NaN}', "NaN is not a JSON number"),
+]
+
+
+def test_extreme_files_are_errors_not_tracebacks(tmp_path):
+    for name, text, words in EXTREME_FILES:
+        path = write(tmp_path, name, text)
+        result = subprocess.run([sys.executable, "-m", "coordinator.cli", "validate", str(path)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, (name, result.stderr)
+        assert "Traceback" not in result.stderr and words in result.stderr, (name, result.stderr)
+
+
+def test_top_level_problems_are_printed_as_such(capsys, tmp_path):
+    code, _, err = run(capsys, "validate", write(tmp_path, "c.json", {"type": "LxcEngine"}))
+    assert code == 1
+    assert err.splitlines()[1:] == ["  (top level): missing required key 'provider'",
+                                    "  (top level): missing required key 'engine'"]

@@ -13,62 +13,17 @@ from coordinator.config import ConfigError, Problem, load, load_config, parse, v
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "configs" / "seed.json"
 
-# Rally's sample deployment configs (shared/compat/rally-samples), as written there.
-RALLY_SAMPLES = {
-    "devstack-in-existing-servers": """{
-    "type": "DevstackEngine",
-    "devstack_repo": "https://git.openstack.org/openstack-dev/devstack",
-    "devstack_branch": "master",
-    "provider": {
-        "type": "ExistingServers",
-        "credentials": [{"user": "root", "host": "10.2.0.8"}]
-    }
-}""",
-    "devstack-in-lxc": """{
-    "type": "DevstackEngine",
-    "local_conf": {
-        "VIRT_DRIVER": "fake"
-    },
-    "provider": {
-        "type": "LxcProvider",
-        "containers_per_host": 4,
-        "container_name_prefix": "rally-providertest-02-",
-        "start_lxc_network": "10.100.1.0/28",
-        "tunnel_to": ["10.5.0.1"],
-        "distribution": "ubuntu",
-        "release": "raring",
-        "host_provider": {
-            "type": "ExistingServers",
-            "credentials": [{"user": "root", "host": "10.2.250.103"}]
-        }
-    }
-}""",
-    "multihost": """{
-    "type": "MultihostEngine",
-    "controller": {
-        "type": "DevstackEngine",
-        "local_conf": {
-            "ENABLED_SERVICES+": ",-n-cpu,-n-net",
-            "MULTI_HOST": "1",
-            "SCREEN_LOGDIR": "$DEST/logs/screen"
-        },
-        "provider": {"type": "DummyProvider",
-                     "credentials": [{"host": "host-1.net",
-                                      "user": "root"}]}
-    },
-    "nodes": [
-        {
-            "type": "DevstackEngine",
-            "local_conf": {"ENABLED_SERVICES": "n-cpu,n-net"},
-            "provider": {
-                "type": "DummyProvider",
-                "credentials": [{"host": "host-2.net",
-                                 "user": "root"}]
-            }
-        }
-    ]
-}""",
-}
+# Rally's sample deployment configs, read where they are kept (shared/ beside this checkout), not copied here.
+RALLY_SAMPLES = ROOT.parent / "shared" / "compat" / "rally-samples"
+RALLY_SAMPLE_NAMES = ["devstack-in-existing-servers", "devstack-in-lxc", "devstack-lxc-engine-in-existing-servers",
+                      "multihost"]
+
+
+def rally_sample(name):
+    path = RALLY_SAMPLES / f"{name}.json"
+    if not RALLY_SAMPLES.is_dir():
+        pytest.skip(f"Rally's samples are not at {RALLY_SAMPLES} (shared/ is not beside this checkout)")
+    return load_config(path)
 
 
 def seed():
@@ -125,14 +80,25 @@ def test_configs_seed_is_the_seed_unchanged():
     assert SEED.read_bytes() == shared.read_bytes()
 
 
-@pytest.mark.parametrize("name", sorted(RALLY_SAMPLES), ids=sorted(RALLY_SAMPLES))
+@pytest.mark.parametrize("name", RALLY_SAMPLE_NAMES, ids=RALLY_SAMPLE_NAMES)
 def test_rally_samples_are_accepted(name):
-    result = topology.plan(validate(parse(RALLY_SAMPLES[name], f"{name}.json")))
+    result = topology.plan(rally_sample(name))
     assert result.nodes
 
 
+def test_rally_lxc_engine_sample_is_the_seed():
+    assert topology.plan(rally_sample("devstack-lxc-engine-in-existing-servers")).to_json() == \
+        topology.plan(load_config(SEED)).to_json()
+
+
+def test_rally_existing_servers_sample_runs_devstack_on_the_node_itself():
+    result = topology.plan(rally_sample("devstack-in-existing-servers"))
+    assert [(n.name, n.kind, n.address, n.devstack_repo) for n in result.nodes] == [
+        ("10.2.0.8", "host", "10.2.0.8", "https://git.openstack.org/openstack-dev/devstack")]
+
+
 def test_rally_lxc_sample_keeps_release_prefix_and_network():
-    result = topology.plan(validate(parse(RALLY_SAMPLES["devstack-in-lxc"], "x.json")))
+    result = topology.plan(rally_sample("devstack-in-lxc"))
     assert [node.name for node in result.nodes] == [f"rally-providertest-02-10-100-1-0-00{i}" for i in range(4)]
     assert {node.release for node in result.nodes} == {"raring"}
     assert {node.distribution for node in result.nodes} == {"ubuntu"}
@@ -141,7 +107,7 @@ def test_rally_lxc_sample_keeps_release_prefix_and_network():
 
 
 def test_rally_multihost_sample_runs_devstack_on_the_hardware_nodes():
-    result = topology.plan(validate(parse(RALLY_SAMPLES["multihost"], "x.json")))
+    result = topology.plan(rally_sample("multihost"))
     assert [(n.name, n.role, n.kind, n.address) for n in result.nodes] == [
         ("host-1.net", "controller", "host", "host-1.net"), ("host-2.net", "compute", "host", "host-2.net")]
     assert result.controller_address == "host-1.net"
@@ -149,6 +115,15 @@ def test_rally_multihost_sample_runs_devstack_on_the_hardware_nodes():
 
 def _seed_variant(path, new_key):
     return renamed(seed(), path, new_key)
+
+
+def _with_lxc_provider_group(counts):
+    """The seed with one more node group: a DevstackEngine on an LxcProvider with the given count spelling."""
+    data = seed()
+    data["nodes"].append({"type": "DevstackEngine", "localrc": {"X": "1"}, "provider": {
+        "type": "LxcProvider", "container_name_prefix": "extra", **counts,
+        "host_provider": {"type": "ExistingServers", "credentials": [{"host": "localhost"}]}}})
+    return data
 
 
 SPELLINGS = [
@@ -159,9 +134,10 @@ SPELLINGS = [
     ("nodes_per_server", seed(), lambda p: len(p.nodes) == 65),
     ("containers_per_host-on-LxcEngine", _seed_variant(("nodes", 0, "nodes_per_server"), "containers_per_host"),
      lambda p: len(p.nodes) == 65),
-    ("nodes_per_server-on-LxcProvider",
-     _seed_variant(("controller", "provider", "containers_per_host"), "nodes_per_server"),
-     lambda p: p.nodes[0].role == "controller"),
+    ("nodes_per_server-on-LxcProvider", _with_lxc_provider_group({"nodes_per_server": 3}),
+     lambda p: [n.name for n in p.nodes if n.group == 2] == [f"extra-10-100-1-00{i}" for i in range(3)]),
+    ("containers_per_host-on-LxcProvider", _with_lxc_provider_group({"containers_per_host": 2}),
+     lambda p: [n.kind for n in p.nodes if n.group == 2] == ["standalone", "standalone"]),
     ("engine-name", seed(), lambda p: p.nodes[1].localrc["DATABASE_TYPE"] == "mysql"),
     ("engine-type", _seed_variant(("nodes", 0, "engine", "name"), "type"),
      lambda p: p.nodes[1].localrc["DATABASE_TYPE"] == "mysql"),
@@ -173,8 +149,11 @@ SPELLINGS = [
      _seed_variant(("nodes", 0, "container_name"), "container_name_prefix"),
      lambda p: p.nodes[1].name.startswith("devstack-compute-")),
     ("container_name-on-LxcProvider",
-     _seed_variant(("controller", "provider", "container_name_prefix"), "container_name"),
-     lambda p: p.nodes[0].name.startswith("controller-")),
+     edit(_seed_variant(("controller", "provider", "container_name_prefix"), "container_name"),
+          ("controller", "provider", "container_name"), "ctl-x"),
+     lambda p: p.nodes[0].name == "ctl-x-10-100-1-000"),
+    ("container_name_prefix-on-LxcProvider", edit(seed(), ("controller", "provider", "container_name_prefix"), "c1"),
+     lambda p: p.nodes[0].name == "c1-10-100-1-000"),
     ("DummyProvider", edit(seed(), ("nodes", 0, "provider", "type"), "DummyProvider"),
      lambda p: len(p.nodes) == 65),
     ("start_lxc_network", edit(seed(), ("nodes", 0, "start_lxc_network"), "10.200.0.0/24"),
@@ -184,7 +163,10 @@ SPELLINGS = [
     ("tunnel_type", edit(edit(seed(), ("nodes", 0, "tunnel_to"), ["10.1.1.20"]), ("nodes", 0, "tunnel_type"),
                          "vxlan"),
      lambda p: [t.kind for t in p.tunnels] == ["vxlan"]),
-    ("distribution", seed(), lambda p: {n.distribution for n in p.nodes} == {"ubuntu"}),
+    ("distribution", edit(seed(), ("nodes", 0, "distribution"), "debian"),
+     lambda p: p.nodes[1].distribution == "debian" and p.nodes[0].distribution == "ubuntu"),
+    ("distribution-on-LxcProvider", edit(seed(), ("controller", "provider", "distribution"), "debian"),
+     lambda p: p.nodes[0].distribution == "debian" and p.nodes[1].distribution == "ubuntu"),
     ("release", edit(seed(), ("nodes", 0, "release"), "jammy"), lambda p: p.nodes[1].release == "jammy"),
     ("devstack_repo", edit(seed(), ("nodes", 0, "engine", "devstack_repo"), "/srv/git/devstack"),
      lambda p: p.nodes[1].devstack_repo == "/srv/git/devstack"),
@@ -192,7 +174,9 @@ SPELLINGS = [
      lambda p: p.nodes[0].devstack_branch == "stable/2024.1"),
     ("start_script", edit(seed(), ("nodes", 0, "start_script"), "~/start.sh"),
      lambda p: p.nodes[1].start_script == "~/start.sh" and p.nodes[0].start_script is None),
-    ("forward_ssh", edit(seed(), ("controller", "provider", "forward_ssh"), False), lambda p: True),
+    # Accepted so Rally's configs load, and ignored (containers are reached through the agent): the same plan.
+    ("forward_ssh", edit(seed(), ("controller", "provider", "forward_ssh"), True),
+     lambda p: p.to_json() == topology.plan(validate(seed())).to_json()),
     ("credential-agent-keys",
      edit(seed(), ("nodes", 0, "provider", "credentials", 0),
           {"user": "root", "host": "localhost", "port": 7000, "ca": "ca.pem", "cert": "c.pem", "key": "k.pem",
@@ -578,3 +562,342 @@ def test_registry_knows_the_seeds_types_and_rallys_alias():
     assert plugins.ENGINES.names() == ["DevstackEngine", "LxcEngine", "MultihostEngine"]
     assert plugins.PROVIDERS.names() == ["ExistingServers", "LxcProvider"]
     assert plugins.PROVIDERS.get("DummyProvider") is plugins.PROVIDERS.get("ExistingServers")
+
+
+# ---------------------------------------------------------------- localrc: nothing in a key or value can run
+
+BASH_OWN = ["PS1", "PS2", "PS3", "PS4", "PS4+", "PROMPT_COMMAND", "BASH_ENV", "ENV", "IFS", "SHELLOPTS", "BASHOPTS",
+            "BASH", "BASH_XTRACEFD", "BASH_ALIASES", "BASH_CMDS", "CDPATH", "GLOBIGNORE", "UID", "EUID", "PPID",
+            "BASHPID", "GROUPS", "FUNCNAME", "RANDOM", "SECONDS", "LINENO"]
+
+
+@pytest.mark.parametrize("key", BASH_OWN, ids=BASH_OWN)
+def test_localrc_refuses_bash_own_variables(key):
+    found = messages(problems_of(edit(seed(), ("controller", "localrc", key), "$(touch /tmp/pwned)")))
+    where = f"controller.localrc.{key}"
+    assert where in found, found
+    assert f"'{key.rstrip('+')}' cannot be set in localrc: " in found[where]
+
+
+def test_ps4_refusal_says_why():
+    found = messages(problems_of(edit(seed(), ("controller", "localrc", "PS4"), "x")))
+    assert "xtrace" in found["controller.localrc.PS4"] and "would run" in found["controller.localrc.PS4"]
+
+
+@pytest.mark.parametrize("key", ["ps4", "BASHFUL", "MY_IFS", "ENVIRONMENT", "USER_ID"], ids=str)
+def test_names_that_only_look_like_bash_own_are_fine(key):
+    result = topology.plan(validate(edit(seed(), ("controller", "localrc", key), "x")))
+    assert result.nodes[0].localrc[key] == "x"
+
+
+@pytest.mark.parametrize("key", ["reboot\n", "A\n", "PS4\n"], ids=["command", "name", "special"])
+def test_localrc_key_ending_in_a_newline_is_refused(key):
+    # `$` in a pattern matches before a final newline: "reboot\n" would have become a bare `reboot` line.
+    found = messages(problems_of(edit(seed(), ("controller", "localrc", key), "x")))
+    assert "expected a shell variable name" in found[f"controller.localrc.{key}"]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("devstack_branch", "master\n"), ("devstack_repo", "/srv/devstack\n"), ("devstack_repo", "/srv/\x00devstack"),
+], ids=["branch-newline", "repo-newline", "repo-nul"])
+def test_devstack_source_must_be_one_line(field, value):
+    found = messages(problems_of(edit(seed(), ("controller", field), value)))
+    assert f"controller.{field}" in found, found
+
+
+@pytest.mark.parametrize("key,value", [("X", "a\ud800b"), ("X", "\udfff"), ("enable_plugin", "heat https://h/\ud800")],
+                         ids=["value", "alone", "plugin"])
+def test_value_that_is_not_utf8_text_is_refused_with_its_path(key, value):
+    found = messages(problems_of(edit(seed(), ("controller", "localrc", key), value)))
+    assert "lone surrogate" in found[f"controller.localrc.{key}"], found
+
+
+def test_key_that_is_not_utf8_text_is_refused_and_printable():
+    with pytest.raises(ConfigError) as caught:
+        validate(edit(seed(), ("controller", "localrc", "A\ud800"), "x"))
+    (problem,) = caught.value.problems
+    assert problem.path == "controller.localrc.A\\ud800" and "lone surrogate" in problem.message
+    str(caught.value).encode("utf-8")
+
+
+def test_surrogate_from_a_json_escape_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        parse(json.dumps(edit(seed(), ("controller", "localrc", "X"), "a\ud800b")), "c.json")
+    assert [p.path for p in caught.value.problems] == ["controller.localrc.X"]
+
+
+@pytest.mark.parametrize("entry", ["heat https://h/a\x00b", "heat\x1b[2J https://h/x", "heat https://h/x\x7f",
+                                   "heat https://h/x\u2028master"], ids=["nul", "escape", "delete", "line-separator"])
+def test_enable_plugin_entry_with_control_characters_is_refused(entry):
+    data = edit(seed(), ("nodes", 0, "engine", "localrc", "enable_plugin"), ["ok https://h/ok", entry])
+    found = messages(problems_of(data))
+    assert found == {"nodes[0].engine.localrc.enable_plugin[1]": (
+        "an enable_plugin entry must be one line, without control characters (it becomes one line of local.conf)")}
+
+
+# ---------------------------------------------------------------- every problem at once
+
+def test_a_bad_list_item_does_not_hide_the_others():
+    data = edit(seed(), ("nodes", 0, "tunnel_to"), ["10.1.1.256", 5, "192.168.1.300"])
+    data["nodes"][0]["provider"]["credentials"] = [{"host": "bad host"}, {"host": "h", "port": 0}, {"user": "x"},
+                                                   {"host": "also bad"}]
+    found = messages(problems_of(data))
+    assert set(found) == {
+        "nodes[0].tunnel_to[0]", "nodes[0].tunnel_to[1]", "nodes[0].tunnel_to[2]",
+        "nodes[0].provider.credentials[0].host", "nodes[0].provider.credentials[1].port",
+        "nodes[0].provider.credentials[2]", "nodes[0].provider.credentials[3].host"}
+    assert "'10.1.1.256' is not an address" in found["nodes[0].tunnel_to[0]"]
+    assert "'192.168.1.300' is not an address" in found["nodes[0].tunnel_to[2]"]
+
+
+def test_a_bad_value_inside_an_item_keeps_the_items_other_checks():
+    data = edit(seed(), ("nodes", 0, "provider", "credentials"),
+                [{"host": "h1", "port": "7000"}, {"host": "h1"}])
+    found = messages(problems_of(data))
+    assert set(found) == {"nodes[0].provider.credentials[0].port", "nodes[0].provider.credentials[1].host"}
+    assert "listed twice" in found["nodes[0].provider.credentials[1].host"]
+
+
+def test_problems_come_in_the_order_of_the_config():
+    data = seed()
+    data["nodes"][0]["tunnel_to"] = ["1.2.3", 5]
+    problems = problems_of(data)
+    assert [p.path for p in problems] == ["nodes[0].tunnel_to[0]", "nodes[0].tunnel_to[1]"]
+
+
+def test_one_mistake_is_reported_once():
+    data = edit(seed(), ("nodes", 0, "engine", "provider"), {})
+    assert messages(problems_of(data)).keys() == {"nodes[0].engine.provider"}
+    data = edit(seed(), ("nodes", 0, "provider", "credentials", 0), {"hots": "localhost"})
+    assert messages(problems_of(data)) == {"nodes[0].provider.credentials[0].hots": "unknown key; did you mean "
+                                                                                    "'host'?"}
+
+
+def test_top_level_problem_is_printed_with_its_place():
+    with pytest.raises(ConfigError) as caught:
+        validate({"type": "LxcEngine"})
+    assert str(caught.value).splitlines()[1:] == ["  - (top level): missing required key 'provider'",
+                                                  "  - (top level): missing required key 'engine'"]
+
+
+# ---------------------------------------------------------------- addresses
+
+ADDRESS_ERRORS = [
+    ("network-loopback", ("nodes", 0, "start_lxc_network"), "127.0.0.0/24", "nodes[0].start_lxc_network",
+     "127.0.0.0/24 overlaps the loopback range 127.0.0.0/8"),
+    ("network-multicast", ("nodes", 0, "start_lxc_network"), "224.1.0.0/24", "nodes[0].start_lxc_network",
+     "overlaps the multicast range 224.0.0.0/4"),
+    ("network-this-network", ("nodes", 0, "start_lxc_network"), "0.0.0.0/24", "nodes[0].start_lxc_network",
+     "overlaps the 'this network' range 0.0.0.0/8"),
+    ("network-link-local", ("nodes", 0, "start_lxc_network"), "169.254.10.0/24", "nodes[0].start_lxc_network",
+     "overlaps the link-local range 169.254.0.0/16"),
+    ("network-reserved", ("nodes", 0, "start_lxc_network"), "240.0.0.0/24", "nodes[0].start_lxc_network",
+     "overlaps the reserved range"),
+    ("network-half-the-space", ("nodes", 0, "start_lxc_network"), "0.0.0.0/1", "nodes[0].start_lxc_network",
+     "overlaps the 'this network' range"),
+    ("tunnel-loopback", ("nodes", 0, "tunnel_to"), ["127.0.0.1"], "nodes[0].tunnel_to[0]", "is a loopback address"),
+    ("tunnel-broadcast", ("nodes", 0, "tunnel_to"), ["255.255.255.255"], "nodes[0].tunnel_to[0]",
+     "is the broadcast address"),
+    ("tunnel-multicast", ("nodes", 0, "tunnel_to"), ["224.0.0.5"], "nodes[0].tunnel_to[0]", "is a multicast address"),
+    ("tunnel-reserved", ("nodes", 0, "tunnel_to"), ["240.0.0.1"], "nodes[0].tunnel_to[0]", "is in the reserved range"),
+    ("tunnel-unspecified", ("nodes", 0, "tunnel_to"), ["0.0.0.0"], "nodes[0].tunnel_to[0]", "'this network'"),
+    ("host-multicast", ("nodes", 0, "provider", "credentials", 0, "host"), "239.1.1.1",
+     "nodes[0].provider.credentials[0].host", "is a multicast address"),
+]
+
+
+@pytest.mark.parametrize("path,value,where,message", [case[1:] for case in ADDRESS_ERRORS],
+                         ids=[case[0] for case in ADDRESS_ERRORS])
+def test_address_that_cannot_serve_is_refused(path, value, where, message):
+    found = messages(problems_of(edit(seed(), path, value)))
+    assert where in found, found
+    assert message in found[where]
+
+
+# ---------------------------------------------------------------- extreme input: a message, never a traceback
+
+def _nested(depth, fmt):
+    if fmt == "json":
+        return '{"type": "LxcEngine", "x": ' + "[" * depth + "]" * depth + "}"
+    return "type: LxcEngine\nx: " + "[" * depth + "]" * depth + "\n"
+
+
+EXTREMES = [
+    ("int-5000-digits-json", '{"type": "LxcEngine", "containers_per_host": ' + "9" * 5000 + "}", "c.json",
+     "containers_per_host", "a number with 5000 digits is too large"),
+    ("int-5000-digits-yaml", "type: LxcEngine\ncontainers_per_host: " + "9" * 5000 + "\n", "c.yaml",
+     "containers_per_host", "a number with 5000 digits is too large"),
+    ("float-5000-digits-json", '{"type": "LxcEngine", "x": ' + "9" * 5000 + ".5}", "c.json",
+     "x", "too large for a number"),
+    ("nested-5000-json", _nested(5000, "json"), "c.json", None, "nested too deeply"),
+    ("nested-5000-yaml", _nested(5000, "yaml"), "c.yaml", None, "nested too deeply"),
+    ("nested-100-json", _nested(100, "json"), "c.json", "x" + "[0]" * 31, "nested more than 32 levels deep"),
+    ("alias-bomb", "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                   + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+                             for i in range(7)) + "type: LxcEngine\n", "c.yaml", None, "more than 100000 values"),
+    ("merge-bomb", "a: &a {" + ", ".join(f"k{i}: {i}" for i in range(400)) + "}\n"
+                   + "".join(f"m{i}: &m{i} {{<<: [{', '.join(['*a'] + [f'*m{j}' for j in range(i)])}]}}\n"
+                             for i in range(12)), "c.yaml", None, "expand to more than 100000 keys"),
+]
+
+
+@pytest.mark.parametrize("text,name,where,words", [case[1:] for case in EXTREMES], ids=[c[0] for c in EXTREMES])
+def test_extreme_input_is_a_config_error(text, name, where, words):
+    with pytest.raises(ConfigError) as caught:
+        validate(parse(text, name))
+    found = {p.path: p.message for p in caught.value.problems}
+    assert where in found, found
+    assert words in found[where]
+
+
+def test_extreme_values_given_as_data_are_config_errors():
+    data = edit(seed(), ("controller", "localrc", "X"), 10 ** 5000)
+    data["controller"]["localrc"]["Y"] = float("nan")
+    data["controller"]["localrc"]["Z"] = float("inf")
+    found = messages(problems_of(data))
+    assert set(found) == {"controller.localrc.X", "controller.localrc.Y", "controller.localrc.Z"}
+    assert "too large" in found["controller.localrc.X"] and "finite" in found["controller.localrc.Y"]
+
+
+# ---------------------------------------------------------------- numbers, booleans and merges in YAML and JSON
+
+def _yaml_localrc(line):
+    return ("type: DevstackEngine\nlocalrc:\n  " + line + "\n"
+            "provider: {type: ExistingServers, credentials: [{host: h}]}\n")
+
+
+NUMBER_SLIPS = [
+    ("yaml-octal", _yaml_localrc("VER: 012"), "c.yaml", "localrc.VER",
+     'line 3, column 8: YAML reads 012 as the number 10: quote it ("012")'),
+    ("yaml-octal-0o", _yaml_localrc("VER: 0o17"), "c.yaml", None, None),  # YAML 1.1 has no 0o: it is text
+    ("yaml-hex", _yaml_localrc("VER: 0x1f"), "c.yaml", "localrc.VER", "YAML reads 0x1f as the number 31"),
+    ("yaml-sexagesimal", _yaml_localrc("T: 1:30"), "c.yaml", "localrc.T", "YAML reads 1:30 as the number 90"),
+    ("yaml-underscore", _yaml_localrc("N: 1_000"), "c.yaml", "localrc.N", "YAML reads 1_000 as the number 1000"),
+    ("yaml-plus", _yaml_localrc("N: +12"), "c.yaml", "localrc.N", "YAML reads +12 as the number 12"),
+    ("yaml-fraction", _yaml_localrc("V: 1.10"), "c.yaml", "localrc.V", 'quote it, e.g. "1.10"'),
+    ("json-fraction", '{"type": "DevstackEngine", "localrc": {"V": 1.10}, '
+                      '"provider": {"type": "ExistingServers", "credentials": [{"host": "h"}]}}', "c.json",
+     "localrc.V", "got the number 1.1: write a number with a fraction"),
+    ("yaml-yes", _yaml_localrc("X: yes"), "c.yaml", "localrc.X", 'YAML reads yes as true: quote it ("yes")'),
+    ("yaml-off", _yaml_localrc("X: Off"), "c.yaml", "localrc.X", "YAML reads Off as false"),
+    ("yaml-on-key", _yaml_localrc("ON: 1"), "c.yaml", "localrc.ON",
+     'line 3, column 3: a key must be text, and this one is not read as text by YAML: quote it ("ON")'),
+    ("yaml-int-key", _yaml_localrc("1: x"), "c.yaml", "localrc.1", 'quote it ("1")'),
+    ("yaml-list-key", _yaml_localrc("? [a, b]\n  : x"), "c.yaml", "localrc.?", "a list or an object"),
+    ("yaml-nan", _yaml_localrc("X: .nan"), "c.yaml", "localrc.X", "numbers must be finite"),
+    ("yaml-inf", _yaml_localrc("X: -.inf"), "c.yaml", "localrc.X", "numbers must be finite"),
+    ("yaml-binary", _yaml_localrc("X: !!binary aGk="), "c.yaml", "localrc.X", "!!binary has no meaning"),
+    ("json-nan", '{"type": "DevstackEngine", "localrc": {"X": NaN}}', "c.json", "localrc.X",
+     "NaN is not a JSON number"),
+    ("json-infinity", '{"type": "DevstackEngine", "localrc": {"X": -Infinity}}', "c.json", "localrc.X",
+     "-Infinity is not a JSON number"),
+    ("json-1e400", '{"type": "DevstackEngine", "localrc": {"X": 1e400}}', "c.json", "localrc.X",
+     "1e400 is too large for a number"),
+]
+
+
+@pytest.mark.parametrize("text,name,where,words", [case[1:] for case in NUMBER_SLIPS],
+                         ids=[case[0] for case in NUMBER_SLIPS])
+def test_value_that_would_not_be_written_as_given_is_refused(text, name, where, words):
+    if where is None:
+        assert topology.plan(validate(parse(text, name))).nodes[0].localrc["VER"] == "0o17"
+        return
+    with pytest.raises(ConfigError) as caught:
+        validate(parse(text, name))
+    found = {p.path: p.message for p in caught.value.problems}
+    assert where in found, found
+    assert words in found[where]
+
+
+def test_plain_numbers_booleans_and_dates_keep_their_text():
+    text = _yaml_localrc("{A: 12, B: -3, C: 0, D: true, E: False, F: 2024-01-31, G: '012', H: '1.10'}")
+    localrc = topology.plan(validate(parse(text, "c.yaml"))).nodes[0].localrc
+    assert [localrc[k] for k in "ABCDEFGH"] == ["12", "-3", "0", "True", "False", "2024-01-31", "012", "1.10"]
+
+
+def test_json_number_with_a_leading_zero_gets_a_hint():
+    with pytest.raises(ConfigError) as caught:
+        parse('{"type": "LxcEngine", "containers_per_host": 012}', "c.json")
+    assert 'line 1, column 46: JSON numbers do not start with 0; write 12, or quote it ("012")' in str(caught.value)
+
+
+def test_yaml_merge_keys_are_supported_and_the_mappings_own_keys_win():
+    text = """
+defaults: &defaults
+  type: ExistingServers
+  credentials: [{host: wrong}]
+type: DevstackEngine
+localrc: {X: "1"}
+provider: {<<: *defaults, credentials: [{host: h1}]}
+"""
+    data = parse(text, "c.yaml")
+    assert data["provider"] == {"type": "ExistingServers", "credentials": [{"host": "h1"}]}
+
+
+def test_yaml_merge_of_several_mappings_gives_the_first_precedence():
+    data = parse("a: &a {x: 1, y: 1}\nb: &b {x: 2, z: 2}\nc: {<<: [*a, *b], w: 3}\n", "c.yaml")
+    assert data["c"] == {"x": 1, "y": 1, "z": 2, "w": 3}
+
+
+def test_yaml_key_given_twice_is_still_found_beside_a_merge():
+    with pytest.raises(ConfigError) as caught:
+        parse("a: &a {x: 1}\nc: {<<: *a, y: 1, y: 2}\n", "c.yaml")
+    assert [p.path for p in caught.value.problems] == ["c.y"]
+
+
+@pytest.mark.parametrize("text,words", [
+    ("a: {<<: 5}\n", "line 1, column 9: a merge key '<<' takes a mapping or a list of mappings"),
+    ("a: &a {<<: *a}\n", "line 1, column 8: a merge key '<<' refers to a mapping that contains it"),
+    ("a: &a [*a]\n", "line 1, column 4: found unconstructable recursive node"),
+], ids=["scalar", "merge-itself", "alias-itself"])
+def test_yaml_merge_or_alias_that_cannot_be_is_explained(text, words):
+    with pytest.raises(ConfigError) as caught:
+        parse(text, "c.yaml")
+    assert words in str(caught.value)
+
+
+# ---------------------------------------------------------------- slips with a suggestion
+
+@pytest.mark.parametrize("key", ["tpye", "Type", "nmae"], ids=str)
+def test_misspelled_type_is_suggested_and_the_rest_still_checked(key):
+    data = renamed(seed(), ("nodes", 0, "type"), key)
+    data["nodes"][0]["nodes_per_server"] = 0
+    found = messages(problems_of(data))
+    canonical = "name" if key == "nmae" else "type"
+    assert found == {f"nodes[0].{key}": f"unknown key; did you mean '{canonical}'?",
+                     "nodes[0].nodes_per_server": "expected at least 1, got 0"}
+
+
+@pytest.mark.parametrize("key,value", [("enable_plugins", ["heat https://h/heat"]),
+                                       ("enable_plugins", "heat https://h/heat"),
+                                       ("ENABLE_PLUGIN", "heat https://h/heat"),
+                                       ("enableplugin", "heat https://h/heat")],
+                         ids=["plural-list", "plural-string", "upper-case", "no-underscore"])
+def test_enable_plugin_slips_are_named(key, value):
+    found = messages(problems_of(edit(seed(), ("nodes", 0, "engine", "localrc", key), value)))
+    assert found[f"nodes[0].engine.localrc.{key}"].startswith("did you mean 'enable_plugin'?")
+
+
+@pytest.mark.parametrize("hosts", [["a", "A"], ["a", "a."], ["Host-1.Example.", "host-1.example"]],
+                         ids=["case", "trailing-dot", "both"])
+def test_one_host_spelled_two_ways_in_one_list_is_listed_twice(hosts):
+    data = edit(seed(), ("nodes", 0, "provider", "credentials"), [{"host": h} for h in hosts])
+    found = messages(problems_of(data))
+    assert f"'{hosts[1]}' is listed twice (first at credentials[0] as '{hosts[0]}'" in \
+        found["nodes[0].provider.credentials[1].host"]
+
+
+def test_one_host_spelled_two_ways_across_groups_is_one_host():
+    data = edit(seed(), ("controller", "provider", "host_provider", "credentials", 0, "host"), "Node-1.")
+    data = edit(data, ("nodes", 0, "provider", "credentials", 0, "host"), "node-1")
+    result = topology.plan(validate(data))
+    assert [host.address for host in result.hosts] == ["node-1"]
+    assert {node.subnet for node in result.nodes} == {"10.100.1.0/24"}
+
+
+def test_localhost_and_its_address_together_are_refused():
+    data = edit(seed(), ("nodes", 0, "provider", "credentials", 0, "host"), "127.0.0.1")
+    found = messages(problems_of(data))
+    assert found == {"nodes[0].provider.credentials[0].host": (
+        "'127.0.0.1' and 'localhost' (at controller.provider.host_provider.credentials[0]) both name this machine; "
+        "name it one way everywhere, or the plan would treat it as two hosts")}

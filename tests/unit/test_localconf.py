@@ -23,15 +23,18 @@ def localrc_section(text):
     return "\n".join(lines) + "\n"
 
 
-def source(text, names, tmp_path, env=None):
+def source(text, names, tmp_path, env=None, xtrace=False):
     """Source the localrc section in bash (with an `enable_plugin` that records its arguments) and read back
-    each named variable exactly, NUL-separated; return (values, recorded plugin calls)."""
+    each named variable exactly, NUL-separated; return (values, recorded plugin calls). With `xtrace`, source it
+    as devstack does, under `set -o xtrace` (which expands PS4 for every traced line)."""
     section = tmp_path / "localrc"
     section.write_text(localrc_section(text))
     script = (
         'PLUGINS=()\n'
         'enable_plugin() { local a; for a in "$@"; do PLUGINS+=("$a"); done; PLUGINS+=("--"); }\n'
-        f'source {section}\n'
+        + ("set -o xtrace\n" if xtrace else "")
+        + f'source {section}\n'
+        + ("set +o xtrace\n" if xtrace else "")
         + "".join(f'printf "%s\\0" "${{{name}}}"\n' for name in names)
         + 'printf "%s\\0" "${PLUGINS[@]}"\n')
     result = subprocess.run(["bash", "-c", script], capture_output=True, env={"PATH": os.environ["PATH"],
@@ -118,14 +121,14 @@ def test_rendered_file_starts_with_the_localrc_section():
     assert text == '[[local|localrc]]\nVIRT_DRIVER="fake"\n'
 
 
-@pytest.mark.parametrize("key", ["BAD KEY", "1X", "A;B", "A-B", "A++", ""], ids=str)
+@pytest.mark.parametrize("key", ["BAD KEY", "1X", "A;B", "A-B", "A++", "", "reboot\n", "A\nB"], ids=repr)
 def test_render_refuses_keys_that_are_not_shell_names(key):
     with pytest.raises(ValueError):
         localconf.render({key: "x"})
 
 
-@pytest.mark.parametrize("value", ["a\nb", "a\rb", "a\x00b", "a\x85b", "a\u2028b", "a\x1bb"],
-                         ids=["newline", "return", "nul", "next-line", "line-separator", "escape"])
+@pytest.mark.parametrize("value", ["a\nb", "a\rb", "a\x00b", "a\x85b", "a\u2028b", "a\x1bb", "a\ud800b"],
+                         ids=["newline", "return", "nul", "next-line", "line-separator", "escape", "surrogate"])
 def test_render_refuses_values_that_break_lines(value):
     with pytest.raises(ValueError):
         localconf.render({"A": value})
@@ -161,7 +164,9 @@ def test_json_scalars_as_devstack_text(value, text):
     assert localconf.as_text(value) == text
 
 
-ONE_LINE = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")) | st.just("\t"), max_size=40)
+# Lone surrogates (category Cs) included: render must refuse them, never write text it cannot encode.
+ONE_LINE = st.text(st.characters(blacklist_categories=("Cc", "Zl", "Zp")) | st.sampled_from(["\t", "\ud800", "\udfff"]),
+                   max_size=40)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -169,5 +174,57 @@ ONE_LINE = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")) 
 def test_any_one_line_value_without_references_round_trips(value, tmp_path):
     # `$` followed by a name or `{` is a reference on purpose; everything else must come back exactly.
     value = re.sub(r"\$(?=[A-Za-z_{])", "$-", value)
+    if any("\ud800" <= char <= "\udfff" for char in value):
+        with pytest.raises(ValueError):
+            localconf.render({"VALUE": value})
+        return
     values, _ = source(localconf.render({"VALUE": value}), ["VALUE"], tmp_path)
     assert values["VALUE"] == value
+
+
+# ---------------------------------------------------------------- sourced as devstack does: under set -o xtrace
+
+def pwned(tmp_path):
+    return [path.name for path in tmp_path.iterdir() if path.name.startswith("pwned")]
+
+
+def test_xtrace_harness_would_catch_a_command_in_ps4(tmp_path):
+    # The danger the key check guards against: PS4 written by hand runs its command on the next traced line.
+    text = '[[local|localrc]]\nPS4="\\$(touch pwned-ps4)"\nA="1"\n'
+    source(text, ["A"], tmp_path, xtrace=True)
+    assert pwned(tmp_path) == ["pwned-ps4"]
+
+
+@pytest.mark.parametrize("value", [value for _, value in HOSTILE], ids=[name for name, _ in HOSTILE])
+def test_hostile_value_stays_a_literal_string_under_xtrace(value, tmp_path):
+    plugins = (("p", value or "x"),)
+    values, calls = source(localconf.render({"VALUE": value, "ps4": value, "After": "1"}, plugins),
+                           ["VALUE", "ps4", "After"], tmp_path, xtrace=True)
+    assert values == {"VALUE": value, "ps4": value, "After": "1"}
+    assert calls == list(plugins)
+    assert not pwned(tmp_path)
+
+
+BASH_OWN = ["PS0", "PS1", "PS2", "PS3", "PS4", "PS4+", "PROMPT_COMMAND", "BASH_ENV", "ENV", "IFS", "SHELLOPTS",
+            "BASHOPTS", "BASH", "BASH_XTRACEFD", "BASH_CMDS", "BASH_ALIASES", "CDPATH", "GLOBIGNORE", "EXECIGNORE",
+            "UID", "EUID", "PPID", "BASHPID", "GROUPS", "RANDOM", "SECONDS", "LINENO", "COMP_WORDS", "_"]
+
+
+@pytest.mark.parametrize("key", BASH_OWN, ids=BASH_OWN)
+def test_render_refuses_bash_own_variables(key):
+    assert localconf.reserved(key)
+    with pytest.raises(ValueError):
+        localconf.render({key: "$(touch pwned)"})
+
+
+@pytest.mark.parametrize("key", ["ps4", "BASHFUL", "MY_IFS", "ENVIRONMENT", "PS5", "UIDS", "_X"], ids=str)
+def test_names_that_only_look_like_bash_own_are_rendered(key, tmp_path):
+    assert localconf.reserved(key) is None
+    values, _ = source(localconf.render({key: "$(touch pwned)"}), [key], tmp_path, xtrace=True)
+    assert values[key] == "$(touch pwned)" and not pwned(tmp_path)
+
+
+@pytest.mark.parametrize("word", ["a\x00b", "a\x1bb", "a\nb", "a\ud800"], ids=["nul", "escape", "newline", "surrogate"])
+def test_render_refuses_plugin_words_that_break_lines(word):
+    with pytest.raises(ValueError):
+        localconf.render({}, (("p", word),))

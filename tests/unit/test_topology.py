@@ -183,10 +183,39 @@ def test_253_containers_fill_a_default_subnet_exactly():
     assert result.nodes[-1].address == "10.100.1.254"
 
 
-def test_network_running_past_the_address_space_is_refused():
+def test_later_host_subnet_running_into_a_special_range_is_refused():
     found = problems_of(multihost(devstack(lxc_provider("a")),
-                                  lxc_engine("b", "c", start_lxc_network="255.255.255.0/24")))
-    assert "has no room for a subnet for host 2 (c)" in found["nodes[0].start_lxc_network"]
+                                  lxc_engine("b", "c", start_lxc_network="223.255.255.0/24")))
+    assert found == {"nodes[0].start_lxc_network": (
+        "the subnet for host 2 (c): 224.0.0.0/24 overlaps the multicast range 224.0.0.0/4; container subnets must "
+        "be ordinary unicast addresses")}
+
+
+def test_default_subnets_skip_hardware_node_addresses():
+    # A host at 10.100.1.1 must not get 10.100.1.0/24, whose gateway would be its own address.
+    result = plan_of(multihost(devstack(lxc_provider("10.100.1.1")), lxc_engine("10.100.2.7")))
+    assert [(h.address, h.subnet) for h in result.hosts] == [("10.100.1.1", "10.100.3.0/24"),
+                                                              ("10.100.2.7", "10.100.4.0/24")]
+
+
+def test_default_subnets_skip_tunnel_ends():
+    result = plan_of(multihost(devstack(lxc_provider("c")), lxc_engine("a", tunnel_to=["10.100.1.7"])))
+    assert [h.subnet for h in result.hosts] == ["10.100.2.0/24", "10.100.3.0/24"]
+
+
+def test_explicit_subnet_holding_a_hardware_node_address_is_refused():
+    found = problems_of(multihost(devstack(lxc_provider("10.9.0.1", start_lxc_network="10.9.0.0/24")),
+                                  lxc_engine("a")))
+    assert found == {"controller.provider.start_lxc_network": (
+        "subnet 10.9.0.0/24 (for controller on 10.9.0.1) holds the address of hardware node 10.9.0.1 (at "
+        "controller.provider.host_provider.credentials[0]); a container subnet must not hold a hardware node's "
+        "address; give a different start_lxc_network")}
+
+
+def test_explicit_subnet_holding_another_hosts_address_is_refused():
+    found = problems_of(multihost(devstack(lxc_provider("a", start_lxc_network="192.168.10.0/24")),
+                                  lxc_engine("192.168.10.2")))
+    assert "holds the address of hardware node 192.168.10.2" in found["controller.provider.start_lxc_network"]
 
 
 # ---------------------------------------------------------------- names
@@ -225,6 +254,14 @@ def test_devstack_twice_on_one_hardware_node_is_refused():
     assert "devstack would run twice on one hardware node" in found["nodes[0]"]
 
 
+def test_host_names_are_compared_without_case_and_trailing_dot():
+    result = plan_of(multihost(devstack(lxc_provider("Node-A.example.")), lxc_engine("node-a.EXAMPLE"),
+                               lxc_engine("b")))
+    assert [h.address for h in result.hosts] == ["node-a.example", "b"]
+    found = problems_of(multihost(devstack(servers("H1")), devstack(servers("h1."))))
+    assert "devstack would run twice on one hardware node" in found["nodes[0]"]
+
+
 # ---------------------------------------------------------------- the controller
 
 def test_controller_must_be_exactly_one_node():
@@ -249,16 +286,36 @@ def test_controller_on_localhost_itself_is_unreachable_from_containers():
 
 # ---------------------------------------------------------------- tunnels
 
-def test_tunnels_carry_both_ends_and_the_subnet():
+def test_tunnels_carry_both_ends_and_the_subnets_on_each():
+    # The seed's tunnel picture: the controller in a container on 192.168.1.13, computes on 192.168.10.x.
     result = plan_of(multihost(devstack(lxc_provider("192.168.1.13")),
                                lxc_engine("192.168.10.1", "192.168.10.2", start_lxc_network="10.100.10.0/24",
                                           tunnel_to=["10.1.1.20", "192.168.1.13"])))
-    assert [(t.kind, t.host, t.remote, t.subnet) for t in result.tunnels] == [
-        ("ipip", "192.168.10.1", "10.1.1.20", "10.100.10.0/24"),
-        ("ipip", "192.168.10.1", "192.168.1.13", "10.100.10.0/24"),
-        ("ipip", "192.168.10.2", "10.1.1.20", "10.100.11.0/24"),
-        ("ipip", "192.168.10.2", "192.168.1.13", "10.100.11.0/24")]
+    assert result.controller_address == "10.100.1.2"
+    assert [(t.kind, t.host, t.subnet, t.remote, t.remote_host, t.remote_subnets) for t in result.tunnels] == [
+        ("ipip", "192.168.10.1", "10.100.10.0/24", "10.1.1.20", None, ()),
+        ("ipip", "192.168.10.1", "10.100.10.0/24", "192.168.1.13", "192.168.1.13", ("10.100.1.0/24",)),
+        ("ipip", "192.168.10.2", "10.100.11.0/24", "10.1.1.20", None, ()),
+        ("ipip", "192.168.10.2", "10.100.11.0/24", "192.168.1.13", "192.168.1.13", ("10.100.1.0/24",))]
     assert result.tunnels_from("192.168.10.2") == result.tunnels[2:]
+
+
+def test_tunnel_lists_every_container_subnet_on_the_remote():
+    result = plan_of(multihost(devstack(lxc_provider("192.168.1.13")),
+                               lxc_engine("192.168.1.13", start_lxc_network="10.50.0.0/24", prefix="local"),
+                               lxc_engine("192.168.10.1", tunnel_to=["192.168.1.13"])))
+    (tunnel,) = result.tunnels
+    assert (tunnel.host, tunnel.subnet, tunnel.remote_subnets) == ("192.168.10.1", "10.100.2.0/24",
+                                                                   ("10.50.0.0/24", "10.100.1.0/24"))
+
+
+def test_tunnel_json_shape():
+    result = plan_of(multihost(devstack(lxc_provider("192.168.1.13")),
+                               lxc_engine("192.168.10.1", tunnel_to=["192.168.1.13"])))
+    assert json.loads(result.to_json())["tunnels"] == [
+        {"kind": "ipip", "host": "192.168.10.1", "remote": "192.168.1.13", "subnet": "10.100.2.0/24",
+         "remote_host": "192.168.1.13", "remote_subnets": ["10.100.1.0/24"]}]
+    assert topology.Plan.from_dict(json.loads(result.to_json())) == result
 
 
 def test_no_tunnel_from_a_host_to_itself():
@@ -276,7 +333,8 @@ def test_one_host_reaches_one_remote_one_way():
 
 
 def test_tunnel_into_a_container_subnet_is_refused():
-    found = problems_of(multihost(devstack(lxc_provider("c")), lxc_engine("a", tunnel_to=["10.100.1.7"])))
+    found = problems_of(multihost(devstack(lxc_provider("c", start_lxc_network="10.50.0.0/24")),
+                                  lxc_engine("a", tunnel_to=["10.50.0.7"])))
     assert "inside a container subnet of this deployment" in found["nodes[0].tunnel_to[0]"]
 
 

@@ -1,0 +1,75 @@
+"""What is wrong with a config, and where: one Problem per finding, all of them in one ConfigError."""
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: where (a path like `nodes[0].provider`; "" is the top level; None is the
+    file itself, for syntax errors) and what. Both are kept printable even when the config held a lone surrogate."""
+
+    path: str | None
+    message: str
+
+    def __post_init__(self):
+        if self.path is not None:
+            object.__setattr__(self, "path", _printable(self.path))
+        object.__setattr__(self, "message", _printable(self.message))
+
+    def __str__(self):
+        if self.path is None:
+            return self.message
+        return f"{self.path or '(top level)'}: {self.message}"
+
+
+def _printable(text):
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` lists everything found, not only the first."""
+
+    def __init__(self, problems, source=None):
+        self.problems = tuple(problems)
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self):
+        head = f"{self.source}: " if self.source else ""
+        if len(self.problems) == 1:
+            return f"{head}{self.problems[0]}"
+        lines = [f"{head}{len(self.problems)} problems:"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+def format_path(parts):
+    """('nodes', 0, 'engine') -> 'nodes[0].engine'."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def describe(value):
+    """A value as a message shows it: its JSON type and, when short, itself."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f"the string {json.dumps(shown)}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
