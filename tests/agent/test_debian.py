@@ -1,6 +1,7 @@
 """A real Debian container (debootstrap from the Debian mirror, systemd as init): boots, keeps its address, clones."""
 
 import re
+import time
 
 import pytest
 
@@ -9,6 +10,16 @@ from simlab import AgentProcess
 pytestmark = pytest.mark.slow
 
 BRIDGE = "lxcbr-deb"
+
+
+def system_state(agent, name, timeout=180):
+    """systemd's own verdict once booted; right after start its bus socket may not exist yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = agent.run(name, ["systemctl", "is-system-running", "--wait"], timeout=timeout)
+        if "Failed to connect to bus" not in result["stderr"] or time.monotonic() > deadline:
+            return result["stdout"].strip() or result["stderr"].strip()
+        time.sleep(0.5)
 
 
 @pytest.fixture
@@ -30,8 +41,7 @@ def test_debian_boots_systemd_keeps_its_static_address_and_clones(debian_made_ou
     agent.set_addresses(BRIDGE, {"deb": addresses["deb"]})
     agent.start(["deb"])
 
-    booted = agent.run("deb", ["systemctl", "is-system-running", "--wait"], timeout=180)
-    assert booted["stdout"].strip() == "running", booted
+    assert system_state(agent, "deb") == "running"
     shown = agent.run("deb", ["ip", "-4", "addr", "show", "eth0"])["stdout"]
     assert "inet 10.232.0.10/24" in shown, "ifupdown or DHCP must not have replaced the static address"
     assert f"default via {network['gateway']} dev eth0" in agent.run("deb", ["ip", "-4", "route"])["stdout"]
@@ -43,8 +53,7 @@ def test_debian_boots_systemd_keeps_its_static_address_and_clones(debian_made_ou
     agent.start(["deb-a", "deb-b"])
     ids = set()
     for name in ("deb-a", "deb-b"):
-        state = agent.run(name, ["systemctl", "is-system-running", "--wait"], timeout=180)["stdout"].strip()
-        assert state == "running", (name, state)
+        assert system_state(agent, name) == "running", name
         assert agent.run(name, ["hostname"])["stdout"].strip() == name
         assert re.search(rf"inet {addresses[name]}\b", agent.run(name, ["ip", "-4", "addr"])["stdout"])
         ids.add(agent.run(name, ["cat", "/etc/machine-id"])["stdout"].strip())
