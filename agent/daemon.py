@@ -151,7 +151,7 @@ def init_pki(args):
                            client_name=args.client_name, force=args.force)
     for name in pki.PKI_FILES:
         print(f"{name:12} {paths[name]}")
-    print(f"\nCopy ca.crt, client.crt, client.key and token to the coordinator; keep ca.key offline.")
+    print("\nCopy ca.crt, client.crt, client.key and token to the coordinator; keep ca.key offline.")
     return 0
 
 

@@ -290,6 +290,18 @@ def _nat_expr(bridge, network):
     ]
 
 
+def nat_chain_commands():
+    """nftables JSON commands adding the agent's nat table and postrouting chain (no-ops when they exist).
+
+    tunnels.py puts its NAT exemptions in the same chain, ahead of the masquerade rules.
+    """
+    return [
+        {"add": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}},
+        {"add": {"chain": {"family": NFT_FAMILY, "table": NFT_TABLE, "name": NFT_CHAIN, "type": "nat",
+                           "hook": "postrouting", "prio": 100, "policy": "accept"}}},
+    ]
+
+
 def _nft(commands, bridge, what):
     nft = nftables.Nftables()
     nft.set_handle_output(True)
@@ -318,11 +330,7 @@ def _ensure_nat(bridge, network):
     if len(tagged) == 1 and tagged[0]["chain"] == NFT_CHAIN and tagged[0]["expr"] == expr:
         return
     # One transaction: stale rules for this bridge (an older subnet) go as the right one arrives.
-    commands = [
-        {"add": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}},
-        {"add": {"chain": {"family": NFT_FAMILY, "table": NFT_TABLE, "name": NFT_CHAIN, "type": "nat",
-                           "hook": "postrouting", "prio": 100, "policy": "accept"}}},
-    ]
+    commands = nat_chain_commands()
     commands += [{"delete": {"rule": {"family": NFT_FAMILY, "table": NFT_TABLE, "chain": rule["chain"],
                                       "handle": rule["handle"]}}} for rule in tagged]
     commands.append({"add": {"rule": {"family": NFT_FAMILY, "table": NFT_TABLE, "chain": NFT_CHAIN,

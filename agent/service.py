@@ -10,8 +10,8 @@ import threading
 from Pyro5.api import behavior, expose
 
 import agent
-from agent import containers, hostinfo, network, storage
-from agent.errors import AgentError, BatchError, Conflict, InvalidArgument, NotFound
+from agent import containers, hostinfo, network, storage, tunnels
+from agent.errors import BatchError, Conflict, InvalidArgument, NotFound
 from agent.workers import WorkerPool
 
 log = logging.getLogger("lxc-agent")
@@ -102,8 +102,9 @@ class AgentService:
             for name in names:
                 if not containers.exists(self.lxcpath, name):
                     todo.append(name)
-                elif containers.read_metadata(self.lxcpath, name).get("clone_of") != source:
-                    made = containers.read_metadata(self.lxcpath, name)
+                    continue
+                made = containers.read_metadata(self.lxcpath, name)
+                if made.get("clone_of") != source:
                     failed[name] = f"exists already, made from {self._origin(made)}, not cloned from {source!r}"
             backend = self.backend if snapshot else "copy"
             log.info("clone %s -> %d container(s) by %s", source, len(todo), backend)
@@ -180,6 +181,21 @@ class AgentService:
     def list_networks(self):
         return network.list_host_networks()
 
+    # -- tunnels between hosts -------------------------------------------------------------------------------------
+
+    def ensure_tunnel(self, name, kind, local, remote, local_subnets, remote_subnets, vni=None):
+        """One end of a tunnel: containers in local_subnets reach remote_subnets (or the remote itself) through
+        it, without NAT. The other host's agent is asked for the mirror image. Returns the tunnel's MTU."""
+        with self._changes:
+            return tunnels.ensure_tunnel(name, kind, local, remote, list(local_subnets), list(remote_subnets), vni)
+
+    def destroy_tunnel(self, name):
+        with self._changes:
+            tunnels.destroy_tunnel(name)
+
+    def list_tunnels(self):
+        return tunnels.list_tunnels()
+
     # -- helpers -------------------------------------------------------------------------------------------------
 
     def _require_existing(self, names):
@@ -216,5 +232,3 @@ class AgentService:
 def _set_network_from_table(lxcpath, name, bridge, addresses, gateway, mtu):
     containers.set_network(lxcpath, name, bridge, addresses[name], gateway, mtu)
 
-
-__all__ = ["AgentService", "AgentError", "check_names"]

@@ -13,7 +13,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from agent import pki  # noqa: E402
-from simlab import AgentProcess, SimulatedHost, loop_btrfs  # noqa: E402
+from simlab import AgentProcess, Lab, loop_btrfs  # noqa: E402
 
 COUNT = 8
 BRIDGE, SUBNET = "lxcbr-demo", "10.100.1.0/24"
@@ -29,7 +29,8 @@ def main():
     names = [f"compute-{i:03d}" for i in range(1, COUNT + 1)]
     with loop_btrfs(size="4G", prefix="lxcagent-demo-") as mountpoint, tempfile.TemporaryDirectory() as scratch:
         step(f"loop-file btrfs mounted at {mountpoint}")
-        host = SimulatedHost()
+        lab = Lab()
+        host = lab.add_host()
         agent_process = None
         try:
             pki.create_pki(f"{scratch}/pki", [host.address])
@@ -62,7 +63,7 @@ def main():
         finally:
             if agent_process:
                 agent_process.stop()
-            host.remove()
+            lab.remove()
     step("removed the node, the agent and the loop-file btrfs: nothing left behind")
     return 0
 

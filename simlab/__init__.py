@@ -6,7 +6,6 @@ independent of the agent's own code.
 """
 
 import contextlib
-import itertools
 import os
 import secrets
 import shutil
@@ -17,7 +16,6 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_host_numbers = itertools.count(1)
 
 # Inside a simulated node, as on a real one: its own sysfs (liblxc finds bridges in /sys/class/net) and the
 # machine's cgroup mounts (which `ip netns exec` would hide by remounting /sys). Private mounts, gone on exit.
@@ -56,20 +54,56 @@ def loop_btrfs(size="8G", prefix="lxcagent-btrfs-"):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-class SimulatedHost:
-    """A hardware node: a network namespace joined to this one by a veth pair with a /30 in 198.18.0.0/15."""
+class Lab:
+    """A switch (a bridge in its own namespace) joining simulated nodes, plus a port for this namespace.
+
+    Addresses: this namespace 198.18.0.1/16, node i 198.18.0.(10 + i)/16, all on one L2 segment: nodes reach each
+    other and this namespace directly, and nothing here has a route beyond it.
+    """
+
+    PREFIX = "198.18.0"
 
     def __init__(self):
-        number = next(_host_numbers) % 250 + 1
-        self.netns = unique("lxch-")
+        self.switch = unique("lxcs-")
         self.root_link = unique("lxv")
-        self.gateway, self.address = f"198.18.{number}.1", f"198.18.{number}.2"
+        self.hosts = []
+        _run("ip", "netns", "add", self.switch)
+        try:
+            _run("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+            _run("ip", "-n", self.switch, "link", "set", "br0", "up")
+            _run("ip", "link", "add", self.root_link, "type", "veth", "peer", "name", "up0", "netns", self.switch)
+            _run("ip", "-n", self.switch, "link", "set", "up0", "master", "br0", "up")
+            _run("ip", "addr", "add", f"{self.PREFIX}.1/16", "dev", self.root_link)
+            _run("ip", "link", "set", self.root_link, "up")
+        except BaseException:
+            self.remove()
+            raise
+
+    def add_host(self):
+        host = SimulatedHost(self, f"{self.PREFIX}.{10 + len(self.hosts)}")
+        self.hosts.append(host)
+        return host
+
+    def remove(self):
+        for host in self.hosts:
+            host.remove()
+        _run("ip", "link", "del", self.root_link, check=False)
+        _run("ip", "netns", "del", self.switch, check=False)
+
+
+class SimulatedHost:
+    """A hardware node: a network namespace with eth0 on the lab's switch."""
+
+    def __init__(self, lab, address):
+        self.netns = unique("lxch-")
+        self.address = address
         _run("ip", "netns", "add", self.netns)
         try:
-            _run("ip", "link", "add", self.root_link, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
-            _run("ip", "addr", "add", f"{self.gateway}/30", "dev", self.root_link)
-            _run("ip", "link", "set", self.root_link, "up")
-            for command in (("addr", "add", f"{self.address}/30", "dev", "eth0"), ("link", "set", "eth0", "up"),
+            port = unique("p")
+            _run("ip", "-n", lab.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+                 "netns", self.netns)
+            _run("ip", "-n", lab.switch, "link", "set", port, "master", "br0", "up")
+            for command in (("addr", "add", f"{address}/16", "dev", "eth0"), ("link", "set", "eth0", "up"),
                             ("link", "set", "lo", "up")):
                 _run("ip", "-n", self.netns, *command)
         except BaseException:
@@ -82,7 +116,6 @@ class SimulatedHost:
                 "sh", "-c", HOST_VIEW, "sh", *argv]
 
     def remove(self):
-        _run("ip", "link", "del", self.root_link, check=False)
         _run("ip", "netns", "del", self.netns, check=False)
 
 

@@ -3,9 +3,9 @@
 import pytest
 
 from agent import pki
-from simlab import AgentProcess, SimulatedHost
+from simlab import AgentProcess, Lab
 
-SIM_ADDRESSES = [f"198.18.{n}.2" for n in range(1, 251)]
+SIM_ADDRESSES = [f"{Lab.PREFIX}.{n}" for n in range(10, 250)]
 
 
 @pytest.fixture(scope="session")
@@ -16,12 +16,18 @@ def pki_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def sim_host():
-    host = SimulatedHost()
+def lab():
+    """Simulated hardware nodes on one switch; `lab.add_host()` makes one."""
+    made = Lab()
     try:
-        yield host
+        yield made
     finally:
-        host.remove()
+        made.remove()
+
+
+@pytest.fixture
+def sim_host(lab):
+    return lab.add_host()
 
 
 def _agent(*args, **kwargs):
