@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
 
 DEFAULT_PATH = "/var/lib/lxc-coordinator/deployments.sqlite"
@@ -58,13 +59,20 @@ class Store:
         directory = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            # A deploy records steps from one thread per host: one connection, used under one lock.
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as error:
             raise StoreError(f"cannot open the deployment store {self.path}: {error}; choose another with "
                              f"--store or {ENVIRONMENT_VARIABLE}") from error
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._sql("PRAGMA foreign_keys = ON")
+        self._sql("PRAGMA journal_mode = WAL")
+        with self._lock:
+            self._db.executescript(SCHEMA)
+
+    def _sql(self, query, parameters=()):
+        with self._lock:
+            return self._db.execute(query, parameters).fetchall()
 
     def close(self):
         self._db.close()
@@ -101,7 +109,7 @@ class Store:
         existing = self.get(name, missing_ok=True)
         if existing is None:
             now = time.time()
-            self._db.execute("INSERT INTO deployments VALUES (?, ?, ?, 'deploying', ?, ?)",
+            self._sql("INSERT INTO deployments VALUES (?, ?, ?, 'deploying', ?, ?)",
                              (name, now, now, config_text, plan_text))
             return False
         if _dump(existing["config"]) != config_text:
@@ -111,8 +119,9 @@ class Store:
         return True
 
     def get(self, name, missing_ok=False):
-        row = self._db.execute("SELECT name, created, updated, status, config, plan FROM deployments "
-                               "WHERE name = ?", (name,)).fetchone()
+        rows = self._sql("SELECT name, created, updated, status, config, plan FROM deployments "
+                         "WHERE name = ?", (name,))
+        row = rows[0] if rows else None
         if row is None:
             if missing_ok:
                 return None
@@ -121,29 +130,30 @@ class Store:
                 "config": json.loads(row[4]), "plan": json.loads(row[5])}
 
     def list(self):
-        rows = self._db.execute("SELECT name, created, updated, status FROM deployments ORDER BY created")
+        rows = self._sql("SELECT name, created, updated, status FROM deployments ORDER BY created")
         return [{"name": r[0], "created": r[1], "updated": r[2], "status": r[3]} for r in rows]
 
     def set_status(self, name, status):
-        self._db.execute("UPDATE deployments SET status = ?, updated = ? WHERE name = ?",
+        self._sql("UPDATE deployments SET status = ?, updated = ? WHERE name = ?",
                          (status, time.time(), name))
 
     def delete(self, name):
-        self._db.execute("DELETE FROM deployments WHERE name = ?", (name,))
+        self._sql("DELETE FROM deployments WHERE name = ?", (name,))
 
     # -- steps ---------------------------------------------------------------------------------------------------
 
     def step_done(self, name, key):
-        row = self._db.execute("SELECT state FROM steps WHERE deployment = ? AND key = ?", (name, key)).fetchone()
+        rows = self._sql("SELECT state FROM steps WHERE deployment = ? AND key = ?", (name, key))
+        row = rows[0] if rows else None
         return row is not None and row[0] == "done"
 
     def mark_step(self, name, key, state, detail=""):
-        self._db.execute("INSERT INTO steps VALUES (?, ?, ?, ?, ?) ON CONFLICT (deployment, key) DO UPDATE "
+        self._sql("INSERT INTO steps VALUES (?, ?, ?, ?, ?) ON CONFLICT (deployment, key) DO UPDATE "
                          "SET state = excluded.state, detail = excluded.detail, updated = excluded.updated",
                          (name, key, state, detail, time.time()))
 
     def steps(self, name):
-        rows = self._db.execute("SELECT key, state, detail, updated FROM steps WHERE deployment = ? "
+        rows = self._sql("SELECT key, state, detail, updated FROM steps WHERE deployment = ? "
                                 "ORDER BY updated", (name,))
         return [{"key": r[0], "state": r[1], "detail": r[2], "updated": r[3]} for r in rows]
 
@@ -151,18 +161,18 @@ class Store:
 
     def add_resource(self, name, host, kind, resource, detail=None):
         """Remember what was made (before making it, so a crash in between still leaves it on the list)."""
-        self._db.execute("INSERT INTO resources (deployment, host, kind, name, detail) VALUES (?, ?, ?, ?, ?) "
+        self._sql("INSERT INTO resources (deployment, host, kind, name, detail) VALUES (?, ?, ?, ?, ?) "
                          "ON CONFLICT (deployment, host, kind, name) DO NOTHING",
                          (name, host, kind, resource, _dump(detail or {})))
 
     def resources(self, name):
         """In the order they were recorded; destroy walks it backwards."""
-        rows = self._db.execute("SELECT host, kind, name, detail FROM resources WHERE deployment = ? "
+        rows = self._sql("SELECT host, kind, name, detail FROM resources WHERE deployment = ? "
                                 "ORDER BY id", (name,))
         return [{"host": r[0], "kind": r[1], "name": r[2], "detail": json.loads(r[3])} for r in rows]
 
     def remove_resource(self, name, host, kind, resource):
-        self._db.execute("DELETE FROM resources WHERE deployment = ? AND host = ? AND kind = ? AND name = ?",
+        self._sql("DELETE FROM resources WHERE deployment = ? AND host = ? AND kind = ? AND name = ?",
                          (name, host, kind, resource))
 
 

@@ -1,0 +1,275 @@
+"""Walk a plan through the agents: the only code that changes hosts.
+
+Phases run their hosts in parallel and use the agents' batch calls. Each step is recorded in the store when it
+finishes, so deploying again under the same name continues at the first step not done; every agent operation is
+idempotent, so a step cut off half-way is simply done again. Resources are recorded before they are made, so
+`destroy` finds even those of a deploy that was killed.
+"""
+
+import concurrent.futures
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+PACKAGES = ("git", "sudo", "python3")      # what devstack needs to start; installed with the container's image
+TEMPLATES = {"ubuntu": "ubuntu", "debian": "debian"}
+BOOT_TIMEOUT = 300
+
+
+class DeployError(Exception):
+    """A deploy or destroy step failed; the message names the host or node and what to do."""
+
+
+@dataclass
+class Settings:
+    log_dir: str
+    stack_timeout: float = 3 * 3600
+    parallel_commands: int = 16           # start scripts run at once per host
+    progress: object = None               # callable(phase, done, total) or None
+
+
+@dataclass
+class Report:
+    phases: dict = field(default_factory=dict)        # phase -> seconds
+    skipped: list = field(default_factory=list)       # steps already done by an earlier run
+
+
+class Deployer:
+    """One deployment: plan + store record + a way to reach each host's agent (connect(host) -> proxy)."""
+
+    def __init__(self, name, plan, store, connect, settings, engine=None):
+        self.name, self.plan, self.store, self.connect, self.settings = name, plan, store, connect, settings
+        if engine is None:
+            from coordinator import devstack as engine
+        self.engine = engine      # what runs devstack inside a node
+        self.hosts = {host.address: host for host in plan.hosts}
+        self.report = Report()
+        self._record_lock = threading.Lock()
+        self._local = threading.local()
+        self._opened = []
+
+    def _agent(self, host):
+        """This thread's proxy to the host's agent (Pyro5 proxies belong to the thread that made them)."""
+        cache = self._local.__dict__.setdefault("agents", {})
+        if host.address not in cache:
+            cache[host.address] = self.connect(host)
+            with self._record_lock:
+                self._opened.append(cache[host.address])
+        return cache[host.address]
+
+    def close(self):
+        for proxy in self._opened:
+            with contextlib.suppress(Exception):
+                proxy._pyroClaimOwnership()
+                proxy._pyroRelease()
+        self._opened.clear()
+
+    # -- the walk ----------------------------------------------------------------------------------------------
+
+    def deploy(self):
+        unsupported = [node.name for node in self.plan.nodes if node.kind == "host"]
+        if unsupported:
+            raise DeployError(f"devstack straight on a hardware node ({', '.join(unsupported)}) is not offered; "
+                              "put the node in a container with an LxcProvider")
+        self._phase("networks", self._each_host(self._networks))
+        self._phase("tunnels", lambda: self._tunnels())
+        self._phase("containers", self._each_host(self._base_containers))
+        self._phase("controller", lambda: self._devstack([n for n in self.plan.nodes if n.role == "controller"]))
+        self._phase("first computes", lambda: self._devstack(
+            [n for n in self.plan.nodes if n.kind == "first"], stop_after=True))
+        self._phase("clones", self._each_host(self._clones))
+        return self.report
+
+    def _phase(self, title, work):
+        started = time.monotonic()
+        work()
+        self.report.phases[title] = time.monotonic() - started
+
+    def _each_host(self, function):
+        """Run function(host) for every host at once; the first failure is raised after all have finished."""
+        def run_all():
+            with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(self.hosts))) as pool:
+                futures = {pool.submit(function, host): host for host in self.plan.hosts}
+                errors = [future.exception() for future in concurrent.futures.as_completed(futures)]
+            for error in errors:
+                if error is not None:
+                    raise error
+        return run_all
+
+    @contextlib.contextmanager
+    def _step(self, key):
+        """Skip a step an earlier run finished; record how this one ends."""
+        if self.store.step_done(self.name, key):
+            self.report.skipped.append(key)
+            yield False
+            return
+        with self._record_lock:
+            self.store.mark_step(self.name, key, "running")
+        try:
+            yield True
+        except BaseException as error:
+            with self._record_lock:
+                self.store.mark_step(self.name, key, "failed", str(error)[:2000])
+            raise
+        with self._record_lock:
+            self.store.mark_step(self.name, key, "done")
+
+    def _record(self, host, kind, name, detail=None):
+        with self._record_lock:
+            self.store.add_resource(self.name, host, kind, name, detail)
+
+    def _progress(self, phase, done, total):
+        if self.settings.progress:
+            self.settings.progress(phase, done, total)
+
+    # -- phases ------------------------------------------------------------------------------------------------
+
+    def _networks(self, host):
+        with self._step(f"networks:{host.address}") as todo:
+            if not todo:
+                return
+            agent = self._agent(host)
+            for network in host.networks:
+                self._record(host.address, "network", network.bridge)
+                agent.ensure_network(network.bridge, network.subnet)
+
+    def _tunnels(self):
+        for index, tunnel in enumerate(self.plan.tunnels):
+            name = f"lxt-{index:03d}-{self.name[:6]}"
+            with self._step(f"tunnel:{name}") as todo:
+                if not todo:
+                    continue
+                local = self.hosts[tunnel.host]
+                self._record(local.address, "tunnel", name)
+                self._agent(local).ensure_tunnel(name, tunnel.kind, local.address, tunnel.remote,
+                                                  [tunnel.subnet], list(tunnel.remote_subnets))
+                if tunnel.remote_host:
+                    remote = self.hosts[tunnel.remote_host]
+                    self._record(remote.address, "tunnel", name)
+                    self._agent(remote).ensure_tunnel(name, tunnel.kind, remote.address, local.address,
+                                                       list(tunnel.remote_subnets), [tunnel.subnet])
+
+    def _base_containers(self, host):
+        """The containers made from a template: LxcProvider's, and each LxcEngine's first compute."""
+        nodes = [n for n in self.plan.nodes if n.host == host.address and n.kind in ("standalone", "first")]
+        if not nodes:
+            return
+        with self._step(f"containers:{host.address}") as todo:
+            if not todo:
+                return
+            agent = self._agent(host)
+            for done, node in enumerate(nodes, 1):
+                template = TEMPLATES.get(node.distribution)
+                if template is None:
+                    raise DeployError(f"{node.name}: no LXC template for distribution {node.distribution!r}; "
+                                      f"use one of {sorted(TEMPLATES)}")
+                self._record(host.address, "container", node.name)
+                agent.create(node.name, template, node.release, list(PACKAGES))
+                self._progress("containers", done, len(nodes))
+            self._address_and_start(agent, host, nodes)
+
+    def _address_and_start(self, agent, host, nodes):
+        by_bridge = {}
+        for node in nodes:
+            by_bridge.setdefault(node.bridge, {})[node.name] = f"{node.address}/{node.prefixlen}"
+        # Behind a tunnel, a container's packets must fit the tunnel: give it the smallest tunnel MTU.
+        mtu = min((tunnel["mtu"] for tunnel in agent.list_tunnels()), default=None)
+        for bridge, addresses in by_bridge.items():
+            agent.set_addresses(bridge, addresses, mtu)
+        names = [node.name for node in nodes]
+        agent.start(names)
+        wait_booted(agent, names)
+
+    def _devstack(self, nodes, stop_after=False):
+        def one(node):
+            with self._step(f"devstack:{node.name}") as todo:
+                if not todo:
+                    return
+                agent = self._agent(self.hosts[node.host])
+                self.engine.prepare(agent, node)
+                self.engine.fetch(agent, node, node.devstack_repo, node.devstack_branch)
+                self.engine.write_local_conf(agent, node)
+                log_path = os.path.join(self.settings.log_dir, self.name, f"{node.name}.stack.log")
+                self.engine.run_stack(agent, node, log_path, self.settings.stack_timeout)
+                if stop_after:
+                    agent.stop([node.name], 120)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+            for future in [pool.submit(one, node) for node in nodes]:
+                future.result()
+
+    def _clones(self, host):
+        clones = [n for n in self.plan.nodes if n.host == host.address and n.kind == "clone"]
+        firsts = {n.name: n for n in self.plan.nodes if n.kind == "first" and n.host == host.address}
+        if not clones:
+            return
+        agent = self._agent(host)
+        by_source = {}
+        for node in clones:
+            by_source.setdefault(node.source, []).append(node)
+        for source, group in by_source.items():
+            names = [node.name for node in group]
+            with self._step(f"clones:{source}") as todo:
+                if todo:
+                    for name in names:
+                        self._record(host.address, "container", name)
+                    agent.stop([source], 120)
+                    agent.clone(source, names)
+                    self._progress("clones", len(names), len(clones))
+                    self._address_and_start(agent, host, group)
+                    agent.start([source])
+            with self._step(f"start-scripts:{source}") as todo:
+                if todo:
+                    self._start_scripts(host, group, firsts[source].address)
+
+    def _start_scripts(self, host, nodes, first_address):
+        done = [0]
+        lock = threading.Lock()
+
+        def one(node):
+            self.engine.run_start_script(self._agent(host), node, first_address)
+            with lock:
+                done[0] += 1
+                self._progress("start scripts", done[0], len(nodes))
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.settings.parallel_commands) as pool:
+            for future in [pool.submit(one, node) for node in nodes]:
+                future.result()
+
+    # -- destroy -------------------------------------------------------------------------------------------------
+
+    def destroy(self):
+        """Remove what the deployment made, newest first, host by host; safe to run again."""
+        resources = list(reversed(self.store.resources(self.name)))
+        order = {"container": 0, "tunnel": 1, "network": 2}
+        for kind in sorted(order, key=order.get):
+            by_host = {}
+            for resource in resources:
+                if resource["kind"] == kind:
+                    by_host.setdefault(resource["host"], []).append(resource["name"])
+            for address, names in by_host.items():
+                agent = self._agent(self.hosts[address])
+                if kind == "container":
+                    agent.destroy(names)
+                for name in names if kind != "container" else []:
+                    (agent.destroy_tunnel if kind == "tunnel" else agent.destroy_network)(name)
+                for name in names:
+                    self.store.remove_resource(self.name, address, kind, name)
+
+
+def wait_booted(agent, names, timeout=BOOT_TIMEOUT):
+    """Until systemd in each container says running (or degraded); containers without systemd count at once."""
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            result = agent.run(name, ["sh", "-c", "command -v systemctl >/dev/null || exit 42; "
+                                                  "systemctl is-system-running --wait"],
+                               timeout=max(1.0, deadline - time.monotonic()))
+            state = result["stdout"].strip()
+            if result["exit_code"] == 42 or state in ("running", "degraded"):
+                break
+            if time.monotonic() > deadline:
+                raise DeployError(f"{name} did not finish booting within {timeout} s (systemd says "
+                                  f"{state or result['stderr'].strip()!r}); look at `systemctl --failed` in it")
+            time.sleep(0.5)
