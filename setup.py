@@ -15,7 +15,7 @@ setup(
         "jsonschema>=4.17",
         "PyYAML>=6",
         "cryptography>=41",
-        "tenacity>=8",
+        "rich>=13",
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2"]},
     entry_points={

@@ -1,13 +1,16 @@
-"""The `coordinator` command: validate a config, print its plan (deploy, list, show and destroy come later).
+"""The `coordinator` command: validate a config, print its plan, deploy it, list, show and destroy deployments.
 
-Only the project's own errors (ConfigError) become a message and exit code 1; anything else keeps its traceback.
+Only the project's own errors become a message and exit code 1; anything else keeps its traceback.
 """
 
 import argparse
 import sys
 
-from coordinator import topology
+from agent.errors import AgentError
+from coordinator import lifecycle, topology
 from coordinator.config import ConfigError, load_config
+from coordinator.driver import DeployError
+from coordinator.store import StoreError
 
 
 def main(argv=None):
@@ -17,6 +20,9 @@ def main(argv=None):
         return args.run(args)
     except ConfigError as error:
         print(_errors(error, args.config), file=sys.stderr)
+        return 1
+    except (StoreError, DeployError, AgentError) as error:
+        print(f"coordinator {args.command}: {error}", file=sys.stderr)
         return 1
 
 
@@ -40,6 +46,7 @@ def _parser():
     plan.add_argument("--node", action="append", metavar="NAME", default=[],
                       help="table: only these nodes for --nodes and --local-conf (repeatable)")
     plan.set_defaults(run=_plan)
+    lifecycle.add_arguments(commands)
     return parser
 
 

@@ -50,7 +50,7 @@ class Deployer:
         self._local = threading.local()
         self._opened = []
 
-    def _agent(self, host):
+    def agent_for(self, host):
         """This thread's proxy to the host's agent (Pyro5 proxies belong to the thread that made them)."""
         cache = self._local.__dict__.setdefault("agents", {})
         if host.address not in cache:
@@ -130,7 +130,7 @@ class Deployer:
         with self._step(f"networks:{host.address}") as todo:
             if not todo:
                 return
-            agent = self._agent(host)
+            agent = self.agent_for(host)
             for network in host.networks:
                 self._record(host.address, "network", network.bridge)
                 agent.ensure_network(network.bridge, network.subnet)
@@ -143,12 +143,12 @@ class Deployer:
                     continue
                 local = self.hosts[tunnel.host]
                 self._record(local.address, "tunnel", name)
-                self._agent(local).ensure_tunnel(name, tunnel.kind, local.address, tunnel.remote,
+                self.agent_for(local).ensure_tunnel(name, tunnel.kind, local.address, tunnel.remote,
                                                   [tunnel.subnet], list(tunnel.remote_subnets))
                 if tunnel.remote_host:
                     remote = self.hosts[tunnel.remote_host]
                     self._record(remote.address, "tunnel", name)
-                    self._agent(remote).ensure_tunnel(name, tunnel.kind, remote.address, local.address,
+                    self.agent_for(remote).ensure_tunnel(name, tunnel.kind, remote.address, local.address,
                                                        list(tunnel.remote_subnets), [tunnel.subnet])
 
     def _base_containers(self, host):
@@ -159,7 +159,7 @@ class Deployer:
         with self._step(f"containers:{host.address}") as todo:
             if not todo:
                 return
-            agent = self._agent(host)
+            agent = self.agent_for(host)
             for done, node in enumerate(nodes, 1):
                 template = TEMPLATES.get(node.distribution)
                 if template is None:
@@ -187,7 +187,7 @@ class Deployer:
             with self._step(f"devstack:{node.name}") as todo:
                 if not todo:
                     return
-                agent = self._agent(self.hosts[node.host])
+                agent = self.agent_for(self.hosts[node.host])
                 self.engine.prepare(agent, node)
                 self.engine.fetch(agent, node, node.devstack_repo, node.devstack_branch)
                 self.engine.write_local_conf(agent, node)
@@ -204,7 +204,7 @@ class Deployer:
         firsts = {n.name: n for n in self.plan.nodes if n.kind == "first" and n.host == host.address}
         if not clones:
             return
-        agent = self._agent(host)
+        agent = self.agent_for(host)
         by_source = {}
         for node in clones:
             by_source.setdefault(node.source, []).append(node)
@@ -228,7 +228,7 @@ class Deployer:
         lock = threading.Lock()
 
         def one(node):
-            self.engine.run_start_script(self._agent(host), node, first_address)
+            self.engine.run_start_script(self.agent_for(host), node, first_address)
             with lock:
                 done[0] += 1
                 self._progress("start scripts", done[0], len(nodes))
@@ -249,7 +249,7 @@ class Deployer:
                 if resource["kind"] == kind:
                     by_host.setdefault(resource["host"], []).append(resource["name"])
             for address, names in by_host.items():
-                agent = self._agent(self.hosts[address])
+                agent = self.agent_for(self.hosts[address])
                 if kind == "container":
                     agent.destroy(names)
                 for name in names if kind != "container" else []:

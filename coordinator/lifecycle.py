@@ -1,0 +1,177 @@
+"""The CLI's deployment commands: deploy (or resume), list, show and destroy, over the store and the driver."""
+
+import json
+import os
+import re
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from coordinator import topology
+from coordinator.config import load_config
+from coordinator.driver import Deployer, Settings
+from coordinator.store import Store
+
+DEFAULT_PKI = "/etc/lxc-agent/pki"
+DEFAULT_PORT = 7643
+DEFAULT_LOG_DIR = "/var/log/lxc-coordinator"
+
+
+def add_arguments(commands):
+    """Subcommands deploy, list, show and destroy, with the options they share."""
+    shared = {"--store": dict(help="deployment records (default $LXC_COORDINATOR_STORE or "
+                                   "/var/lib/lxc-coordinator/deployments.sqlite)"),
+              "--pki-dir": dict(default=DEFAULT_PKI, help=f"agents' CA, client certificate and token "
+                                                          f"(default {DEFAULT_PKI})"),
+              "--agent-port": dict(type=int, default=DEFAULT_PORT, help=f"agents' port (default {DEFAULT_PORT})")}
+
+    def with_shared(parser):
+        for option, settings in shared.items():
+            parser.add_argument(option, **settings)
+        return parser
+
+    deploy = with_shared(commands.add_parser(
+        "deploy", help="deploy a config (again under the same --name: resume after a failure)"))
+    deploy.add_argument("config", metavar="CONFIG")
+    deploy.add_argument("--name", help="deployment name (default: the config's name and the time)")
+    deploy.add_argument("--log-dir", default=DEFAULT_LOG_DIR,
+                        help=f"full stack.sh logs, one per node (default {DEFAULT_LOG_DIR})")
+    deploy.set_defaults(run=deploy_command)
+    listing = with_shared(commands.add_parser("list", help="the deployments on record"))
+    listing.set_defaults(run=list_command)
+    show = with_shared(commands.add_parser("show", help="a deployment's nodes and their live state"))
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true", help="for scripts")
+    show.set_defaults(run=show_command)
+    destroy = with_shared(commands.add_parser("destroy", help="remove everything a deployment made"))
+    destroy.add_argument("name", metavar="NAME")
+    destroy.set_defaults(run=destroy_command)
+
+
+def connector(args):
+    """connect(host) for the driver: the host's own overrides from the config, else the command line's."""
+    from agent.client import connect
+
+    def connect_host(host):
+        return connect(host.address, host.port or args.agent_port, pki_dir=args.pki_dir, ca=host.ca,
+                       cert=host.cert, key=host.key, token_file=host.token_file)
+    return connect_host
+
+
+def default_name(config_path):
+    stem = re.sub(r"[^A-Za-z0-9-]+", "-", os.path.splitext(os.path.basename(config_path))[0]).strip("-")
+    return f"{stem or 'deployment'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def deploy_command(args):
+    config = load_config(args.config)
+    plan = topology.plan(config)
+    name = args.name or default_name(args.config)
+    store = Store(args.store)
+    console = Console(stderr=True)
+    with store.lock(name):
+        resumed = store.begin(name, config.data, plan.to_dict())
+        console.print(f"{'Resuming' if resumed else 'Deploying'} [bold]{name}[/bold]: {len(plan.nodes)} node(s) "
+                      f"on {len(plan.hosts)} host(s)")
+        with Progress(TextColumn("{task.description:16}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=False) as progress:
+            tasks = {}
+
+            def report(phase, done, total):
+                if phase not in tasks:
+                    tasks[phase] = progress.add_task(phase, total=total)
+                progress.update(tasks[phase], completed=done, total=total)
+
+            deployer = Deployer(name, plan, store, connector(args),
+                                Settings(log_dir=args.log_dir, progress=report))
+            try:
+                result = deployer.deploy()
+            except BaseException:
+                store.set_status(name, "failed")
+                deployer.close()
+                raise
+        store.set_status(name, "deployed")
+        print_nodes(plan, live_state(plan, deployer), console=Console())
+        for phase, seconds in result.phases.items():
+            console.print(f"{phase:16} {seconds:8.1f} s")
+        deployer.close()
+    return 0
+
+
+def live_state(plan, deployer):
+    """name -> the agent's list() entry, host by host; a host whose agent cannot be reached gives nothing."""
+    state = {}
+    for host in plan.hosts:
+        names = [node.name for node in plan.nodes if node.host == host.address and node.kind != "host"]
+        try:
+            for entry in deployer.agent_for(host).list(names):
+                state[entry["name"]] = entry
+        except Exception as error:  # shown as unknown; the deploy itself already succeeded or failed
+            print(f"cannot ask {host.address} for its containers: {error}", file=sys.stderr)
+    return state
+
+
+def print_nodes(plan, state, console):
+    table = Table("ROLE", "HOST", "CONTAINER", "ADDRESS", "STATE", "MEMORY")
+    for node in plan.nodes:
+        entry = state.get(node.name, {})
+        memory = entry.get("memory")
+        table.add_row(node.role, node.host, node.name, node.address, entry.get("state", "unknown"),
+                      f"{memory / 2**20:.0f} MB" if memory else "-")
+    console.print(table)
+
+
+def list_command(args):
+    store = Store(args.store)
+    deployments = store.list()
+    if not deployments:
+        print(f"no deployments in {store.path}")
+        return 0
+    table = Table("NAME", "STATUS", "NODES", "CREATED")
+    for entry in deployments:
+        plan = store.get(entry["name"])["plan"]
+        table.add_row(entry["name"], entry["status"], str(len(plan["nodes"])),
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created"])))
+    Console().print(table)
+    return 0
+
+
+def show_command(args):
+    store = Store(args.store)
+    record = store.get(args.name)
+    plan = topology.Plan.from_dict(record["plan"])
+    deployer = Deployer(args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR),
+                        engine=object())
+    try:
+        state = live_state(plan, deployer)
+    finally:
+        deployer.close()
+    if args.json:
+        nodes = [{"name": n.name, "role": n.role, "host": n.host, "address": n.address,
+                  "state": state.get(n.name, {}).get("state", "unknown"),
+                  "memory": state.get(n.name, {}).get("memory")} for n in plan.nodes]
+        json.dump({"name": args.name, "status": record["status"], "nodes": nodes}, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"{args.name}: {record['status']}")
+    print_nodes(plan, state, Console())
+    return 0
+
+
+def destroy_command(args):
+    store = Store(args.store)
+    record = store.get(args.name)
+    plan = topology.Plan.from_dict(record["plan"])
+    with store.lock(args.name):
+        deployer = Deployer(args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR),
+                            engine=object())
+        try:
+            deployer.destroy()
+        finally:
+            deployer.close()
+        store.delete(args.name)
+    print(f"destroyed {args.name}")
+    return 0
