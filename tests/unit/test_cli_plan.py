@@ -138,8 +138,8 @@ def test_yaml_config_through_the_cli(capsys, tmp_path):
     assert run(capsys, "plan", path, "--format", "json")[1] == run(capsys, "plan", SEED, "--format", "json")[1]
 
 
-@pytest.mark.parametrize("argv", [[], ["plan"], ["plan", "x", "--format", "xml"], ["deploy", "x"]],
-                         ids=["no-command", "no-config", "bad-format", "not-yet-a-command"])
+@pytest.mark.parametrize("argv", [[], ["plan"], ["plan", "x", "--format", "xml"], ["frobnicate", "x"]],
+                         ids=["no-command", "no-config", "bad-format", "unknown-command"])
 def test_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as caught:
         cli.main(argv)
