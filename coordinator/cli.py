@@ -9,6 +9,7 @@ import sys
 from agent.errors import AgentError
 from coordinator import lifecycle, topology
 from coordinator.config import ConfigError, load_config
+from coordinator.devstack import DevstackError
 from coordinator.driver import DeployError
 from coordinator.store import StoreError
 
@@ -21,7 +22,7 @@ def main(argv=None):
     except ConfigError as error:
         print(_errors(error, args.config), file=sys.stderr)
         return 1
-    except (StoreError, DeployError, AgentError) as error:
+    except (StoreError, DeployError, DevstackError, AgentError) as error:
         print(f"coordinator {args.command}: {error}", file=sys.stderr)
         return 1
 

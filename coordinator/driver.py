@@ -267,7 +267,7 @@ def wait_booted(agent, names, timeout=BOOT_TIMEOUT):
                                                   "systemctl is-system-running --wait"],
                                timeout=max(1.0, deadline - time.monotonic()))
             state = result["stdout"].strip()
-            if result["exit_code"] == 42 or state in ("running", "degraded"):
+            if result["exit_code"] == 42 or state in ("running", "degraded"):  # "offline": not up yet
                 break
             if time.monotonic() > deadline:
                 raise DeployError(f"{name} did not finish booting within {timeout} s (systemd says "

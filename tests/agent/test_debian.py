@@ -17,8 +17,9 @@ def system_state(agent, name, timeout=180):
     deadline = time.monotonic() + timeout
     while True:
         result = agent.run(name, ["systemctl", "is-system-running", "--wait"], timeout=timeout)
-        if "Failed to connect to bus" not in result["stderr"] or time.monotonic() > deadline:
-            return result["stdout"].strip() or result["stderr"].strip()
+        state = result["stdout"].strip() or result["stderr"].strip()
+        if ("Failed to connect to bus" not in state and state != "offline") or time.monotonic() > deadline:
+            return state
         time.sleep(0.5)
 
 
