@@ -1,0 +1,90 @@
+"""fake-devstack: the one process a STAND-IN devstack node runs.
+
+controller: listens on RabbitMQ's port and appends each report line ("<hostname> <address>") to a file.
+compute: reports "<hostname> <address>" to the controller every few seconds, for as long as it runs; the
+address is HOST_IP when local.conf sets it, else this end of the connection.
+"""
+
+import argparse
+import os
+import socket
+import socketserver
+import sys
+import threading
+import time
+
+
+def controller(args):
+    lock = threading.Lock()
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            for raw in self.rfile:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line:
+                    continue
+                with lock, open(args.reports, "a") as reports:
+                    reports.write(line + "\n")
+                self.wfile.write(b"ok\n")
+
+    class Server(socketserver.ThreadingTCPServer):
+        allow_reuse_address = True
+        daemon_threads = True
+
+    os.makedirs(os.path.dirname(args.reports), exist_ok=True)
+    with Server(("0.0.0.0", args.port), Handler) as server:
+        print(f"fake-controller: listening on port {args.port}, reports go to {args.reports}", flush=True)
+        server.serve_forever()
+
+
+def report_once(args, hostname):
+    with socket.create_connection((args.rabbit_host, args.port), timeout=10) as sock:
+        address = args.address or sock.getsockname()[0]
+        sock.sendall(f"{hostname} {address}\n".encode())
+        if sock.makefile("rb").readline().strip() != b"ok":
+            raise OSError("the controller did not acknowledge the report")
+    return address
+
+
+def compute(args):
+    hostname = socket.gethostname()
+    failing = None
+    reported = False
+    while True:
+        try:
+            address = report_once(args, hostname)
+        except OSError as error:
+            if str(error) != failing:
+                print(f"fake-compute: cannot report to {args.rabbit_host}:{args.port}: {error}; retrying",
+                      flush=True)
+                failing = str(error)
+            time.sleep(args.interval if reported else 1)
+            continue
+        if failing is not None or not reported:
+            print(f"fake-compute: reported '{hostname} {address}' to {args.rabbit_host}:{args.port}", flush=True)
+        failing, reported = None, True
+        if args.last_report:
+            with open(args.last_report + ".tmp", "w") as last:
+                last.write(f"{hostname} {address} {args.rabbit_host}:{args.port} {int(time.time())}\n")
+            os.replace(args.last_report + ".tmp", args.last_report)
+        time.sleep(args.interval)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="role", required=True)
+    ctl = sub.add_parser("controller")
+    ctl.add_argument("--port", type=int, default=5672)
+    ctl.add_argument("--reports", required=True)
+    cpu = sub.add_parser("compute")
+    cpu.add_argument("--rabbit-host", required=True)
+    cpu.add_argument("--port", type=int, default=5672)
+    cpu.add_argument("--address", default="")
+    cpu.add_argument("--interval", type=float, default=5.0)
+    cpu.add_argument("--last-report", default="")
+    args = parser.parse_args(argv)
+    (controller if args.role == "controller" else compute)(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
