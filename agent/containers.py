@@ -1,4 +1,5 @@
-"""liblxc, one container at a time: create, clone, configure, start, stop, destroy, run, inspect.
+"""liblxc, one container at a time: create (from a template image, running the template once), clone, configure,
+start, stop, destroy, run, inspect.
 
 Every False from liblxc becomes a ContainerError naming the container. Functions that make liblxc fork
 (create, start, attach, get_ips, copy clones) are called through agent.workers, never from RPC threads.
@@ -17,13 +18,16 @@ import time
 
 import lxc
 
-from agent import guest, storage
-from agent.errors import AgentError, CommandTimeout, Conflict, ContainerError, InvalidArgument, NotFound
+from agent import btrfs, guest, storage
+from agent.errors import AgentError, CommandTimeout, Conflict, ContainerError, InvalidArgument, NotFound, StorageError
 
 TEMPLATE_DIR = "/usr/share/lxc/templates"
 METADATA_FILE = "lxc-agent.json"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OUTPUT_LIMIT = 64 * 1024 * 1024
+# Templates that add distribution packages, and how they are told (see their --help): apt-based, so what they
+# installed can be checked in dpkg's status file.
+PACKAGE_OPTIONS = {"debian": "--packages", "ubuntu": "--packages"}
 
 
 def _container(lxcpath, name):
@@ -74,21 +78,116 @@ def _disconnect(container, name):
     _check(container.set_config_item("lxc.net.0.type", "empty"), name, "configure the network of")
 
 
-def create(lxcpath, name, template, release=None, backend="btrfs"):
-    """Create from an LXC template; on any failure remove what was made. Forks (runs the template)."""
-    container = _container(lxcpath, name)
-    args = ("--release", release) if release else ()
+def create(lxcpath, name, template, release=None, packages=(), backend="btrfs"):
+    """A container from the image for (template, release, packages), made the way clones are made for the
+    backend; the template runs only if that image is not cached yet. On any failure remove what was made for the
+    container (and a half-made image). Forks (runs the template; copies). Returns the image key."""
     if os.path.exists(os.path.join(lxcpath, name)):
         raise Conflict(f"{os.path.join(lxcpath, name)} exists but is not a container; remove it or pick another "
                        "name", container=name)
+    packages = sorted(packages)
+    key = ensure_image(lxcpath, name, template, release, packages)
+    _from_image(lxcpath, name, key, backend,
+                {"template": template, "release": release, "packages": packages, "image": key})
+    return key
+
+
+def describe(template, release, packages):
+    """How a container or image was asked for, in words."""
+    return (f"template {template!r}" + (f" release {release!r}" if release else "")
+            + (f" with packages {','.join(packages)}" if packages else ""))
+
+
+def ensure_image(lxcpath, name, template, release, packages):
+    """The key of the sealed image for (template, release, sorted packages), running the template into it first
+    if there is none. `name` is the container it is for (named in errors). Forks."""
+    key = storage.image_key(template, release, packages)
+    made = storage.read_image(lxcpath, key)
+    if made is not None:
+        if (made.get("template"), made.get("release"), made.get("packages")) != (template, release, packages):
+            was = describe(made.get("template"), made.get("release"), made.get("packages") or [])
+            raise StorageError(f"image {key} was made from {was}, not {describe(template, release, packages)}; "
+                               "remove it with destroy_images", container=name)
+        return key
+    storage.remove_image_files(lxcpath, key)  # what an interrupted run left: never sealed, never used
+    images = storage.images_path(lxcpath)
+    os.makedirs(images, mode=0o700, exist_ok=True)
+    image = _container(images, key)
+    args = ("--release", release) if release else ()
+    if packages:
+        args += (f"{PACKAGE_OPTIONS[template]}={','.join(packages)}",)
     try:
         with _captured_output() as output:
-            created = container.create(template, 0, args, "btrfs" if backend == "btrfs" else "dir")
-        _check(created, name, f"create (template {template!r}" + (f", release {release!r}" if release else "")
-               + ") the", "the template said:\n" + _tail(output[0], 15))
+            created = image.create(template, 0, args, "btrfs" if btrfs.is_btrfs(lxcpath) else "dir")
+        if not created:
+            raise ContainerError(f"liblxc could not create container {name!r} from "
+                                 f"{describe(template, release, packages)}: running the template into image "
+                                 f"{key} failed; the template said:\n" + _tail(output[0], 15), container=name)
+        missing = _missing_packages(storage.image_rootfs(lxcpath, key), packages)
+        if missing:
+            raise ContainerError(f"could not create container {name!r}: the template {template!r} ran but did not "
+                                 f"install {', '.join(missing)} (a wrong name, or the mirror unreachable?); the "
+                                 "template said:\n" + _tail(output[0], 15), container=name)
+        _disconnect(image, key)
+        _check(image.save_config(), name, f"save the config of image {key} for")
+        storage.seal_image(lxcpath, key, {"template": template, "release": release, "packages": packages,
+                                          "size": storage.tree_size(storage.image_rootfs(lxcpath, key)),
+                                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    except BaseException:
+        storage.remove_image_files(lxcpath, key)
+        raise
+    return key
+
+
+def _missing_packages(rootfs, packages):
+    """Those of `packages` that dpkg does not list as installed (by name or as provided): Debian's and Ubuntu's
+    templates carry on when apt fails."""
+    if not packages:
+        return []
+    installed = set()
+    try:
+        with open(os.path.join(rootfs, "var/lib/dpkg/status"), errors="replace") as handle:
+            stanzas = handle.read().split("\n\n")
+    except FileNotFoundError:
+        return list(packages)
+    for stanza in stanzas:
+        fields = dict(line.split(":", 1) for line in stanza.splitlines() if ":" in line and not line[0].isspace())
+        if fields.get("Status", "").split()[-1:] != ["installed"]:
+            continue
+        installed.add(fields.get("Package", "").strip().split(":")[0])
+        for provided in fields.get("Provides", "").split(","):
+            installed.add(provided.strip().split(" ")[0].split(":")[0])
+    return [package for package in packages if package not in installed]
+
+
+def _from_image(lxcpath, name, key, backend, metadata):
+    """The container's own rootfs from an image: a btrfs snapshot, an overlay with the image as its bottom
+    layer, or a full copy; with its own name, host name and machine-id, and no network."""
+    os.mkdir(os.path.join(lxcpath, name))  # fails if it exists: the cleanup below only ever removes its own
+    try:
+        container = _container(lxcpath, name)
+        _check(container.load_config(storage.image_config(lxcpath, key)), name, f"load the config of image {key} for")
+        if backend == "overlay":
+            lowers = [storage.image_rootfs(lxcpath, key)]
+            spec = storage.make_overlay(lxcpath, name, lowers)
+            # Until the overlay line replaces it, the saved config must not name the shared image itself.
+            rootfs = storage.upper_path(lxcpath, name)
+        else:
+            rootfs = storage.rootfs_path(lxcpath, name)
+            if backend == "btrfs":
+                btrfs.snapshot(storage.image_rootfs(lxcpath, key), rootfs)
+            else:
+                # Not liblxc's copy: out of a btrfs-backed image on the same filesystem it insists on a snapshot.
+                storage.copy_tree(storage.image_rootfs(lxcpath, key), rootfs)
+        _check(container.set_config_item("lxc.rootfs.path", rootfs), name, "set the rootfs of")
+        _check(container.set_config_item("lxc.uts.name", name), name, "set the host name of")
         _disconnect(container, name)
         _check(container.save_config(), name, "save the config of")
-        write_metadata(lxcpath, name, {"template": template, "release": release})
+        if backend == "overlay":
+            storage.write_rootfs_spec(lxcpath, name, spec)
+            _check_rootfs(lxcpath, name, [storage.upper_path(lxcpath, name), *lowers])
+        guest.write_identity(storage.layers(lxcpath, name), name)
+        write_metadata(lxcpath, name, metadata)
     except BaseException:
         storage.remove_container_files(lxcpath, name)
         raise
@@ -304,7 +403,8 @@ def status(lxcpath, name, with_addresses=True):
             "addresses": addresses(lxcpath, name) if with_addresses else [],
             "configured_address": metadata.get("address"),
             "memory": memory_bytes(lxcpath, name), "clone_of": metadata.get("clone_of"),
-            "template": metadata.get("template"), "release": metadata.get("release")}
+            "template": metadata.get("template"), "release": metadata.get("release"),
+            "packages": metadata.get("packages", []), "image": metadata.get("image")}
 
 
 def _guest_user(lxcpath, name, user):

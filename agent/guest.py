@@ -60,12 +60,16 @@ def _read(layers, relative):
 
 
 def write_identity(layers, name):
-    """What makes a clone a different machine than its source: host name and machine-id."""
+    """What makes a container a different machine than its image or clone source: host name and machine-id
+    (always a fresh one, also where the image had none; D-Bus's own copy follows it unless it is a symlink)."""
     _write(layers, "/etc/hostname", name + "\n")
     _write(layers, "/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n"
                                  "::1\tlocalhost ip6-localhost ip6-loopback\n")
-    if storage.lookup(layers, "etc/machine-id") is not None:
-        _write(layers, "/etc/machine-id", secrets.token_hex(16) + "\n", 0o444)
+    machine_id = secrets.token_hex(16) + "\n"
+    _write(layers, "/etc/machine-id", machine_id, 0o444)
+    dbus = storage.lookup(layers, "var/lib/dbus/machine-id")
+    if dbus is not None and stat.S_ISREG(dbus[1].st_mode):
+        _write(layers, "/var/lib/dbus/machine-id", machine_id, 0o444)
 
 
 def write_network(layers, address, gateway):

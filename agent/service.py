@@ -17,6 +17,8 @@ from agent.workers import WorkerPool
 log = logging.getLogger("lxc-agent")
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
+RELEASE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+PACKAGE_PATTERN = re.compile(r"[a-z0-9][a-z0-9+.-]{0,99}")
 
 
 def check_names(names, what="container name"):
@@ -32,6 +34,30 @@ def check_names(names, what="container name"):
     if duplicates:
         raise InvalidArgument(f"{what}(s) listed twice: {duplicates}")
     return list(names)
+
+
+def check_release(release):
+    """A release becomes part of an image's folder name, so it is a plain word (bookworm, 22.04) or None."""
+    if release is not None and (not isinstance(release, str) or not RELEASE_PATTERN.fullmatch(release)):
+        raise InvalidArgument(f"invalid release {release!r}: use letters, digits, '.', '_' and '-' (e.g. "
+                              "'bookworm'), at most 32 characters, or leave it out for the template's default")
+    return release
+
+
+def check_packages(template, packages):
+    """The sorted, distinct package names, refused before anything changes if unusable for this template."""
+    if packages is None:
+        return []
+    if isinstance(packages, str) or not isinstance(packages, (list, tuple)):
+        raise InvalidArgument(f"packages must be a list of package names, got {type(packages).__name__}")
+    bad = [package for package in packages if not isinstance(package, str) or not PACKAGE_PATTERN.fullmatch(package)]
+    if bad:
+        raise InvalidArgument(f"invalid package name(s) {bad!r}: use lower-case letters, digits, '+', '.' and '-', "
+                              "starting with a letter or digit")
+    if packages and template not in containers.PACKAGE_OPTIONS:
+        raise InvalidArgument(f"template {template!r} cannot add packages; templates that can: "
+                              + ", ".join(sorted(containers.PACKAGE_OPTIONS)))
+    return sorted(set(packages))
 
 
 @expose
@@ -56,9 +82,16 @@ class AgentService:
     # -- reading -----------------------------------------------------------------------------------------------
 
     def info(self):
+        images = [{key: image.get(key) for key in ("key", "template", "release", "packages", "size")}
+                  for image in storage.list_images(self.lxcpath)]
         return {"version": agent.__version__, "hostname": socket.gethostname(), "lxcpath": self.lxcpath,
                 "storage": self.backend, "kernel_features": dict(self._features),
-                "memory": hostinfo.memory(), "templates": containers.templates()}
+                "memory": hostinfo.memory(), "templates": containers.templates(), "images": images}
+
+    def list_images(self):
+        """The cached template images: key, template, release, packages, size (bytes), created, and `used_by`,
+        the containers that stack on one as their overlay base (btrfs snapshots and copies do not hold it)."""
+        return storage.list_images(self.lxcpath)
 
     def list(self, names=None):
         """State, addresses and memory of the given containers, or of all under lxcpath."""
@@ -67,24 +100,54 @@ class AgentService:
 
     # -- containers ----------------------------------------------------------------------------------------------
 
-    def create(self, name, template, release=None):
-        """Create from an LXC template; asking again for the same template and release is a no-op."""
+    def create(self, name, template, release=None, packages=None):
+        """A container from an LXC template with extra distribution packages (debian, ubuntu). The template runs
+        once per (template, release, packages) into a cached image; every create makes its container from that
+        image like a clone. Asking again for the same template, release and packages is a no-op."""
         check_names([name])
         if template not in containers.templates():
             raise InvalidArgument(f"unknown template {template!r}; this host has: "
                                   + ", ".join(containers.templates()))
+        release = check_release(release)
+        packages = check_packages(template, packages)
         with self._changes:
             if containers.exists(self.lxcpath, name):
                 made = containers.read_metadata(self.lxcpath, name)
-                if (made.get("template"), made.get("release")) == (template, release) \
-                        and not made.get("clone_of"):
+                if (made.get("template"), made.get("release"), sorted(made.get("packages") or [])) \
+                        == (template, release, packages) and not made.get("clone_of"):
                     return {"name": name, "created": False}
-                raise Conflict(f"container {name!r} exists but was made from {self._origin(made)}, "
-                               f"not template {template!r}; destroy it first or pick another name",
-                               container=name)
-            log.info("create %s from template %s %s", name, template, release or "")
-            self._lifecycle.call(containers.create, self.lxcpath, name, template, release, self.backend)
+                raise Conflict(f"container {name!r} exists but was made from {self._origin(made)}, not "
+                               f"{containers.describe(template, release, packages)}; destroy it first or pick "
+                               "another name", container=name)
+            log.info("create %s from %s", name, containers.describe(template, release, packages))
+            key = self._lifecycle.call(containers.create, self.lxcpath, name, template, release, packages,
+                                       self.backend)
+            log.info("created %s from image %s", name, key)
             return {"name": name, "created": True}
+
+    def destroy_images(self, keys=None):
+        """Remove cached images; containers made from them are not touched. keys=None removes every image no
+        container stacks on (an overlay base in use is skipped) and returns the keys removed. Given keys are all
+        removed and returned, or, if any is an overlay base in use, none: Conflict naming the users. Keys that do
+        not exist are already done."""
+        if keys is not None:
+            keys = check_names(keys, "image key")
+        with self._changes:
+            users = storage.image_users(self.lxcpath)
+            present = storage.image_keys(self.lxcpath)
+            if keys is None:
+                todo = [key for key in present if key not in users]
+            else:
+                busy = {key: users[key] for key in keys if key in users}
+                if busy:
+                    raise Conflict("image(s) in use as the overlay base of containers, destroy those first: "
+                                   + "; ".join(f"{key} by {names}" for key, names in sorted(busy.items())),
+                                   images=busy)
+                todo = [key for key in keys if key in present]
+            for key in todo:
+                log.info("remove image %s", key)
+                storage.remove_image_files(self.lxcpath, key)
+            return todo if keys is None else keys
 
     def clone(self, source, names, snapshot=True):
         """Clone a stopped source to every name; names already cloned from this source are left alone."""
@@ -219,7 +282,7 @@ class AgentService:
         if made.get("clone_of"):
             return f"a clone of {made['clone_of']!r}"
         if made.get("template"):
-            return f"template {made['template']!r}" + (f" {made['release']}" if made.get("release") else "")
+            return containers.describe(made["template"], made.get("release"), made.get("packages") or [])
         return "something else (not made by lxc-agent)"
 
     @staticmethod

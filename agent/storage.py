@@ -1,19 +1,29 @@
 """How a container's root filesystem is made, cloned and removed on this host: btrfs snapshots, overlayfs
-layers over shared read-only bases, or full copies; and how the host reads and writes a container's files.
+layers over shared read-only bases, or full copies; the image cache the templates run into; and how the host
+reads and writes a container's files.
 
-Overlay layout (all under the lxcpath, so nothing outside it is ever written or removed):
+Layout (all under the lxcpath, so nothing outside it is ever written or removed):
+  <lxcpath>/.lxc-agent/images/<template>-<release or default>-<hash>/
+      config, rootfs/ (a btrfs subvolume where the lxcpath is on btrfs), lxc-agent-image.json
+                                               what a template made, once; never started, never changed; the
+                                               json (written last) marks it complete
   <lxcpath>/.lxc-agent/bases/<source>-<hex>/   a frozen layer: read-only from then on, shared by its users
   <lxcpath>/<name>/overlay/delta, .../work     the container's own upper and work dirs (liblxc's own layout)
-  <lxcpath>/<name>/config                      lxc.rootfs.path = overlay:<top base>:...:<bottom base>:<delta>
-A base's users are the containers whose config names it; there is no other record that could drift.
+  <lxcpath>/<name>/config                      lxc.rootfs.path = overlay:<top base>:...:<bottom layer>:<delta>
+An overlay stack's bottom layer is a base or an image's rootfs. A layer's users are the containers whose config
+names it; there is no other record that could drift. Bases go with their last user; images only when asked
+(destroy_images), and never while a container stacks on them.
 """
 
 import ctypes
+import hashlib
+import json
 import os
 import re
 import secrets
 import shutil
 import stat
+import subprocess
 import tempfile
 
 from agent import btrfs
@@ -21,6 +31,7 @@ from agent.errors import InvalidArgument, StorageError
 
 BACKENDS = ("btrfs", "overlay", "copy")
 AGENT_DIR = ".lxc-agent"
+IMAGE_METADATA = "lxc-agent-image.json"
 # liblxc passes the overlay options to mount(2), which takes one page; keep well below it.
 MAX_OVERLAY_OPTIONS = 3800
 _ROOTFS_LINE = re.compile(r"^\s*lxc\.rootfs\.path\s*=(.*)$", re.M)
@@ -88,6 +99,20 @@ def _is_base(lxcpath, path):
     """Only a direct child of this lxcpath's bases folder is ever removed as a base."""
     bases = os.path.realpath(bases_path(lxcpath))
     return os.path.dirname(os.path.realpath(path)) == bases and os.path.basename(path) not in ("", ".", "..")
+
+
+def _image_of_layer(lxcpath, path):
+    """The key of the image whose rootfs `path` is, or None."""
+    real = os.path.realpath(path)
+    folder = os.path.dirname(real)
+    if os.path.basename(real) != "rootfs" or os.path.dirname(folder) != os.path.realpath(images_path(lxcpath)):
+        return None
+    return os.path.basename(folder)
+
+
+def _is_layer(lxcpath, path):
+    """A read-only layer lxc-agent made: a base, or an image's rootfs."""
+    return _is_base(lxcpath, path) or _image_of_layer(lxcpath, path) is not None
 
 
 # -- the rootfs line of a container's config ---------------------------------------------------------------------
@@ -193,7 +218,7 @@ def clone_lowers(lxcpath, source):
                                "clones need that: clone it with snapshot=False (a full copy)", container=source)
     else:
         lowers, top = parsed
-        foreign = [lower for lower in lowers if not _is_base(lxcpath, lower)]
+        foreign = [lower for lower in lowers if not _is_layer(lxcpath, lower)]
         if foreign or os.path.realpath(top) != os.path.realpath(upper_path(lxcpath, source)):
             raise StorageError(f"source {source!r} is an overlay that was not made by lxc-agent (layers "
                                f"{foreign or [top]}); clone it with snapshot=False (a full copy)", container=source)
@@ -239,16 +264,138 @@ def _copy_owner_and_mode(model, directory):
 
 
 def base_users(lxcpath):
-    """base path -> names of the containers whose config stacks on it, for every base in use under lxcpath."""
+    """layer path -> names of the containers whose config stacks on it, for every base or image rootfs in use
+    under lxcpath."""
     users = {}
     if not os.path.isdir(lxcpath):
         return users
     for name in sorted(os.listdir(lxcpath)):
         parsed = parse_overlay(read_rootfs_spec(lxcpath, name))
         for lower in (parsed[0] if parsed else []):
-            if _is_base(lxcpath, lower):
+            if _is_layer(lxcpath, lower):
                 users.setdefault(os.path.realpath(lower), []).append(name)
     return users
+
+
+# -- the image cache -----------------------------------------------------------------------------------------------
+
+def images_path(lxcpath):
+    """Also the lxcpath liblxc runs the templates in: each image is a container there that never starts."""
+    return os.path.join(lxcpath, AGENT_DIR, "images")
+
+
+def image_key(template, release, packages):
+    """<template>-<release or default>-<8 hex of the sorted package list>; the same for the same request."""
+    digest = hashlib.sha256(",".join(sorted(packages)).encode()).hexdigest()[:8]
+    return f"{template}-{release or 'default'}-{digest}"
+
+
+def image_folder(lxcpath, key):
+    if not key or "/" in key or key in (".", ".."):
+        raise StorageError(f"{key!r} is not an image key")
+    return os.path.join(images_path(lxcpath), key)
+
+
+def image_rootfs(lxcpath, key):
+    return os.path.join(image_folder(lxcpath, key), "rootfs")
+
+
+def image_config(lxcpath, key):
+    return os.path.join(image_folder(lxcpath, key), "config")
+
+
+def read_image(lxcpath, key):
+    """What a complete image was made from ({key, template, release, packages, size, created}), or None."""
+    try:
+        with open(os.path.join(image_folder(lxcpath, key), IMAGE_METADATA)) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+
+
+def seal_image(lxcpath, key, made):
+    """Mark an image complete (the last step of making it): only sealed images are ever used."""
+    path = os.path.join(image_folder(lxcpath, key), IMAGE_METADATA)
+    with open(path + ".tmp", "w") as handle:
+        json.dump({"key": key, **made}, handle, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def image_keys(lxcpath):
+    """Every folder in the image cache, sealed or not (an interrupted template run leaves an unsealed one)."""
+    try:
+        return sorted(entry for entry in os.listdir(images_path(lxcpath))
+                      if os.path.isdir(os.path.join(images_path(lxcpath), entry)))
+    except FileNotFoundError:
+        return []
+
+
+def image_users(lxcpath):
+    """image key -> containers whose overlay stack names its rootfs (btrfs snapshots and copies do not hold it)."""
+    users = {}
+    for layer, names in base_users(lxcpath).items():
+        key = _image_of_layer(lxcpath, layer)
+        if key is not None:
+            users.setdefault(key, []).extend(names)
+    return users
+
+
+def list_images(lxcpath):
+    """The sealed images, each with the containers that stack on it (`used_by`)."""
+    users = image_users(lxcpath)
+    found = []
+    for key in image_keys(lxcpath):
+        made = read_image(lxcpath, key)
+        if made is not None:
+            found.append({**made, "key": key, "used_by": sorted(users.get(key, []))})
+    return found
+
+
+def tree_size(path):
+    """Bytes in the files under path (each hard-linked file once), not following symlinks."""
+    total, seen = 0, set()
+    for folder, _, files in os.walk(path):
+        for entry in files:
+            try:
+                info = os.lstat(os.path.join(folder, entry))
+            except FileNotFoundError:
+                continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
+    return total
+
+
+def copy_tree(source, destination):
+    """A full copy of a rootfs as it is (owners, modes, links, device nodes, xattrs); `destination` must not exist."""
+    result = subprocess.run(["cp", "-a", "--one-file-system", "--", source, destination], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise StorageError(f"cannot copy {source} to {destination}: cp exited {result.returncode}: "
+                           + (result.stderr.strip().splitlines() or ["(no output)"])[-1])
+
+
+def remove_image_files(lxcpath, key):
+    """Remove one image folder (unsealing it first, so a removal cut short leaves no usable half image)."""
+    folder = image_folder(lxcpath, key)
+    try:
+        os.unlink(os.path.join(folder, IMAGE_METADATA))
+    except FileNotFoundError:
+        pass
+    rootfs = image_rootfs(lxcpath, key)
+    if btrfs.is_subvolume(rootfs):
+        btrfs.delete_subvolume(rootfs)
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    _remove_empty_agent_folders(lxcpath)
+
+
+def _remove_empty_agent_folders(lxcpath):
+    for folder in (bases_path(lxcpath), images_path(lxcpath), os.path.join(lxcpath, AGENT_DIR)):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass  # not empty, or never made
 
 
 # -- the container's files seen from the host ----------------------------------------------------------------------
@@ -326,8 +473,4 @@ def remove_unused_bases(lxcpath, candidates):
             btrfs.delete_subvolume(base)
         else:
             shutil.rmtree(base)
-    for folder in (bases_path(lxcpath), os.path.join(lxcpath, AGENT_DIR)):
-        try:
-            os.rmdir(folder)
-        except OSError:
-            pass  # not empty, or never made
+    _remove_empty_agent_folders(lxcpath)

@@ -64,6 +64,7 @@ def test_clone_sixteen_start_run_ping_and_tear_down(agent_in_host, sim_host, lxc
     agent.destroy_network(BRIDGE)
 
     assert agent_in_host.states() == {}
+    assert len(agent.destroy_images()) == 1, "destroy() keeps the template's image; destroy_images() removes it"
     assert [path for path in subvolumes(btrfs_mount) if path.startswith(os.path.basename(lxcpath))] == []
     assert host_links(sim_host.netns) == links_before
 

@@ -60,9 +60,10 @@ def overlay_agent(plain_lxcpath, start_agent):
     return start_agent(plain_lxcpath, "--storage", "overlay")
 
 
-def assert_nothing_left(lxcpath, netns=None):
+def assert_nothing_left(agent, lxcpath, netns=None):
     assert lxc_states(lxcpath, netns) == {}
-    assert os.listdir(lxcpath) == [], "bases and container folders are all gone"
+    assert len(agent.destroy_images()) == 1, "the template's image stays until asked to go"
+    assert os.listdir(lxcpath) == [], "bases, images and container folders are all gone"
     assert lxcpath not in sh("mount"), "nothing stays mounted from the lxcpath"
 
 
@@ -81,8 +82,14 @@ def rootfs_line(lxcpath, name):
         return re.findall(r"^lxc\.rootfs\.path = (.*)$", handle.read(), re.M)[-1]
 
 
+def image_rootfs(lxcpath):
+    """The rootfs of the one image the containers of these tests come from: the bottom of every stack."""
+    [image] = os.listdir(os.path.join(lxcpath, ".lxc-agent", "images"))
+    return os.path.join(lxcpath, ".lxc-agent", "images", image, "rootfs")
+
+
 def expected_overlay(lxcpath, name, *base_names):
-    lowers = [os.path.join(bases_dir(lxcpath), base) for base in base_names]
+    lowers = [os.path.join(bases_dir(lxcpath), base) for base in base_names] + [image_rootfs(lxcpath)]
     return "overlay:" + ":".join([*lowers, os.path.join(lxcpath, name, "overlay", "delta")])
 
 
@@ -108,11 +115,13 @@ def test_overlay_clones_share_one_base_and_never_see_later_changes_to_their_sour
     agent.create("src", "busybox")
     assert agent.clone("src", CLONES) == CLONES
 
-    # The source's rootfs moved (not copied) into one base; the source and every clone stack on it.
+    # The source was an overlay on the template's image; its own upper (its identity) froze into one base over
+    # the image, and the source and every clone stack on both.
     [base] = bases(lxcpath)
     assert base.startswith("src-")
     assert not os.path.exists(os.path.join(lxcpath, "src", "rootfs"))
-    assert os.path.exists(os.path.join(bases_dir(lxcpath), base, "bin", "busybox"))
+    assert os.path.exists(os.path.join(bases_dir(lxcpath), base, "etc", "hostname"))
+    assert os.path.exists(os.path.join(image_rootfs(lxcpath), "bin", "busybox"))
     for name in ["src", *CLONES]:
         assert rootfs_line(lxcpath, name) == expected_overlay(lxcpath, name, base)
     assert agent.clone("src", CLONES) == CLONES, "asking again is a no-op"
@@ -156,7 +165,7 @@ def test_overlay_clones_share_one_base_and_never_see_later_changes_to_their_sour
     assert agent.destroy(CLONES[:2]) == CLONES[:2]
     assert bases(lxcpath) == [base]
     assert agent.destroy(CLONES[2:]) == CLONES[2:]
-    assert_nothing_left(lxcpath)
+    assert_nothing_left(agent, lxcpath)
 
 
 def test_a_clone_of_a_clone_stacks_a_frozen_layer_of_its_source(overlay_agent, plain_lxcpath):
@@ -190,7 +199,7 @@ def test_a_clone_of_a_clone_stacks_a_frozen_layer_of_its_source(overlay_agent, p
     agent.destroy(["grandchild"])
     assert bases(lxcpath) == [root_base], "the root still uses its own base"
     agent.destroy(["root"])
-    assert_nothing_left(lxcpath)
+    assert_nothing_left(agent, lxcpath)
 
 
 def test_auto_picks_overlay_where_the_lxcpath_is_not_btrfs(plain_lxcpath, start_agent):
@@ -209,8 +218,8 @@ def test_static_addresses_are_written_into_each_clone_s_own_upper(sim_host, plai
     addresses = {name: f"{SUBNET[20 + i]}/24" for i, name in enumerate(names)}
     assert agent.set_addresses(bridge, addresses) == names
     [base] = bases(lxcpath)
-    with open(os.path.join(bases_dir(lxcpath), base, "etc", "init.d", "rcS")) as handle:
-        assert "udhcpc" in handle.read(), "the base keeps the template's script"
+    with open(os.path.join(image_rootfs(lxcpath), "etc", "init.d", "rcS")) as handle:
+        assert "udhcpc" in handle.read(), "the image keeps the template's script"
     for name in names:
         with open(upper(lxcpath, name, "etc/init.d/rcS")) as handle:
             script = handle.read()
@@ -226,7 +235,7 @@ def test_static_addresses_are_written_into_each_clone_s_own_upper(sim_host, plai
         assert agent.run(name, ["ping", "-c", "1", "-W", "2", network["gateway"]])["exit_code"] == 0
     agent.destroy([*names, "src"])
     agent.destroy_network(bridge)
-    assert_nothing_left(lxcpath, process.netns)
+    assert_nothing_left(agent, lxcpath, process.netns)
 
 
 def test_a_full_copy_of_an_overlay_source_is_a_plain_folder_of_what_it_sees(overlay_agent, plain_lxcpath):
@@ -245,7 +254,7 @@ def test_a_full_copy_of_an_overlay_source_is_a_plain_folder_of_what_it_sees(over
     assert bases(lxcpath) == []
     assert agent.run("full", ["ls", "/bin/busybox"])["exit_code"] == 0
     agent.destroy(["full"])
-    assert_nothing_left(lxcpath)
+    assert_nothing_left(agent, lxcpath)
 
 
 def test_a_failed_clone_leaves_its_source_and_others_intact(overlay_agent, plain_lxcpath):
@@ -264,6 +273,7 @@ def test_a_failed_clone_leaves_its_source_and_others_intact(overlay_agent, plain
     assert agent.run("src", ["hostname"])["stdout"].strip() == "src"
     assert agent.run("fine", ["hostname"])["stdout"].strip() == "fine"
     agent.destroy(["src", "fine"])
+    agent.destroy_images()
     assert os.listdir(lxcpath) == ["squatter"]
 
 
@@ -279,14 +289,15 @@ def test_a_stack_too_deep_to_mount_is_refused_before_anything_changes(overlay_ag
     deepest, refused = names[made - 1], names[made]
     assert list(caught.value.failed) == [refused]
     assert not os.path.exists(os.path.join(lxcpath, refused))
-    layers = rootfs_line(lxcpath, deepest).split(":")[1:-1]
+    *layers, bottom = rootfs_line(lxcpath, deepest).split(":")[1:-1]
+    assert bottom == image_rootfs(lxcpath)
     assert len(layers) == made - 1 > 20
     assert bases(lxcpath) == sorted(os.path.basename(layer) for layer in layers), "no base made for the refused"
     # The deepest stack allowed is one liblxc can mount.
     agent.start([deepest])
     assert agent.run(deepest, ["hostname"])["stdout"].strip() == deepest
     agent.destroy(list(reversed(names[:made])))
-    assert_nothing_left(lxcpath)
+    assert_nothing_left(agent, lxcpath)
 
 
 def test_the_host_reads_a_container_s_files_as_a_real_overlay_mount_shows_them(plain_fs):
