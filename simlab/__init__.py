@@ -82,7 +82,11 @@ class Lab:
     def add_host(self):
         host = SimulatedHost(self, f"{self.PREFIX}.{10 + len(self.hosts)}")
         self.hosts.append(host)
-        return host
+        # A new switch port forwards only once its carrier is up: wait until the node answers.
+        for _ in range(50):
+            if _run("ping", "-c", "1", "-W", "1", host.address, check=False).returncode == 0:
+                return host
+        raise RuntimeError(f"simulated node {host.netns} at {host.address} does not answer on the lab switch")
 
     def remove(self):
         for host in self.hosts:

@@ -14,7 +14,6 @@ import pytest
 from agent import storage
 from agent.errors import Conflict, ContainerError, InvalidArgument
 from tests.agent.test_lifecycle import subvolume_field
-from tests.agent.test_overlay import plain_fs, plain_lxcpath  # noqa: F401  (fixtures)
 from tests.support import lxc_states, subvolumes
 
 DEBIAN_PACKAGES = ["git", "sudo", "python3"]

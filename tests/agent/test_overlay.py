@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import tempfile
 
 import pytest
@@ -20,39 +19,6 @@ from tests.support import lxc_states, sh, unique
 
 CLONES = [f"ovl-{i}" for i in range(4)]
 SUBNET = ipaddress.ip_network("10.231.9.0/24")
-
-
-def fs_type(path):
-    return sh("stat", "-f", "-c", "%T", path).strip()
-
-
-@pytest.fixture(scope="session")
-def plain_fs():
-    """A folder on the root filesystem if it is not btrfs and can hold overlay upper dirs, else on a loop ext4."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (LXC containers, overlay mounts)")
-    workdir = tempfile.mkdtemp(prefix="lxcagent-plain-", dir="/var/tmp")
-    mountpoint = None
-    try:
-        if fs_type(workdir) == "btrfs" or storage.overlay_problem(workdir):
-            mountpoint = os.path.join(workdir, "mnt")
-            os.mkdir(mountpoint)
-            sh("truncate", "-s", "2G", os.path.join(workdir, "image"))
-            sh("mkfs.ext4", "-q", os.path.join(workdir, "image"))
-            sh("mount", "-o", "loop", os.path.join(workdir, "image"), mountpoint)
-        yield mountpoint or workdir
-    finally:
-        if mountpoint:
-            subprocess.run(["umount", "-l", mountpoint], check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-@pytest.fixture
-def plain_lxcpath(plain_fs, request):
-    path = os.path.join(plain_fs, unique(request.node.name[:20].replace("[", "_") + "-"))
-    os.mkdir(path)
-    assert fs_type(path) != "btrfs"
-    return path
 
 
 @pytest.fixture

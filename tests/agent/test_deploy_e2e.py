@@ -1,0 +1,105 @@
+"""`coordinator deploy` end to end on real containers: the seed's layout scaled down, on one simulated node.
+
+A controller in an LxcProvider container, and an LxcEngine group of 8 computes (1 first + 7 clones), Debian,
+devstack from a local repository holding the offline stand-in. Run as a user would: the coordinator CLI.
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from examples.fake_devstack import make_fake_devstack_repo
+from simlab import AgentProcess
+from tests.support import sh
+
+pytestmark = pytest.mark.slow
+
+COMPUTES = 8
+IMAGE_PACKAGES = ["git", "sudo", "python3"]   # what coordinator.driver asks the agent to include
+
+
+def config_for(host, port, repo):
+    credentials = [{"user": "root", "host": host, "port": port}]
+    return {
+        "type": "MultihostEngine",
+        "controller": {
+            "type": "DevstackEngine", "devstack_repo": repo,
+            "localrc": {"MULTI_HOST": "1", "VIRT_DRIVER": "fake", "ENABLED_SERVICES+": ",-n-cpu",
+                        "SCREEN_LOGDIR": "$DEST/logs/screen"},
+            "provider": {"type": "LxcProvider", "containers_per_host": 1, "container_name_prefix": "controller",
+                         "distribution": "debian", "release": "bookworm",
+                         "host_provider": {"type": "ExistingServers", "credentials": credentials}}},
+        "nodes": [{
+            "type": "LxcEngine", "distribution": "debian", "release": "bookworm",
+            "container_name": "devstack-compute", "nodes_per_server": COMPUTES,
+            "provider": {"type": "ExistingServers", "credentials": credentials},
+            "engine": {"name": "DevstackEngine", "devstack_repo": repo,
+                       "localrc": {"VIRT_DRIVER": "fake", "RABBIT_HOST": "{controller_ip}",
+                                   "MYSQL_HOST": "{controller_ip}", "ENABLED_SERVICES": "n-cpu,n-net"}}}],
+    }
+
+
+@pytest.fixture
+def node_agent(lab, lxcpath, pki_dir):
+    """An agent in a simulated node whose Debian image was made beforehand: nodes have no route to the mirror."""
+    warm = AgentProcess(lxcpath, pki_dir)
+    try:
+        agent = warm.connect()
+        agent.create("image-warmer", "debian", "bookworm", IMAGE_PACKAGES)
+        agent.destroy(["image-warmer"])   # the image stays in the agent's cache
+    finally:
+        warm.stop(keep_containers=True)
+    host = lab.add_host()
+    process = AgentProcess(lxcpath, pki_dir, host=host)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def coordinator(*argv, check=True):
+    result = subprocess.run([sys.executable, "-m", "coordinator.cli", *argv], capture_output=True, text=True,
+                            timeout=1800)
+    if check and result.returncode != 0:
+        raise AssertionError(f"coordinator {argv[0]} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_the_seed_layout_deploys_every_compute_reports_and_destroy_leaves_nothing(node_agent, tmp_path, pki_dir):
+    repo = make_fake_devstack_repo(str(tmp_path / "devstack"))
+    config = tmp_path / "cloud.json"
+    config.write_text(json.dumps(config_for(node_agent.host, node_agent.port, repo)))
+    common = ["--store", str(tmp_path / "store.sqlite"), "--pki-dir", pki_dir]
+    netns = node_agent.netns
+    links_before = sh("ip", "-br", "link", netns=netns)
+
+    deployed = coordinator("deploy", str(config), "--name", "e2e", "--log-dir", str(tmp_path / "logs"), *common)
+    plan = json.loads(coordinator("plan", str(config), "--format", "json").stdout)
+    shown = json.loads(coordinator("show", "e2e", "--json", *common).stdout)
+    assert [(n["name"], n["state"]) for n in shown["nodes"]] == [(n["name"], "RUNNING") for n in plan["nodes"]]
+    assert len(shown["nodes"]) == 1 + COMPUTES
+    assert "controller-" in deployed.stdout and "RUNNING" in deployed.stdout, "the nodes table is printed"
+
+    agent = node_agent.connect()
+    for node in plan["nodes"]:
+        # Clones carry the first compute's file, re-pointed at their own address by the start script.
+        written = agent.run(node["name"], ["cat", "/opt/stack/devstack/local.conf"])["stdout"]
+        assert written == node["local_conf"], node["name"]
+    controller = plan["controller"]
+    computes = {n["name"]: n["address"] for n in plan["nodes"] if n["role"] == "compute"}
+    deadline, seen = time.monotonic() + 60, {}
+    while time.monotonic() < deadline and seen != computes:
+        reports = agent.run(controller, ["cat", "/opt/stack/data/fake-devstack/reports"])["stdout"]
+        seen = dict(line.split()[:2] for line in reports.splitlines() if len(line.split()) >= 2)
+        seen = {name: address for name, address in seen.items() if name in computes}
+        time.sleep(1)
+    assert seen == computes, "every compute reports its own address to the controller"
+
+    coordinator("destroy", "e2e", *common)
+    assert node_agent.states() == {}
+    assert sh("ip", "-br", "link", netns=netns) == links_before
+    assert "lxc-agent" not in sh("nft", "list", "ruleset", netns=netns)
+    assert coordinator("destroy", "e2e", *common, check=False).returncode == 1, "already gone: a clear error"
