@@ -8,7 +8,7 @@ APT_PACKAGES := lxc lxc-templates python3-lxc btrfs-progs python3-btrfsutil pyth
                 busybox-static debootstrap rsync iproute2 iputils-ping util-linux openssl python3-venv systemd
 PYTEST_ARGS ?=
 
-.PHONY: deps apt test test-slow demo bench clean
+.PHONY: deps apt test test-slow demo demo-clean demo-agent bench clean
 
 deps: apt $(VENV)/.installed
 
@@ -32,11 +32,20 @@ test: deps
 test-slow: deps
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# The seed's cloud on this machine, offline: a controller and 64 Debian computes (stand-in devstack).
 demo: deps
+	$(PY) examples/demo.py
+
+demo-clean: deps
+	$(PY) examples/demo.py --clean
+
+# One agent in a simulated node: clone, start and remove 8 busybox containers, in seconds.
+demo-agent: deps
 	$(PY) examples/agent_demo.py
 
 bench: deps
 	$(PY) bench/clone_start.py 64
+	$(PY) bench/multihost.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

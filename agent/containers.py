@@ -294,7 +294,7 @@ def set_network(lxcpath, name, bridge, address, gateway, mtu=None):
     _check(container.save_config(), name, "save the config of")
     guest.write_network(storage.layers(lxcpath, name), address, gateway)
     metadata = read_metadata(lxcpath, name)
-    metadata.update({"bridge": bridge, "address": address, "gateway": gateway})
+    metadata.update({"bridge": bridge, "address": address, "gateway": gateway, "mtu": mtu})
     write_metadata(lxcpath, name, metadata)
 
 

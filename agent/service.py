@@ -10,7 +10,7 @@ import threading
 from Pyro5.api import behavior, expose
 
 import agent
-from agent import containers, hostinfo, network, storage, tunnels
+from agent import containers, hostinfo, limits, network, storage, tunnels
 from agent.errors import BatchError, Conflict, InvalidArgument, NotFound
 from agent.workers import WorkerPool
 
@@ -74,6 +74,7 @@ class AgentService:
         self._lifecycle = WorkerPool(2)
         self._commands = WorkerPool(command_workers)
         self._features = hostinfo.kernel_features()
+        limits.ensure_minimums()
 
     def close(self):
         self._lifecycle.shutdown()
@@ -86,7 +87,7 @@ class AgentService:
                   for image in storage.list_images(self.lxcpath)]
         return {"version": agent.__version__, "hostname": socket.gethostname(), "lxcpath": self.lxcpath,
                 "storage": self.backend, "kernel_features": dict(self._features),
-                "memory": hostinfo.memory(), "templates": containers.templates(), "images": images}
+                "memory": hostinfo.memory(), "limits": limits.current(), "templates": containers.templates(), "images": images}
 
     def list_images(self):
         """The cached template images: key, template, release, packages, size (bytes), created, and `used_by`,
@@ -176,7 +177,9 @@ class AgentService:
             return self._finish("clone", names, failed)
 
     def set_addresses(self, bridge, addresses, mtu=None):
-        """Give each container {name: "10.0.0.5/24"} a static address on this host's bridge (when stopped)."""
+        """Give each container {name: "10.0.0.5/24"} a static address on this host's bridge.
+
+        A container that already has exactly this is left alone, running or not; a change needs it stopped."""
         if not isinstance(addresses, dict):
             raise InvalidArgument("addresses must map container name -> address/prefix")
         names = check_names(list(addresses))
@@ -188,10 +191,14 @@ class AgentService:
             self._check_address(name, address, subnet, host_network["gateway"])
         with self._changes:
             self._require_existing(names)
-            running = [name for name in names if containers.is_running(self.lxcpath, name)]
+            wanted = {"bridge": bridge, "gateway": host_network["gateway"], "mtu": mtu}
+            changes = [name for name in names
+                       if {key: containers.read_metadata(self.lxcpath, name).get(key)
+                           for key in ("bridge", "address", "gateway", "mtu")} != {**wanted, "address": addresses[name]}]
+            running = [name for name in changes if containers.is_running(self.lxcpath, name)]
             if running:
                 raise Conflict(f"container(s) {running} are running; stop them before changing addresses")
-            failed = containers.each(_set_network_from_table, self.lxcpath, names, bridge, addresses,
+            failed = containers.each(_set_network_from_table, self.lxcpath, changes, bridge, addresses,
                                      host_network["gateway"], mtu)
             return self._finish("set_addresses", names, failed)
 

@@ -57,13 +57,13 @@ def loop_btrfs(size="8G", prefix="lxcagent-btrfs-"):
 class Lab:
     """A switch (a bridge in its own namespace) joining simulated nodes, plus a port for this namespace.
 
-    Addresses: this namespace 198.18.0.1/16, node i 198.18.0.(10 + i)/16, all on one L2 segment: nodes reach each
-    other and this namespace directly, and nothing here has a route beyond it.
+    Each lab takes a /24 of 198.18.0.0/15 that no address here uses yet (so two test runs can share a machine):
+    this namespace .1, node i .(10 + i), all on one L2 segment: nodes reach each other and this namespace directly,
+    and nothing here has a route beyond it.
     """
 
-    PREFIX = "198.18.0"
-
     def __init__(self):
+        self.prefix = _free_lab_prefix()
         self.switch = unique("lxcs-")
         self.root_link = unique("lxv")
         self.hosts = []
@@ -73,14 +73,14 @@ class Lab:
             _run("ip", "-n", self.switch, "link", "set", "br0", "up")
             _run("ip", "link", "add", self.root_link, "type", "veth", "peer", "name", "up0", "netns", self.switch)
             _run("ip", "-n", self.switch, "link", "set", "up0", "master", "br0", "up")
-            _run("ip", "addr", "add", f"{self.PREFIX}.1/16", "dev", self.root_link)
+            _run("ip", "addr", "add", f"{self.prefix}.1/24", "dev", self.root_link)
             _run("ip", "link", "set", self.root_link, "up")
         except BaseException:
             self.remove()
             raise
 
     def add_host(self):
-        host = SimulatedHost(self, f"{self.PREFIX}.{10 + len(self.hosts)}")
+        host = SimulatedHost(self, f"{self.prefix}.{10 + len(self.hosts)}")
         self.hosts.append(host)
         # A new switch port forwards only once its carrier is up: wait until the node answers.
         for _ in range(50):
@@ -107,7 +107,7 @@ class SimulatedHost:
             _run("ip", "-n", lab.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
                  "netns", self.netns)
             _run("ip", "-n", lab.switch, "link", "set", port, "master", "br0", "up")
-            for command in (("addr", "add", f"{address}/16", "dev", "eth0"), ("link", "set", "eth0", "up"),
+            for command in (("addr", "add", f"{address}/24", "dev", "eth0"), ("link", "set", "eth0", "up"),
                             ("link", "set", "lo", "up")):
                 _run("ip", "-n", self.netns, *command)
         except BaseException:
@@ -121,6 +121,16 @@ class SimulatedHost:
 
     def remove(self):
         _run("ip", "netns", "del", self.netns, check=False)
+
+
+def _free_lab_prefix():
+    used = _run("ip", "-4", "-o", "addr").stdout
+    for third in range(256):
+        for second in (18, 19):
+            prefix = f"198.{second}.{third}"
+            if f" {prefix}." not in used:
+                return prefix
+    raise RuntimeError("every /24 of 198.18.0.0/15 is in use here; remove old labs (ip netns list)")
 
 
 def free_port():
@@ -159,8 +169,10 @@ class AgentProcess:
         return self.sim_host.netns if self.sim_host else None
 
     def connect(self, **overrides):
+        """A client; for a lab node the address varies per run, so only the CA is checked, not the name."""
         from agent.client import connect
-        return connect(self.host, self.port, **{"pki_dir": self.pki_dir, **overrides})
+        options = {"pki_dir": self.pki_dir, "check_hostname": self.sim_host is None, **overrides}
+        return connect(self.host, self.port, **options)
 
     def states(self):
         """name -> state from `lxc-ls --fancy` (the real CLI), asked from the agent's namespace."""

@@ -11,13 +11,11 @@ from agent import pki, storage
 from simlab import AgentProcess, Lab, unique
 from tests.support import sh
 
-SIM_ADDRESSES = [f"{Lab.PREFIX}.{n}" for n in range(10, 250)]
-
 
 @pytest.fixture(scope="session")
 def pki_dir(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("pki") / "pki")
-    pki.create_pki(directory, ["localhost", "127.0.0.1", *SIM_ADDRESSES])
+    pki.create_pki(directory, ["localhost", "127.0.0.1"])
     return directory
 
 

@@ -41,6 +41,10 @@ def test_clone_sixteen_start_run_ping_and_tear_down(agent_in_host, sim_host, lxc
     assert agent.set_addresses(BRIDGE, addresses) == CLONES
     assert agent.start(CLONES) == CLONES
 
+    assert agent.set_addresses(BRIDGE, addresses) == CLONES, "the same addresses again: nothing to do"
+    with pytest.raises(Conflict, match="are running; stop them before changing addresses"):
+        agent.set_addresses(BRIDGE, {CLONES[0]: f"{SUBNET[200]}/24"})
+
     states = agent_in_host.states()
     assert {name: states[name] for name in CLONES} == {name: "RUNNING" for name in CLONES}
     assert states["base"] == "STOPPED"

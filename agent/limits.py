@@ -1,0 +1,59 @@
+"""Host limits that hundreds of system containers need, raised (never lowered) when the agent starts.
+
+Each systemd container takes several inotify instances: with Debian's default of 128 per user, the 27th container's
+init fails at once ("Too many open files"). The values follow LXD's production-setup advice; the ARP table limit
+matters once a thousand containers share one bridge. Raised limits stay after the agent exits: containers that
+still run depend on them.
+"""
+
+import logging
+import os
+
+log = logging.getLogger("lxc-agent")
+
+MINIMUMS = {
+    "fs/inotify/max_user_instances": 1048576,
+    "fs/inotify/max_user_watches": 1048576,
+    "fs/inotify/max_queued_events": 1048576,
+    "vm/max_map_count": 262144,
+    "kernel/pid_max": 4194304,
+    "net/ipv4/neigh/default/gc_thresh1": 1024,
+    "net/ipv4/neigh/default/gc_thresh2": 4096,
+    "net/ipv4/neigh/default/gc_thresh3": 8192,
+}
+
+
+def _path(key):
+    return os.path.join("/proc/sys", key)
+
+
+def current():
+    """key -> value for every limit this host exposes (a network namespace lacks the neighbour defaults)."""
+    values = {}
+    for key in MINIMUMS:
+        try:
+            with open(_path(key)) as handle:
+                values[key.replace("/", ".")] = int(handle.read().split()[0])
+        except (OSError, ValueError):
+            continue
+    return values
+
+
+def ensure_minimums():
+    """Raise each limit below its minimum; returns what changed. A limit that cannot be written is logged."""
+    changed = {}
+    for key, minimum in MINIMUMS.items():
+        try:
+            with open(_path(key)) as handle:
+                value = int(handle.read().split()[0])
+            if value < minimum:
+                with open(_path(key), "w") as handle:
+                    handle.write(str(minimum))
+                changed[key.replace("/", ".")] = (value, minimum)
+                log.info("raised %s from %d to %d for many containers", key.replace("/", "."), value, minimum)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as error:
+            log.warning("cannot raise %s to %d (%s): containers beyond the current limit may fail to start",
+                        key.replace("/", "."), minimum, error)
+    return changed
