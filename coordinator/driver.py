@@ -188,6 +188,10 @@ class Deployer:
                 if not todo:
                     return
                 agent = self.agent_for(self.hosts[node.host])
+                # A first compute is stopped at the end of this step: a run cut off just after that left it
+                # stopped. Starting a running container is a no-op.
+                agent.start([node.name])
+                wait_booted(agent, [node.name])
                 self.engine.prepare(agent, node)
                 self.engine.fetch(agent, node, node.devstack_repo, node.devstack_branch)
                 self.engine.write_local_conf(agent, node)

@@ -86,7 +86,7 @@ def deploy_command(args):
                 progress.update(tasks[phase], completed=done, total=total)
 
             deployer = Deployer(name, plan, store, connector(args),
-                                Settings(log_dir=args.log_dir, progress=report))
+                                Settings(log_dir=os.path.abspath(args.log_dir), progress=report))
             try:
                 result = deployer.deploy()
             except BaseException:
@@ -124,6 +124,14 @@ def print_nodes(plan, state, console):
     console.print(table)
 
 
+def shown_status(store, record):
+    """The recorded status, except that a deploy whose coordinator died (killed, machine lost) without
+    recording how it ended is "interrupted" rather than "deploying": nobody holds its lock any more."""
+    if record["status"] == "deploying" and not store.locked(record["name"]):
+        return "interrupted"
+    return record["status"]
+
+
 def list_command(args):
     store = Store(args.store)
     deployments = store.list()
@@ -133,7 +141,7 @@ def list_command(args):
     table = Table("NAME", "STATUS", "NODES", "CREATED")
     for entry in deployments:
         plan = store.get(entry["name"])["plan"]
-        table.add_row(entry["name"], entry["status"], str(len(plan["nodes"])),
+        table.add_row(entry["name"], shown_status(store, entry), str(len(plan["nodes"])),
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created"])))
     Console().print(table)
     return 0
@@ -153,10 +161,11 @@ def show_command(args):
         nodes = [{"name": n.name, "role": n.role, "host": n.host, "address": n.address,
                   "state": state.get(n.name, {}).get("state", "unknown"),
                   "memory": state.get(n.name, {}).get("memory")} for n in plan.nodes]
-        json.dump({"name": args.name, "status": record["status"], "nodes": nodes}, sys.stdout, indent=2)
+        json.dump({"name": args.name, "status": shown_status(store, record), "nodes": nodes}, sys.stdout,
+                  indent=2)
         print()
         return 0
-    print(f"{args.name}: {record['status']}")
+    print(f"{args.name}: {shown_status(store, record)}")
     print_nodes(plan, state, Console())
     return 0
 

@@ -79,12 +79,14 @@ class Store:
 
     # -- locking ---------------------------------------------------------------------------------------------
 
+    def _lock_path(self, name):
+        return os.path.join(self.path + ".locks", f"{name}.lock")
+
     @contextlib.contextmanager
     def lock(self, name):
         """Exclusive work on one deployment; refuses at once if another process holds it."""
-        lock_dir = self.path + ".locks"
-        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
-        handle = open(os.path.join(lock_dir, f"{name}.lock"), "a+")
+        os.makedirs(self.path + ".locks", mode=0o700, exist_ok=True)
+        handle = open(self._lock_path(name), "a+")
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,6 +102,30 @@ class Store:
             yield
         finally:
             handle.close()
+
+    def locked(self, name):
+        """True while some process holds the deployment's lock. Read from /proc/locks, without taking the lock:
+        a probe that took it, even briefly, could turn away a coordinator starting at that moment."""
+        path = self._lock_path(name)
+        try:
+            info = os.stat(path)
+            with open("/proc/locks") as handle:
+                table = handle.read()
+        except OSError:
+            return False
+        device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}"
+        for line in table.splitlines():
+            # "1: FLOCK  ADVISORY  WRITE 1234 00:2e:5678 0 EOF"; a waiter's line has "->" after the number
+            fields = line.split()
+            if len(fields) < 6 or fields[1] != "FLOCK" or "->" in fields:
+                continue
+            pid, (major, minor, inode) = fields[4], fields[5].split(":")
+            if inode != str(info.st_ino):
+                continue
+            # btrfs gives stat() another device number than /proc/locks: then ask the holder's open files.
+            if f"{major}:{minor}" == device or _has_open(pid, path):
+                return True
+        return False
 
     # -- deployments -------------------------------------------------------------------------------------------
 
@@ -174,6 +200,15 @@ class Store:
     def remove_resource(self, name, host, kind, resource):
         self._sql("DELETE FROM resources WHERE deployment = ? AND host = ? AND kind = ? AND name = ?",
                          (name, host, kind, resource))
+
+
+def _has_open(pid, path):
+    folder = f"/proc/{pid}/fd"
+    try:
+        return any(os.path.realpath(os.path.join(folder, fd)) == os.path.realpath(path)
+                   for fd in os.listdir(folder))
+    except OSError:
+        return False
 
 
 def _dump(value):

@@ -11,6 +11,8 @@ from agent import pki, storage
 from simlab import AgentProcess, Lab, unique
 from tests.support import sh
 
+IMAGE_PACKAGES = ["git", "sudo", "python3"]   # what coordinator.driver asks the agent to include
+
 
 @pytest.fixture(scope="session")
 def pki_dir(tmp_path_factory):
@@ -99,3 +101,26 @@ def plain_lxcpath(plain_fs, request):
     os.mkdir(path)
     assert fs_type(path) != "btrfs"
     return path
+
+
+@pytest.fixture
+def node_agent(lab, lxcpath, pki_dir, tmp_path):
+    """An agent in a simulated node whose Debian image was made beforehand: nodes have no route to the mirror.
+
+    Its PKI (`.pki_dir`, for the coordinator's --pki-dir) names the node's address, which varies per lab, as
+    `lxc-agent init-pki --agent-name ADDRESS` would on a real node, so clients check the name as well."""
+    warm = AgentProcess(lxcpath, pki_dir)
+    try:
+        agent = warm.connect()
+        agent.create("image-warmer", "debian", "bookworm", IMAGE_PACKAGES)
+        agent.destroy(["image-warmer"])   # the image stays in the agent's cache
+    finally:
+        warm.stop(keep_containers=True)
+    host = lab.add_host()
+    node_pki = str(tmp_path / "node-pki")
+    pki.create_pki(node_pki, [host.address])
+    process = AgentProcess(lxcpath, node_pki, host=host)
+    try:
+        yield process
+    finally:
+        process.stop()

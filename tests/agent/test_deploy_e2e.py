@@ -12,13 +12,11 @@ import time
 import pytest
 
 from examples.fake_devstack import make_fake_devstack_repo
-from simlab import AgentProcess
 from tests.support import sh
 
 pytestmark = pytest.mark.slow
 
 COMPUTES = 8
-IMAGE_PACKAGES = ["git", "sudo", "python3"]   # what coordinator.driver asks the agent to include
 
 
 def config_for(host, port, repo):
@@ -42,24 +40,6 @@ def config_for(host, port, repo):
     }
 
 
-@pytest.fixture
-def node_agent(lab, lxcpath, pki_dir):
-    """An agent in a simulated node whose Debian image was made beforehand: nodes have no route to the mirror."""
-    warm = AgentProcess(lxcpath, pki_dir)
-    try:
-        agent = warm.connect()
-        agent.create("image-warmer", "debian", "bookworm", IMAGE_PACKAGES)
-        agent.destroy(["image-warmer"])   # the image stays in the agent's cache
-    finally:
-        warm.stop(keep_containers=True)
-    host = lab.add_host()
-    process = AgentProcess(lxcpath, pki_dir, host=host)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
 def coordinator(*argv, check=True):
     result = subprocess.run([sys.executable, "-m", "coordinator.cli", *argv], capture_output=True, text=True,
                             timeout=1800)
@@ -68,11 +48,30 @@ def coordinator(*argv, check=True):
     return result
 
 
-def test_the_seed_layout_deploys_every_compute_reports_and_destroy_leaves_nothing(node_agent, tmp_path, pki_dir):
+def assert_every_compute_reports(agent, plan, timeout=60):
+    """The fake computes report "<name> <address>" to the controller: wait until each has, with its own."""
+    computes = {n["name"]: n["address"] for n in plan["nodes"] if n["role"] == "compute"}
+    deadline, seen = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline and seen != computes:
+        reports = agent.run(plan["controller"], ["cat", "/opt/stack/data/fake-devstack/reports"])["stdout"]
+        seen = dict(line.split()[:2] for line in reports.splitlines() if len(line.split()) >= 2)
+        seen = {name: address for name, address in seen.items() if name in computes}
+        time.sleep(1)
+    assert seen == computes, "every compute reports its own address to the controller"
+
+
+def assert_nothing_left(node_agent, links_before):
+    """No container, the node's links as before the deploy, and none of the agent's NAT rules."""
+    assert node_agent.states() == {}
+    assert sh("ip", "-br", "link", netns=node_agent.netns) == links_before
+    assert "lxc-agent" not in sh("nft", "list", "ruleset", netns=node_agent.netns)
+
+
+def test_the_seed_layout_deploys_every_compute_reports_and_destroy_leaves_nothing(node_agent, tmp_path):
     repo = make_fake_devstack_repo(str(tmp_path / "devstack"))
     config = tmp_path / "cloud.json"
     config.write_text(json.dumps(config_for(node_agent.host, node_agent.port, repo)))
-    common = ["--store", str(tmp_path / "store.sqlite"), "--pki-dir", pki_dir]
+    common = ["--store", str(tmp_path / "store.sqlite"), "--pki-dir", node_agent.pki_dir]
     netns = node_agent.netns
     links_before = sh("ip", "-br", "link", netns=netns)
 
@@ -88,18 +87,8 @@ def test_the_seed_layout_deploys_every_compute_reports_and_destroy_leaves_nothin
         # Clones carry the first compute's file, re-pointed at their own address by the start script.
         written = agent.run(node["name"], ["cat", "/opt/stack/devstack/local.conf"])["stdout"]
         assert written == node["local_conf"], node["name"]
-    controller = plan["controller"]
-    computes = {n["name"]: n["address"] for n in plan["nodes"] if n["role"] == "compute"}
-    deadline, seen = time.monotonic() + 60, {}
-    while time.monotonic() < deadline and seen != computes:
-        reports = agent.run(controller, ["cat", "/opt/stack/data/fake-devstack/reports"])["stdout"]
-        seen = dict(line.split()[:2] for line in reports.splitlines() if len(line.split()) >= 2)
-        seen = {name: address for name, address in seen.items() if name in computes}
-        time.sleep(1)
-    assert seen == computes, "every compute reports its own address to the controller"
+    assert_every_compute_reports(agent, plan)
 
     coordinator("destroy", "e2e", *common)
-    assert node_agent.states() == {}
-    assert sh("ip", "-br", "link", netns=netns) == links_before
-    assert "lxc-agent" not in sh("nft", "list", "ruleset", netns=netns)
+    assert_nothing_left(node_agent, links_before)
     assert coordinator("destroy", "e2e", *common, check=False).returncode == 1, "already gone: a clear error"

@@ -28,30 +28,76 @@ SEED_LIKE = {
 
 
 class FakeAgent:
-    """Records every call with its host; containers and their states are kept just enough to answer list()."""
+    """Records every call with its host and keeps containers (state, address) just enough to answer like the
+    agent: run() needs a running container, and set_addresses() changes only stopped ones (the same address
+    again is a no-op). A failure from fail_on comes after the call took effect, as when a coordinator dies
+    waiting for an agent that carries on."""
 
-    def __init__(self, host, journal, fail_on=None):
+    def __init__(self, host, journal, fail_on=None, containers=None):
         self.host, self.journal, self.fail_on = host, journal, fail_on
+        self.containers = {} if containers is None else containers
 
     def __getattr__(self, operation):
+        if operation.startswith("_"):
+            raise AttributeError(operation)
+        effect = getattr(type(self), f"_{operation}", lambda self, *args: None)
+
         def call(*args, **options):
             self.journal.append((self.host, operation, json.loads(json.dumps(args))))
+            result = effect(self, *args)
             if self.fail_on and self.fail_on(self.host, operation, args):
                 raise RuntimeError(f"{operation} failed on {self.host}")
-            if operation == "list_tunnels":
-                return [{"mtu": 1450}]
-            if operation == "run":
-                return {"exit_code": 0, "stdout": "running\n", "stderr": ""}
-            return None
+            return result
         return call
+
+    def _create(self, name, *rest):
+        self.containers.setdefault(name, {"state": "STOPPED", "address": None})
+
+    def _clone(self, source, names, *rest):
+        for name in names:
+            self.containers.setdefault(name, {"state": "STOPPED", "address": self.containers[source]["address"]})
+
+    def _set_addresses(self, bridge, addresses, mtu=None):
+        changes = [name for name, address in addresses.items() if self.containers[name]["address"] != address]
+        running = [name for name in changes if self.containers[name]["state"] == "RUNNING"]
+        if running:
+            raise RuntimeError(f"container(s) {running} are running; stop them before changing addresses")
+        for name in changes:
+            self.containers[name]["address"] = addresses[name]
+
+    def _start(self, names, *rest):
+        for name in names:
+            self.containers[name]["state"] = "RUNNING"
+
+    def _stop(self, names, *rest):
+        for name in names:
+            self.containers[name]["state"] = "STOPPED"
+
+    def _destroy(self, names):
+        for name in names:
+            self.containers.pop(name, None)
+
+    def _run(self, name, *rest):
+        if self.containers[name]["state"] != "RUNNING":
+            raise RuntimeError(f"container {name!r} is not running; start it first")
+        return {"exit_code": 0, "stdout": "running\n", "stderr": ""}
+
+    def _list_tunnels(self):
+        return [{"mtu": 1450}]
 
 
 class FakeEngine:
+    """Records each devstack step; like the real one, it needs the node's container running."""
+
     def __init__(self, journal):
         self.journal = journal
 
     def __getattr__(self, step):
-        return lambda agent, node, *args: self.journal.append((agent.host, f"devstack.{step}", [node.name]))
+        def call(agent, node, *args):
+            self.journal.append((agent.host, f"devstack.{step}", [node.name]))
+            if agent.containers[node.name]["state"] != "RUNNING":
+                raise RuntimeError(f"container {node.name!r} is not running; start it first")
+        return call
 
 
 @pytest.fixture
@@ -62,10 +108,11 @@ def world(tmp_path):
     store.begin("t", SEED_LIKE, plan.to_dict())
     failures = {}
     lock = threading.Lock()
+    hosts = {}   # address -> containers, kept across deployers like a real host's
 
     def connect(host):
         with lock:
-            return FakeAgent(host.address, journal, failures.get("fail_on"))
+            return FakeAgent(host.address, journal, failures.get("fail_on"), hosts.setdefault(host.address, {}))
 
     def deployer():
         return Deployer("t", plan, store, connect, Settings(log_dir=str(tmp_path / "logs")), engine=FakeEngine(journal))
@@ -115,6 +162,47 @@ def test_a_second_deploy_resumes_after_the_last_finished_step(world):
     assert "devstack:" + plan.controller in report.skipped
     assert [args[0] for _, op, args in journal if op == "devstack.run_stack"] == [], "nothing stacked twice"
     assert [host for host, _ in calls(journal, "clone")] == ["198.18.0.11"], "only the unfinished host again"
+
+
+def once(condition):
+    """A fail_on that fails the first call matching condition(host, operation, args), and no other."""
+    done = []
+
+    def fail_on(host, operation, args):
+        if not done and condition(host, operation, args):
+            done.append(True)
+            return True
+        return False
+    return fail_on
+
+
+def test_a_deploy_cut_off_while_a_first_compute_stops_starts_it_again_to_finish_its_devstack_step(world):
+    plan, store, journal, failures, deployer = world
+    first = next(node.name for node in plan.nodes if node.kind == "first")
+    failures["fail_on"] = once(lambda host, op, args: op == "stop" and args[0] == [first])
+    with pytest.raises(RuntimeError, match="stop failed"):
+        deployer().deploy()
+    assert not store.step_done("t", f"devstack:{first}")
+    failures.clear()
+    journal.clear()
+    deployer().deploy()
+    operations = [(op, args) for _, op, args in journal if op in ("start", "devstack.prepare")]
+    assert operations.index(("start", [[first]])) < operations.index(("devstack.prepare", [first]))
+    assert [args for _, op, args in journal if op == "devstack.run_stack"] == [[first]], "only that node again"
+
+
+def test_a_deploy_cut_off_while_clones_boot_resumes_and_leaves_their_addresses_alone(world):
+    plan, store, journal, failures, deployer = world
+    clone = next(node.name for node in plan.nodes if node.kind == "clone")
+    failures["fail_on"] = once(lambda host, op, args: op == "run" and args[0] == clone)
+    with pytest.raises(RuntimeError, match="run failed"):
+        deployer().deploy()
+    failures.clear()
+    journal.clear()
+    deployer().deploy()
+    assert all(step["state"] == "done" for step in store.steps("t"))
+    assert [op for _, op, _ in journal].count("clone") == 1, "the cut-off host's clone step again, only"
+    assert [args for _, op, args in journal if op == "devstack.run_stack"] == []
 
 
 def test_destroy_removes_containers_then_tunnels_then_networks_and_forgets_them(world):

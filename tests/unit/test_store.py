@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from coordinator.lifecycle import shown_status
 from coordinator.store import Store, StoreError
 
 CONFIG = {"type": "MultihostEngine", "controller": {}, "nodes": []}
@@ -80,6 +81,29 @@ def test_two_coordinators_cannot_work_on_one_deployment(store):
         holder.wait()
     with store.lock("demo"):  # the kernel released the dead holder's lock
         pass
+
+
+def test_a_deploy_whose_coordinator_died_shows_as_interrupted_not_deploying(store):
+    store.begin("demo", CONFIG, PLAN)
+    assert not store.locked("demo") and shown_status(store, store.get("demo")) == "interrupted"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from coordinator.store import Store
+        with Store({store.path!r}).lock("demo"):
+            print("locked", flush=True)
+            time.sleep(30)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert store.locked("demo") and not store.locked("other")
+        assert shown_status(store, store.get("demo")) == "deploying"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not store.locked("demo"), "the kernel dropped the dead holder's lock"
+    assert shown_status(store, store.get("demo")) == "interrupted"
+    store.set_status("demo", "failed")
+    assert shown_status(store, store.get("demo")) == "failed"
 
 
 def test_an_unwritable_store_location_is_a_clear_error(tmp_path):

@@ -1,0 +1,146 @@
+"""`coordinator deploy` when things go wrong, end to end on real containers in a simulated node: a coordinator
+killed while cloning and deployed again, and a stack.sh that fails. Same layout as test_deploy_e2e.
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from examples.fake_devstack import make_fake_devstack_repo
+from tests.agent.test_deploy_e2e import (COMPUTES, assert_every_compute_reports, assert_nothing_left, config_for,
+                                         coordinator)
+from tests.support import sh
+
+pytestmark = pytest.mark.slow
+
+
+def setup_cloud(node_agent, tmp_path, fail_with=None):
+    """(config path, plan, options every lifecycle command takes) for the e2e layout on node_agent."""
+    repo = make_fake_devstack_repo(str(tmp_path / "devstack"), fail_with=fail_with)
+    config = tmp_path / "cloud.json"
+    config.write_text(json.dumps(config_for(node_agent.host, node_agent.port, repo)))
+    plan = json.loads(coordinator("plan", str(config), "--format", "json").stdout)
+    common = ["--store", str(tmp_path / "store.sqlite"), "--pki-dir", node_agent.pki_dir]
+    return config, plan, common
+
+
+def steps(store_path, state=None):
+    """key -> state from the store's steps table, read as another process would (empty before it exists)."""
+    if not os.path.exists(store_path):
+        return {}
+    db = sqlite3.connect(store_path, timeout=10)
+    try:
+        rows = db.execute("SELECT key, state FROM steps").fetchall()
+    except sqlite3.OperationalError:   # the coordinator has not made its tables yet
+        return {}
+    finally:
+        db.close()
+    return {key: value for key, value in rows if state is None or value == state}
+
+
+def wait_for(condition, process, what, stderr_path, timeout=120):
+    """Poll condition() until it is true; fail if the coordinator process ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    ended = f"ended (exit {process.returncode})" if process.poll() is not None else f"ran {timeout} s"
+    raise AssertionError(f"coordinator deploy {ended} before {what}:\n{open(stderr_path).read()}")
+
+
+def status_in_list(common, name):
+    listed = coordinator("list", *common).stdout
+    rows = [line.split() for line in listed.splitlines() if f" {name} " in f" {line} "]
+    assert rows, f"{name} is not in `coordinator list`:\n{listed}"
+    return rows[0][rows[0].index(name) + 2]   # "│ NAME │ STATUS │ ..." or "NAME STATUS ..."
+
+
+def test_a_second_coordinator_is_refused_and_one_killed_while_cloning_resumes_to_the_same_cloud(
+        node_agent, tmp_path):
+    config, plan, common = setup_cloud(node_agent, tmp_path)
+    store = str(tmp_path / "store.sqlite")
+    deploy = ["deploy", str(config), "--name", "resume", "--log-dir", str(tmp_path / "logs"), *common]
+    clones = [n["name"] for n in plan["nodes"] if n["kind"] == "clone"]
+    assert len(clones) == COMPUTES - 1
+    links_before = sh("ip", "-br", "link", netns=node_agent.netns)
+
+    with open(tmp_path / "first.out", "w") as out, open(tmp_path / "first.err", "w") as err:
+        first = subprocess.Popen([sys.executable, "-m", "coordinator.cli", *deploy], stdout=out, stderr=err)
+    try:
+        wait_for(lambda: steps(store, "running"), first, "a step under way", tmp_path / "first.err")
+        second = coordinator(*deploy, check=False)
+        assert second.returncode == 1, second.stderr
+        assert f"deployment 'resume' is being worked on by coordinator pid {first.pid}" in second.stderr
+
+        def cloning():
+            if not any(key.startswith("clones:") for key in steps(store, "running")):
+                return None
+            made = {name: state for name, state in node_agent.states().items() if name in clones}
+            return made if len(made) == len(clones) else None
+        at_kill = wait_for(cloning, first, "cloning", tmp_path / "first.err")
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(10) == -signal.SIGKILL
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    print("clones when the coordinator was killed:", at_kill)
+    assert status_in_list(common, "resume") == "interrupted", "a dead coordinator's deploy is not `deploying`"
+
+    resumed = coordinator(*deploy)
+    assert "Resuming resume" in resumed.stderr
+    assert set(steps(store).values()) == {"done"}, steps(store)
+    names = [n["name"] for n in plan["nodes"]]
+    assert node_agent.states() == {name: "RUNNING" for name in names}, "the plan's containers, no more, no fewer"
+    shown = json.loads(coordinator("show", "resume", "--json", *common).stdout)
+    assert shown["status"] == "deployed"
+    assert [(n["name"], n["state"]) for n in shown["nodes"]] == [(name, "RUNNING") for name in names]
+    agent = node_agent.connect()
+    for node in plan["nodes"]:
+        written = agent.run(node["name"], ["cat", "/opt/stack/devstack/local.conf"])["stdout"]
+        assert written == node["local_conf"], node["name"]
+    assert_every_compute_reports(agent, plan)
+
+    coordinator("destroy", "resume", *common)
+    assert_nothing_left(node_agent, links_before)
+
+
+def test_a_failing_stack_sh_is_reported_with_node_exit_code_and_log_and_destroy_removes_all(
+        node_agent, tmp_path):
+    config, plan, common = setup_cloud(node_agent, tmp_path, fail_with=3)
+    logs = tmp_path / "logs"
+    links_before = sh("ip", "-br", "link", netns=node_agent.netns)
+
+    failed = coordinator("deploy", str(config), "--name", "broken", "--log-dir", str(logs), *common, check=False)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    controller = plan["controller"]                   # stacked first, so the first to fail
+    log_path = logs / "broken" / f"{controller}.stack.log"
+    assert log_path.is_file(), f"the full log on the coordinator's side:\n{failed.stderr}"
+    log = log_path.read_text()
+    assert log.startswith("fake-devstack: this is a stand-in"), "the whole output, from its first line"
+    assert log.rstrip("\n").endswith("fake-devstack: failing on purpose with exit code 3")
+    message = failed.stderr
+    assert f"stack.sh on node {controller} (host {node_agent.host}) failed with exit code 3" in message
+    for line in log.rstrip("\n").splitlines()[-10:]:
+        assert line in message, f"the log's last lines are in the error: {line!r}"
+    assert f"Full log: {log_path}" in message
+    assert "Traceback" not in message
+    assert status_in_list(common, "broken") == "failed"
+    first_compute = next(n["name"] for n in plan["nodes"] if n["kind"] == "first")
+    assert not (logs / "broken" / f"{first_compute}.stack.log").exists(), "no compute was stacked"
+
+    coordinator("destroy", "broken", *common)
+    assert_nothing_left(node_agent, links_before)
+    again = coordinator("destroy", "broken", *common, check=False)
+    assert again.returncode == 1
+    assert "no deployment named 'broken'" in again.stderr and "Traceback" not in again.stderr
