@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from coordinator import localconf, plugins
 from coordinator.config import Problem, describe, kept, nearest
 from coordinator.providers import (
-    COUNT_SCHEMA, DEFAULT_DISTRIBUTION, DEFAULT_TUNNEL_TYPE, DISTRIBUTION_SCHEMA, NAME_PREFIX_SCHEMA,
-    NETWORK_SCHEMA, ONE_LINE_SCHEMA, RELEASE_SCHEMA, TUNNEL_TO_SCHEMA, TUNNEL_TYPE_SCHEMA, Containers, check_containers,
-    clean_prefix, parse_network, unique,
+    CONTAINER_GROUP_PROPERTIES, DEFAULT_TUNNEL_TYPE, ONE_LINE_SCHEMA, Containers, check_containers,
+    container_group_fields,
 )
 
 DEFAULT_DEVSTACK_REPO = "https://opendev.org/openstack/devstack"
@@ -244,13 +243,7 @@ class LxcEngine(plugins.Plugin):
         "type": "object",
         "properties": {
             "type": {"type": "string"},
-            "containers_per_host": COUNT_SCHEMA,
-            "container_name_prefix": NAME_PREFIX_SCHEMA,
-            "distribution": DISTRIBUTION_SCHEMA,
-            "release": RELEASE_SCHEMA,
-            "start_lxc_network": NETWORK_SCHEMA,
-            "tunnel_to": TUNNEL_TO_SCHEMA,
-            "tunnel_type": TUNNEL_TYPE_SCHEMA,
+            **CONTAINER_GROUP_PROPERTIES,
             "start_script": ONE_LINE_SCHEMA,
             "provider": {},
             "engine": {},
@@ -270,15 +263,8 @@ class LxcEngine(plugins.Plugin):
 
     @classmethod
     def build(cls, cfg, site, children, ctx):
-        network = parse_network(cfg["start_lxc_network"])[0] if "start_lxc_network" in cfg else None
-        return LxcEngineModel(
-            hosts=children["provider"], engine=children["engine"],
-            containers_per_host=int(cfg.get("containers_per_host", 1)),  # JSON Schema lets 4.0 be an integer
-            prefix=clean_prefix(cfg.get("container_name_prefix")),
-            distribution=cfg.get("distribution", DEFAULT_DISTRIBUTION), release=cfg.get("release"),
-            network=network, tunnel_to=unique(cfg.get("tunnel_to", ())),
-            tunnel_type=cfg.get("tunnel_type", DEFAULT_TUNNEL_TYPE), start_script=cfg.get("start_script"),
-            path=str(site), count_path=site.at("containers_per_host"), network_path=site.at("start_lxc_network"))
+        return LxcEngineModel(hosts=children["provider"], engine=children["engine"],
+                              start_script=cfg.get("start_script"), **container_group_fields(cfg, site))
 
 
 @plugins.engine

@@ -301,6 +301,34 @@ class ExistingServers(plugins.Plugin):
         return Servers(credentials=credentials, path=str(site))
 
 
+# What LxcProvider and LxcEngine both say about their containers: count, naming, image, network, tunnels.
+CONTAINER_GROUP_PROPERTIES = {
+    "containers_per_host": COUNT_SCHEMA,
+    "container_name_prefix": NAME_PREFIX_SCHEMA,
+    "distribution": DISTRIBUTION_SCHEMA,
+    "release": RELEASE_SCHEMA,
+    "start_lxc_network": NETWORK_SCHEMA,
+    "tunnel_to": TUNNEL_TO_SCHEMA,
+    "tunnel_type": TUNNEL_TYPE_SCHEMA,
+}
+
+
+def container_group_fields(cfg, site):
+    """The model fields for CONTAINER_GROUP_PROPERTIES, with their defaults and the paths errors point at."""
+    return dict(
+        containers_per_host=int(cfg.get("containers_per_host", 1)),  # JSON Schema lets 4.0 be an integer
+        prefix=clean_prefix(cfg.get("container_name_prefix")),
+        distribution=cfg.get("distribution", DEFAULT_DISTRIBUTION),
+        release=cfg.get("release"),
+        network=parse_network(cfg["start_lxc_network"])[0] if "start_lxc_network" in cfg else None,
+        tunnel_to=unique(cfg.get("tunnel_to", ())),
+        tunnel_type=cfg.get("tunnel_type", DEFAULT_TUNNEL_TYPE),
+        path=str(site),
+        count_path=site.at("containers_per_host"),
+        network_path=site.at("start_lxc_network"),
+    )
+
+
 @plugins.provider
 class LxcProvider(plugins.Plugin):
     """`containers_per_host` containers on each hardware node, each created on its own (not cloned)."""
@@ -310,13 +338,7 @@ class LxcProvider(plugins.Plugin):
         "type": "object",
         "properties": {
             "type": {"type": "string"},
-            "containers_per_host": COUNT_SCHEMA,
-            "container_name_prefix": NAME_PREFIX_SCHEMA,
-            "distribution": DISTRIBUTION_SCHEMA,
-            "release": RELEASE_SCHEMA,
-            "start_lxc_network": NETWORK_SCHEMA,
-            "tunnel_to": TUNNEL_TO_SCHEMA,
-            "tunnel_type": TUNNEL_TYPE_SCHEMA,
+            **CONTAINER_GROUP_PROPERTIES,
             # Rally's ssh port forwarding: accepted so its configs load; containers are reached through the agent.
             "forward_ssh": {"type": "boolean"},
             "host_provider": {},
@@ -333,17 +355,4 @@ class LxcProvider(plugins.Plugin):
 
     @classmethod
     def build(cls, cfg, site, children, ctx):
-        network = parse_network(cfg["start_lxc_network"])[0] if "start_lxc_network" in cfg else None
-        return Containers(
-            hosts=children["host_provider"],
-            containers_per_host=int(cfg.get("containers_per_host", 1)),  # JSON Schema lets 4.0 be an integer
-            prefix=clean_prefix(cfg.get("container_name_prefix")),
-            distribution=cfg.get("distribution", DEFAULT_DISTRIBUTION),
-            release=cfg.get("release"),
-            network=network,
-            tunnel_to=unique(cfg.get("tunnel_to", ())),
-            tunnel_type=cfg.get("tunnel_type", DEFAULT_TUNNEL_TYPE),
-            path=str(site),
-            count_path=site.at("containers_per_host"),
-            network_path=site.at("start_lxc_network"),
-        )
+        return Containers(hosts=children["host_provider"], **container_group_fields(cfg, site))

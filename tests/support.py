@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import time
 
 from simlab import unique  # noqa: F401  (tests import it from here too)
 
@@ -42,3 +43,15 @@ def kernel_has(module):
     """True if the kernel can create links of this kind (checked by `modprobe -n` or /proc)."""
     return os.path.exists(f"/sys/module/{module}") or subprocess.run(
         ["modprobe", "-n", module], capture_output=True).returncode == 0
+
+
+def system_state(agent, name, timeout=180):
+    """systemd's own verdict once booted; right after start its bus socket may not exist yet ("Failed to connect
+    to bus", or "offline" while PID 1 is not systemd yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = agent.run(name, ["systemctl", "is-system-running", "--wait"], timeout=timeout)
+        state = result["stdout"].strip() or result["stderr"].strip()
+        if ("Failed to connect to bus" not in state and state != "offline") or time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)

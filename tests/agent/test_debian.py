@@ -1,26 +1,15 @@
 """A real Debian container (debootstrap from the Debian mirror, systemd as init): boots, keeps its address, clones."""
 
 import re
-import time
 
 import pytest
 
 from simlab import AgentProcess
+from tests.support import system_state
 
 pytestmark = pytest.mark.slow
 
 BRIDGE = "lxcbr-deb"
-
-
-def system_state(agent, name, timeout=180):
-    """systemd's own verdict once booted; right after start its bus socket may not exist yet."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = agent.run(name, ["systemctl", "is-system-running", "--wait"], timeout=timeout)
-        state = result["stdout"].strip() or result["stderr"].strip()
-        if ("Failed to connect to bus" not in state and state != "offline") or time.monotonic() > deadline:
-            return state
-        time.sleep(0.5)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from coordinator import devstack, topology
 from coordinator.config import validate
 from examples.fake_devstack import make_fake_devstack_repo
 from simlab import AgentProcess, unique
+from tests.support import system_state
 
 PACKAGES = ["git", "sudo", "python3"]
 FIRST = "10.100.1.2"        # never assigned: the stand-in only reports HOST_IP, it does not bind to it
@@ -52,18 +53,6 @@ def container(agent):
         yield name
     finally:
         agent.destroy([name])
-
-
-def system_state(agent, name, timeout=180):
-    """systemd's own verdict once booted; right after start its bus socket may not exist yet ("Failed to connect
-    to bus", or "offline" while PID 1 is not systemd yet)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = agent.run(name, ["systemctl", "is-system-running", "--wait"], timeout=timeout)
-        state = result["stdout"].strip() or result["stderr"].strip()
-        if ("Failed to connect to bus" not in state and state != "offline") or time.monotonic() > deadline:
-            return state
-        time.sleep(0.5)
 
 
 @pytest.mark.parametrize("repo, path", [
