@@ -1,8 +1,11 @@
 """Host network for containers, in the current network namespace: one agent bridge per subnet, NAT, ip_forward.
 
-Bridges are tagged with the ifalias ``lxc-agent ip_forward=<0|1>``, which both marks them as the agent's (it never
-touches others) and remembers ip_forward from before the agent's first bridge; the last destroy restores it. No
-state file: the memory is namespace-local and goes where the bridges go (reboot, or deletion behind the agent's back).
+Bridges are tagged with the ifalias ``lxc-agent ip_forward=<0|1>[ owner=<owner>]``, which marks them as the agent's
+(it never touches others), remembers ip_forward from before the agent's first bridge (the last destroy restores
+it), and names the bridge's owner (the coordinator passes its deployment's name). A bridge is shared only by
+callers giving the same owner (or all none): another owner asking for it, or for a subnet overlapping it, gets a
+Conflict naming the holder, and cannot destroy it. No state file: the memory is namespace-local and goes where the
+bridges go (reboot, or deletion behind the agent's back).
 """
 
 import errno
@@ -24,26 +27,32 @@ NFT_CHAIN = "postrouting"
 # table cannot undo a drop policy in someone else's; that policy is the administrator's to open.
 
 _BRIDGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
-_ALIAS = re.compile(rf"^{TAG}(?: ip_forward=([01]))?$")
+_ALIAS = re.compile(rf"^{TAG}(?: ip_forward=([01]))?(?: owner=(\S+))?$")
+_OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
 _IFF_UP = 0x1
 _RT_TABLE_LOCAL = 255
 _TABLE_NAMES = {253: "default", 254: "main", 255: "local"}
 
 
-def ensure_host_network(bridge: str, subnet: str) -> dict:
-    """Converge: agent bridge up with the subnet's first address, ip_forward on, masquerade for the subnet."""
+def ensure_host_network(bridge: str, subnet: str, owner: str | None = None) -> dict:
+    """Converge: agent bridge up with the subnet's first address, ip_forward on, masquerade for the subnet.
+
+    `owner` (e.g. a deployment's name) is recorded on a new bridge; an existing bridge is only converged for the
+    owner it was made for (None for none), and a subnet overlapping another agent bridge is refused with its owner."""
     _check_bridge_name(bridge)
     network = _parse_subnet(subnet)
+    _check_owner(owner)
     gateway = next(network.hosts())
     with IPRoute() as ipr:
         link = _find_link(ipr, bridge)
         if link is not None:
             _check_ours(link, bridge, "delete it or choose another bridge name")
+            _check_owned_by(ipr, link, bridge, owner, network)
             _check_addresses(ipr, link, bridge, network, gateway)
         _check_overlaps(ipr, bridge, network, None if link is None else link["index"])
         remembered = _remembered_ip_forward(ipr, bridge, link)
         if link is None:
-            link = _create_bridge(ipr, bridge, remembered)
+            link = _create_bridge(ipr, bridge, remembered, owner)
         index = link["index"]
         if not _ipv4_addresses(ipr, index, bridge):
             _netlink(f"give bridge {bridge} the address {gateway}/{network.prefixlen}", bridge,
@@ -52,17 +61,26 @@ def ensure_host_network(bridge: str, subnet: str) -> dict:
             _netlink(f"bring bridge {bridge} up", bridge, lambda: ipr.link("set", index=index, state="up"))
     _write_ip_forward("1", bridge)
     _ensure_nat(bridge, network)
-    return _shape(bridge, network)
+    return _shape(bridge, network, owner)
 
 
-def destroy_host_network(bridge: str) -> None:
-    """Remove the agent bridge, its NAT rule, the agent table once empty, and restore ip_forward after the last."""
+def destroy_host_network(bridge: str, owner: str | None = None) -> None:
+    """Remove the agent bridge, its NAT rule, the agent table once empty, and restore ip_forward after the last.
+
+    A bridge with an owner is removed only when `owner` names that owner (a bridge without one, by anyone)."""
     _check_bridge_name(bridge)
+    _check_owner(owner)
     with IPRoute() as ipr:
         link = _find_link(ipr, bridge)
         remembered = None
         if link is not None:
             _check_ours(link, bridge, "it was not created by lxc-agent, so the agent leaves it alone")
+            held = _alias_owner(link)
+            if held is not None and held != owner:
+                subnet = _describe(ipr, link)["subnet"]
+                raise Conflict(f"host bridge {bridge} (subnet {subnet}) belongs to {_whose(held)}, not "
+                               f"{_whose(owner)}; only its owner removes it: destroy_network({bridge!r}, "
+                               f"owner={held!r})", bridge=bridge, subnet=subnet, owner=held)
             remembered = _alias_ip_forward(link)
         _remove_nat(bridge)
         if link is not None:
@@ -117,6 +135,31 @@ def _parse_subnet(subnet):
     return network
 
 
+def _check_owner(owner):
+    if owner is not None and (not isinstance(owner, str) or not _OWNER.match(owner)):
+        raise InvalidArgument(f"owner {owner!r} is not valid: use 1-128 letters, digits, '_', '.', ':', '@', '+' "
+                              f"or '-', starting with a letter or digit (or None for no owner)", owner=str(owner))
+
+
+def _whose(owner):
+    return "no owner" if owner is None else f"owner {owner!r}"
+
+
+def _check_owned_by(ipr, link, bridge, owner, network):
+    held = _alias_owner(link)
+    if held == owner:
+        return
+    subnet = _describe(ipr, link)["subnet"]
+    if held is None:
+        raise Conflict(f"host bridge {bridge} (subnet {subnet}) exists without an owner (made by a caller that gave "
+                       f"none, or an older agent), so owner {owner!r} cannot take it over: choose another subnet, "
+                       f"or destroy_network({bridge!r}) first", bridge=bridge, subnet=subnet, owner=held)
+    asker = "a caller without an owner" if owner is None else f"owner {owner!r}"
+    raise Conflict(f"host bridge {bridge} (subnet {subnet}) belongs to owner {held!r}; {asker} asking for subnet "
+                   f"{network} cannot share it: choose another subnet, or destroy_network({bridge!r}, "
+                   f"owner={held!r}) first", bridge=bridge, subnet=subnet, owner=held)
+
+
 def _check_ours(link, bridge, advice):
     kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
     if kind != "bridge":
@@ -136,14 +179,21 @@ def _check_addresses(ipr, link, bridge, network, gateway):
 
 
 def _check_overlaps(ipr, bridge, network, own_index):
-    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in _dump(ipr.get_links, bridge)}
+    all_links = _dump(ipr.get_links, bridge)
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in all_links}
+    agent_bridges = {link["index"]: link for link in all_links
+                     if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge" and _is_ours(link)}
     for addr in _dump(lambda: ipr.get_addr(family=2), bridge):
         address = ipaddress.ip_interface(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
         if addr["index"] != own_index and address.network.overlaps(network):
             device = names.get(addr["index"], addr["index"])
+            details = dict(bridge=bridge, subnet=str(network), device=device)
+            whose = ""
+            if addr["index"] in agent_bridges:
+                details["owner"] = _alias_owner(agent_bridges[addr["index"]])
+                whose = f" (an agent bridge of {_whose(details['owner'])})"
             raise Conflict(f"subnet {network} for bridge {bridge} overlaps the address {address} on host device "
-                           f"{device}; choose another subnet or remove that address", bridge=bridge,
-                           subnet=str(network), device=device)
+                           f"{device}{whose}; choose another subnet or remove that address", **details)
     for route in _dump(lambda: ipr.get_routes(family=2), bridge):
         table = route.get_attr("RTA_TABLE") or route["table"]
         oif = route.get_attr("RTA_OIF")
@@ -176,6 +226,11 @@ def _alias_ip_forward(link):
     return match.group(1) if match else None
 
 
+def _alias_owner(link):
+    match = _ALIAS.match(link.get_attr("IFLA_IFALIAS") or "")
+    return match.group(2) if match else None
+
+
 def _agent_bridges(ipr):
     return [link for link in _dump(ipr.get_links, "(all bridges)")
             if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge" and _is_ours(link)]
@@ -190,7 +245,7 @@ def _remembered_ip_forward(ipr, bridge, link):
     return _read_ip_forward(bridge)
 
 
-def _create_bridge(ipr, bridge, remembered):
+def _create_bridge(ipr, bridge, remembered, owner):
     try:
         ipr.link("add", ifname=bridge, kind="bridge")
     except NetlinkError as error:
@@ -202,7 +257,8 @@ def _create_bridge(ipr, bridge, remembered):
     link = _find_link(ipr, bridge)
     try:
         # The kernel ignores IFLA_IFALIAS on creation, hence a separate set.
-        ipr.link("set", index=link["index"], ifalias=f"{TAG} ip_forward={remembered}")
+        alias = f"{TAG} ip_forward={remembered}" + (f" owner={owner}" if owner is not None else "")
+        ipr.link("set", index=link["index"], ifalias=alias)
     except NetlinkError as error:
         try:
             ipr.link("del", index=link["index"])
@@ -220,17 +276,18 @@ def _ipv4_addresses(ipr, index, bridge):
 
 def _describe(ipr, link):
     bridge = link.get_attr("IFLA_IFNAME")
+    owner = _alias_owner(link)
     addresses = _ipv4_addresses(ipr, link["index"], bridge)
     if not addresses:
-        return {"bridge": bridge, "subnet": None, "gateway": None, "prefixlen": None}
+        return {"bridge": bridge, "subnet": None, "gateway": None, "prefixlen": None, "owner": owner}
     interface = ipaddress.ip_interface("%s/%d" % addresses[0])
     return {"bridge": bridge, "subnet": str(interface.network), "gateway": str(interface.ip),
-            "prefixlen": interface.network.prefixlen}
+            "prefixlen": interface.network.prefixlen, "owner": owner}
 
 
-def _shape(bridge, network):
+def _shape(bridge, network, owner):
     return {"bridge": bridge, "subnet": str(network), "gateway": str(next(network.hosts())),
-            "prefixlen": network.prefixlen}
+            "prefixlen": network.prefixlen, "owner": owner}
 
 
 def _dump(call, bridge, missing_ok=False):

@@ -239,14 +239,17 @@ class AgentService:
 
     # -- host network --------------------------------------------------------------------------------------------
 
-    def ensure_network(self, bridge, subnet):
-        """Bridge with the subnet's first address, forwarding and NAT for traffic leaving the host."""
+    def ensure_network(self, bridge, subnet, owner=None):
+        """Bridge with the subnet's first address, forwarding and NAT for traffic leaving the host. `owner` (the
+        coordinator gives its deployment's name) is recorded on the bridge: another owner asking for that bridge,
+        or for a subnet overlapping it, gets a Conflict naming the holder; the same owner again is a no-op."""
         with self._changes:
-            return network.ensure_host_network(bridge, subnet)
+            return network.ensure_host_network(bridge, subnet, owner)
 
-    def destroy_network(self, bridge):
+    def destroy_network(self, bridge, owner=None):
+        """Remove the bridge and its NAT; a bridge with an owner only for that owner (Conflict otherwise)."""
         with self._changes:
-            network.destroy_host_network(bridge)
+            network.destroy_host_network(bridge, owner)
 
     def list_networks(self):
         return network.list_host_networks()

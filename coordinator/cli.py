@@ -64,7 +64,14 @@ def _validate(args):
     config = load_config(args.config)
     result = topology.plan(config)
     print(f"{args.config}: valid {config.type}: {summary(result)}")
+    _warn(result, args.config)
     return 0
+
+
+def _warn(result, source):
+    """The plan's warnings on stderr, one line each (stdout stays the summary, table or JSON)."""
+    for warning in topology.warnings(result):
+        print(f"{source}: warning: {warning}", file=sys.stderr)
 
 
 def summary(result):
@@ -93,6 +100,7 @@ def _count(items):
 
 def _plan(args):
     result = topology.plan(load_config(args.config))
+    _warn(result, args.config)
     if args.format == "json":
         sys.stdout.write(result.to_json())
         return 0

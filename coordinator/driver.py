@@ -8,14 +8,19 @@ idempotent, so a step cut off half-way is simply done again. Resources are recor
 
 import concurrent.futures
 import contextlib
+import ipaddress
 import os
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
+
+from agent.errors import CommandTimeout, Conflict
 
 PACKAGES = ("git", "sudo", "python3")      # what devstack needs to start; installed with the container's image
 TEMPLATES = {"ubuntu": "ubuntu", "debian": "debian"}
 BOOT_TIMEOUT = 300
+KERNEL_OPTIONS = {"ipip": "CONFIG_NET_IPIP", "vxlan": "CONFIG_VXLAN"}
 
 
 class DeployError(Exception):
@@ -49,6 +54,7 @@ class Deployer:
         self._record_lock = threading.Lock()
         self._local = threading.local()
         self._opened = []
+        self._checked = False
 
     def agent_for(self, host):
         """This thread's proxy to the host's agent (Pyro5 proxies belong to the thread that made them)."""
@@ -69,10 +75,7 @@ class Deployer:
     # -- the walk ----------------------------------------------------------------------------------------------
 
     def deploy(self):
-        unsupported = [node.name for node in self.plan.nodes if node.kind == "host"]
-        if unsupported:
-            raise DeployError(f"devstack straight on a hardware node ({', '.join(unsupported)}) is not offered; "
-                              "put the node in a container with an LxcProvider")
+        self.preflight()
         self._phase("networks", self._each_host(self._networks))
         self._phase("tunnels", lambda: self._tunnels())
         self._phase("containers", self._each_host(self._base_containers))
@@ -81,6 +84,70 @@ class Deployer:
             [n for n in self.plan.nodes if n.kind == "first"], stop_after=True))
         self._phase("clones", self._each_host(self._clones))
         return self.report
+
+    def preflight(self):
+        """What can be known to fail before anything changes, checked on every host first: devstack on a hardware
+        node, a tunnel kind a host's kernel lacks, a planned bridge or subnet that another deployment holds.
+        DeployError listing every such problem; nothing is changed on any host. Done once per Deployer."""
+        if self._checked:
+            return
+        unsupported = [node.name for node in self.plan.nodes if node.kind == "host"]
+        if unsupported:
+            raise DeployError(f"devstack straight on a hardware node ({', '.join(unsupported)}) is not offered; "
+                              "put the node in a container with an LxcProvider")
+        kinds = {}
+        for tunnel in self.plan.tunnels:
+            for end in (tunnel.host, tunnel.remote_host):
+                if end is not None:
+                    kinds.setdefault(end, set()).add(tunnel.kind)
+        problems = {}
+
+        def check(host):
+            found = []
+            agent = self.agent_for(host)
+            if kinds.get(host.address):
+                features = agent.info()["kernel_features"]
+                for kind in sorted(kinds[host.address]):
+                    if not features.get(kind):
+                        other = next(k for k in KERNEL_OPTIONS if k != kind)
+                        instead = (f'use "tunnel_type": "{other}" (this kernel has {other})' if features.get(other)
+                                   else f"this kernel has no {other} either: build one with {KERNEL_OPTIONS[kind]}")
+                        found.append(f"host {host.address}: this kernel has no {kind} tunnels "
+                                     f"({KERNEL_OPTIONS[kind]} is not set), which tunnel_type \"{kind}\" needs; "
+                                     f"{instead}")
+            if host.networks:
+                held = agent.list_networks()
+                for network in host.networks:
+                    found += self._held_by_others(host, network, held)
+            problems[host.address] = found
+
+        self._each_host(check)()
+        found = [problem for host in self.plan.hosts for problem in problems.get(host.address, [])]
+        if found:
+            raise DeployError("nothing was changed: " + ("; ".join(found) if len(found) == 1 else
+                                                         "\n  " + "\n  ".join(found)))
+        self._checked = True
+
+    def _held_by_others(self, host, network, held):
+        """Agent bridges on the host that this deployment may not use: its bridge, or a subnet overlapping its
+        own, held by another deployment (or made without an owner, by hand or by an older coordinator)."""
+        wanted = ipaddress.ip_network(network.subnet)
+        found = []
+        for other in held:
+            owner = other.get("owner")
+            if owner == self.name:
+                continue
+            overlaps = other.get("subnet") and ipaddress.ip_network(other["subnet"]).overlaps(wanted)
+            if other["bridge"] != network.bridge and not overlaps:
+                continue
+            holder = (f"deployment {owner!r}" if owner else
+                      "no deployment (made without an owner: by hand, a script or an older coordinator)")
+            advice = (f"destroy it first (coordinator destroy {owner})" if owner else
+                      f"remove it first (lxc-agent destroy_network({other['bridge']!r}))")
+            found.append(f"host {host.address}: subnet {network.subnet} (bridge {network.bridge}) is in use by "
+                         f"{holder} (bridge {other['bridge']}, subnet {other['subnet']}); two deployments cannot "
+                         f"share a subnet on one host: give this one another start_lxc_network, or {advice}")
+        return found
 
     def _phase(self, title, work):
         started = time.monotonic()
@@ -133,11 +200,23 @@ class Deployer:
             agent = self.agent_for(host)
             for network in host.networks:
                 self._record(host.address, "network", network.bridge)
-                agent.ensure_network(network.bridge, network.subnet)
+                try:
+                    agent.ensure_network(network.bridge, network.subnet, self.name)
+                except Conflict as error:
+                    details = getattr(error, "details", {})
+                    if "owner" not in details or details["owner"] == self.name:
+                        raise
+                    # Another deployment's (it took the bridge since the preflight): not ours to destroy.
+                    with self._record_lock:
+                        self.store.remove_resource(self.name, host.address, "network", network.bridge)
+                    owner = details["owner"]
+                    raise DeployError(f"host {host.address}: subnet {network.subnet} (bridge {network.bridge}) "
+                                      f"is in use by " + (f"deployment {owner!r}" if owner else "no deployment")
+                                      + f": {error}") from error
 
     def _tunnels(self):
         for index, tunnel in enumerate(self.plan.tunnels):
-            name = f"lxt-{index:03d}-{self.name[:6]}"
+            name = tunnel_name(self.name, index)
             with self._step(f"tunnel:{name}") as todo:
                 if not todo:
                     continue
@@ -180,7 +259,7 @@ class Deployer:
             agent.set_addresses(bridge, addresses, mtu)
         names = [node.name for node in nodes]
         agent.start(names)
-        wait_booted(agent, names)
+        wait_booted(agent, names, host=host.address)
 
     def _devstack(self, nodes, stop_after=False):
         def one(node):
@@ -191,7 +270,7 @@ class Deployer:
                 # A first compute is stopped at the end of this step: a run cut off just after that left it
                 # stopped. Starting a running container is a no-op.
                 agent.start([node.name])
-                wait_booted(agent, [node.name])
+                wait_booted(agent, [node.name], host=node.host)
                 self.engine.prepare(agent, node)
                 self.engine.fetch(agent, node, node.devstack_repo, node.devstack_branch)
                 self.engine.write_local_conf(agent, node)
@@ -256,24 +335,48 @@ class Deployer:
                 agent = self.agent_for(self.hosts[address])
                 if kind == "container":
                     agent.destroy(names)
-                for name in names if kind != "container" else []:
-                    (agent.destroy_tunnel if kind == "tunnel" else agent.destroy_network)(name)
+                elif kind == "tunnel":
+                    for name in names:
+                        agent.destroy_tunnel(name)
+                else:
+                    for name in names:
+                        try:
+                            agent.destroy_network(name, self.name)
+                        except Conflict as error:
+                            # Held by another deployment: recorded before a make that was refused, never ours.
+                            owner = getattr(error, "details", {}).get("owner")
+                            if owner in (None, self.name):
+                                raise
                 for name in names:
                     self.store.remove_resource(self.name, address, kind, name)
 
 
-def wait_booted(agent, names, timeout=BOOT_TIMEOUT):
+def tunnel_name(deployment, index):
+    """`lxt-<index>-<6 hex from the deployment's whole name>` (Linux allows 15 characters): deployments whose
+    names begin alike get tunnels of their own, where a name prefix would have them share, and rewrite, one."""
+    return f"lxt-{index:03d}-{zlib.crc32(deployment.encode()) & 0xFFFFFF:06x}"
+
+
+def wait_booted(agent, names, timeout=BOOT_TIMEOUT, host=None):
     """Until systemd in each container says running (or degraded); containers without systemd count at once."""
     deadline = time.monotonic() + timeout
+    where = f" on host {host}" if host else ""
     for name in names:
         while True:
-            result = agent.run(name, ["sh", "-c", "command -v systemctl >/dev/null || exit 42; "
-                                                  "systemctl is-system-running --wait"],
-                               timeout=max(1.0, deadline - time.monotonic()))
+            try:
+                result = agent.run(name, ["sh", "-c", "command -v systemctl >/dev/null || exit 42; "
+                                                      "systemctl is-system-running --wait"],
+                                   timeout=max(1.0, deadline - time.monotonic()))
+            except CommandTimeout as error:
+                raise DeployError(f"{name}{where} did not finish booting within {timeout} s: `systemctl "
+                                  f"is-system-running --wait` in it did not return ({error}); check that it runs "
+                                  f"(`lxc-info -P <the agent's lxcpath> -n {name}` on that host) and look for a "
+                                  f"start job that hangs "
+                                  f"(`systemctl list-jobs`, `journalctl -b` in it)") from error
             state = result["stdout"].strip()
             if result["exit_code"] == 42 or state in ("running", "degraded"):  # "offline": not up yet
                 break
             if time.monotonic() > deadline:
-                raise DeployError(f"{name} did not finish booting within {timeout} s (systemd says "
+                raise DeployError(f"{name}{where} did not finish booting within {timeout} s (systemd says "
                                   f"{state or result['stderr'].strip()!r}); look at `systemctl --failed` in it")
             time.sleep(0.5)

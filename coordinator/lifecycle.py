@@ -12,12 +12,14 @@ from rich.table import Table
 
 from coordinator import topology
 from coordinator.config import load_config
-from coordinator.driver import Deployer, Settings
+from coordinator.driver import Deployer, DeployError, Settings
 from coordinator.store import Store
 
 DEFAULT_PKI = "/etc/lxc-agent/pki"
 DEFAULT_PORT = 7643
 DEFAULT_LOG_DIR = "/var/log/lxc-coordinator"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+WIDE = 400     # columns for tables when stdout is not a terminal (a log, CI): rich would assume 80 and cut names
 
 
 def add_arguments(commands):
@@ -63,41 +65,63 @@ def connector(args):
 
 def default_name(config_path):
     stem = re.sub(r"[^A-Za-z0-9-]+", "-", os.path.splitext(os.path.basename(config_path))[0]).strip("-")
-    return f"{stem or 'deployment'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{stem[:40].rstrip('-') or 'deployment'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def stdout_console(**options):
+    """A console for tables on stdout: the terminal's width, or WIDE when stdout is a file or pipe, so a log
+    keeps every container name whole (a table is only as wide as its cells)."""
+    console = Console(**options)
+    if not console.is_terminal:
+        console = Console(width=WIDE, **options)
+    return console
+
+
+def check_name(name):
+    """A deployment's name is a lock file's name and the owner tag on its bridges: a plain word."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise DeployError(f"deployment name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
+                          f"starting with a letter or digit")
+    return name
 
 
 def deploy_command(args):
     config = load_config(args.config)
     plan = topology.plan(config)
-    name = args.name or default_name(args.config)
+    name = check_name(args.name or default_name(args.config))
     store = Store(args.store)
     console = Console(stderr=True)
+    for warning in topology.warnings(plan):
+        console.print(f"warning: {warning}", markup=False, highlight=False)
     with store.lock(name):
-        resumed = store.begin(name, config.data, plan.to_dict())
-        console.print(f"{'Resuming' if resumed else 'Deploying'} [bold]{name}[/bold]: {len(plan.nodes)} node(s) "
-                      f"on {len(plan.hosts)} host(s)")
-        with Progress(TextColumn("{task.description:16}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=False) as progress:
-            tasks = {}
+        deployer = Deployer(name, plan, store, connector(args), Settings(log_dir=os.path.abspath(args.log_dir)))
+        try:
+            # Before the deployment is recorded: a refused config can be fixed and deployed under the same name.
+            deployer.preflight()
+            resumed = store.begin(name, config.data, plan.to_dict())
+            console.print(f"{'Resuming' if resumed else 'Deploying'} [bold]{name}[/bold]: {len(plan.nodes)} "
+                          f"node(s) on {len(plan.hosts)} host(s)")
+            with Progress(TextColumn("{task.description:16}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console, transient=False) as progress:
+                tasks = {}
 
-            def report(phase, done, total):
-                if phase not in tasks:
-                    tasks[phase] = progress.add_task(phase, total=total)
-                progress.update(tasks[phase], completed=done, total=total)
+                def report(phase, done, total):
+                    if phase not in tasks:
+                        tasks[phase] = progress.add_task(phase, total=total)
+                    progress.update(tasks[phase], completed=done, total=total)
 
-            deployer = Deployer(name, plan, store, connector(args),
-                                Settings(log_dir=os.path.abspath(args.log_dir), progress=report))
-            try:
-                result = deployer.deploy()
-            except BaseException:
-                store.set_status(name, "failed")
-                deployer.close()
-                raise
-        store.set_status(name, "deployed")
-        print_nodes(plan, live_state(plan, deployer), console=Console())
-        for phase, seconds in result.phases.items():
-            console.print(f"{phase:16} {seconds:8.1f} s")
-        deployer.close()
+                deployer.settings.progress = report
+                try:
+                    result = deployer.deploy()
+                except BaseException:
+                    store.set_status(name, "failed")
+                    raise
+            store.set_status(name, "deployed")
+            print_nodes(plan, live_state(plan, deployer), console=stdout_console())
+            for phase, seconds in result.phases.items():
+                console.print(f"{phase:16} {seconds:8.1f} s")
+        finally:
+            deployer.close()
     return 0
 
 
@@ -115,13 +139,23 @@ def live_state(plan, deployer):
 
 
 def print_nodes(plan, state, console):
-    table = Table("ROLE", "HOST", "CONTAINER", "ADDRESS", "STATE", "MEMORY")
+    table = Table()
+    for column in ("ROLE", "HOST", "CONTAINER", "ADDRESS", "STATE", "MEMORY"):
+        # Names and addresses whole even in a narrow terminal: the other columns give way first.
+        whole = column in ("CONTAINER", "ADDRESS", "HOST")
+        table.add_column(column, no_wrap=whole, min_width=_widest(plan, column) if whole else None)
     for node in plan.nodes:
         entry = state.get(node.name, {})
         memory = entry.get("memory")
         table.add_row(node.role, node.host, node.name, node.address, entry.get("state", "unknown"),
                       f"{memory / 2**20:.0f} MB" if memory else "-")
     console.print(table)
+
+
+def _widest(plan, column):
+    values = {"CONTAINER": [n.name for n in plan.nodes], "ADDRESS": [n.address for n in plan.nodes],
+              "HOST": [n.host for n in plan.nodes]}[column]
+    return max([len(column), *map(len, values)])
 
 
 def shown_status(store, record):
@@ -143,7 +177,7 @@ def list_command(args):
         plan = store.get(entry["name"])["plan"]
         table.add_row(entry["name"], shown_status(store, entry), str(len(plan["nodes"])),
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created"])))
-    Console().print(table)
+    stdout_console().print(table)
     return 0
 
 
@@ -166,7 +200,7 @@ def show_command(args):
         print()
         return 0
     print(f"{args.name}: {shown_status(store, record)}")
-    print_nodes(plan, state, Console())
+    print_nodes(plan, state, stdout_console())
     return 0
 
 

@@ -162,6 +162,21 @@ class Plan:
         return tuple(tunnel for tunnel in self.tunnels if tunnel.host == address)
 
 
+def warnings(plan):
+    """What the plan allows but a user should know, one line each: a `tunnel_to` address that is no host of this
+    plan gets only this end of its tunnels (the far end is not this deployment's to make)."""
+    ends = {}
+    for tunnel in plan.tunnels:
+        if tunnel.remote_host is None:
+            ends.setdefault((tunnel.remote, tunnel.kind), []).append(tunnel.host)
+    return [f"tunnel_to {remote} is not a host of this deployment: only the near end of the {kind} "
+            f"tunnel{'s' if len(set(hosts)) > 1 else ''} from {', '.join(dict.fromkeys(hosts))} is made, and containers there reach {remote} through it alone; make "
+            f"the far end on {remote} yourself (its lxc-agent: ensure_tunnel with the same name and the ends "
+            f"swapped; list_tunnels() on the near host shows the name), or, if {remote} is one of this "
+            f"deployment's hosts, give its credential that same address (hosts match by address)"
+            for (remote, kind), hosts in ends.items()]
+
+
 def _plain(value):
     if hasattr(value, "__dataclass_fields__"):
         return {field.name: _plain(getattr(value, field.name)) for field in fields(value)}

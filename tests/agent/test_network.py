@@ -80,7 +80,7 @@ def more_netns():
 def test_ensure_creates_bridge_address_nat_and_forwarding(netns):
     set_ip_forward(netns, 0)
     result = call(netns, "ensure_host_network", "brtest", SUBNET)
-    assert result == {"bridge": "brtest", "subnet": SUBNET, "gateway": GATEWAY, "prefixlen": 24}
+    assert result == {"bridge": "brtest", "subnet": SUBNET, "gateway": GATEWAY, "prefixlen": 24, "owner": None}
     [link] = json.loads(sh("ip", "-j", "-d", "link", "show", "brtest", netns=netns))
     assert link["linkinfo"]["info_kind"] == "bridge" and "UP" in link["flags"]
     assert link["ifalias"] == "lxc-agent ip_forward=0"
@@ -242,3 +242,75 @@ def test_a_container_reaches_the_gateway_and_beyond_through_nat(netns, more_netn
     lost = subprocess.run(["ip", "netns", "exec", container, "ping", "-c1", "-W1", "198.18.0.2"],
                           capture_output=True)
     assert lost.returncode != 0, "without the masquerade rule the outside has no way back"
+
+
+# --- owners: one bridge (and one subnet) per owner ---
+
+def alias(netns, bridge):
+    return json.loads(sh("ip", "-j", "-d", "link", "show", bridge, netns=netns))[0]["ifalias"]
+
+
+def test_the_owner_is_recorded_and_asking_again_with_it_changes_nothing(netns):
+    set_ip_forward(netns, 0)
+    result = call(netns, "ensure_host_network", "brtest", SUBNET, "deploy-a")
+    assert result == {"bridge": "brtest", "subnet": SUBNET, "gateway": GATEWAY, "prefixlen": 24, "owner": "deploy-a"}
+    assert alias(netns, "brtest") == "lxc-agent ip_forward=0 owner=deploy-a"
+    before = state(netns)
+    assert call(netns, "ensure_host_network", "brtest", SUBNET, "deploy-a") == result
+    assert state(netns) == before
+    assert call(netns, "get_host_network", "brtest") == result
+    assert call(netns, "list_host_networks") == [result]
+
+
+@pytest.mark.parametrize("asker", ["deploy-b", None], ids=["another-owner", "no-owner"])
+def test_another_owner_cannot_take_or_destroy_a_bridge_and_nothing_changes(netns, asker):
+    call(netns, "ensure_host_network", "brtest", SUBNET, "deploy-a")
+    before = state(netns)
+    with pytest.raises(errors.Conflict, match=r"brtest \(subnet 10\.100\.1\.0/24\) belongs to owner 'deploy-a'.*"
+                                              r"cannot share it"):
+        call(netns, "ensure_host_network", "brtest", SUBNET, asker)
+    with pytest.raises(errors.Conflict, match=r"brtest \(subnet 10\.100\.1\.0/24\) belongs to owner 'deploy-a'.*"
+                                              r"only its owner removes it"):
+        call(netns, "destroy_host_network", "brtest", asker)
+    assert state(netns) == before
+    call(netns, "destroy_host_network", "brtest", "deploy-a")
+    assert links(netns) == ["lo"] and "lxc-agent" not in sh("nft", "list", "ruleset", netns=netns)
+
+
+def test_an_owner_cannot_take_over_a_bridge_made_without_one_but_may_remove_it(netns):
+    call(netns, "ensure_host_network", "brtest", SUBNET)
+    before = state(netns)
+    with pytest.raises(errors.Conflict, match=r"brtest \(subnet 10\.100\.1\.0/24\) exists without an owner"):
+        call(netns, "ensure_host_network", "brtest", SUBNET, "deploy-a")
+    assert state(netns) == before
+    call(netns, "destroy_host_network", "brtest", "deploy-a")
+    assert links(netns) == ["lo"]
+
+
+def test_the_same_subnet_on_another_bridge_names_the_owner_holding_it(netns):
+    call(netns, "ensure_host_network", "brtest", SUBNET, "deploy-a")
+    before = state(netns)
+    with pytest.raises(errors.Conflict, match=r"subnet 10\.100\.1\.0/24 for bridge brother overlaps the address "
+                                              r"10\.100\.1\.1/24 on host device brtest \(an agent bridge of owner "
+                                              r"'deploy-a'\)"):
+        call(netns, "ensure_host_network", "brother", SUBNET, "deploy-b")
+    assert state(netns) == before
+
+
+def test_owners_keep_ip_forward_memory_across_their_bridges(netns):
+    set_ip_forward(netns, 0)
+    call(netns, "ensure_host_network", "brone", "10.100.1.0/24", "deploy-a")
+    call(netns, "ensure_host_network", "brtwo", "10.100.2.0/24", "deploy-b")
+    assert alias(netns, "brtwo") == "lxc-agent ip_forward=0 owner=deploy-b"
+    call(netns, "destroy_host_network", "brone", "deploy-a")
+    assert ip_forward(netns) == "1"
+    call(netns, "destroy_host_network", "brtwo", "deploy-b")
+    assert ip_forward(netns) == "0"
+
+
+@pytest.mark.parametrize("owner", ["", "two words", "-dash", "x" * 129, 7], ids=["empty", "space", "dash", "long", "int"])
+def test_an_invalid_owner_changes_nothing(netns, owner):
+    before = state(netns)
+    with pytest.raises(errors.InvalidArgument, match="owner .* is not valid"):
+        call(netns, "ensure_host_network", "brtest", SUBNET, owner)
+    assert state(netns) == before

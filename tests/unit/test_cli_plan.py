@@ -215,3 +215,61 @@ def test_top_level_problems_are_printed_as_such(capsys, tmp_path):
     assert code == 1
     assert err.splitlines()[1:] == ["  (top level): missing required key 'provider'",
                                     "  (top level): missing required key 'engine'"]
+
+
+def tunnel_to_outside(data):
+    """The seed with its computes on 192.168.10.1 and a tunnel to 192.168.1.13, which is no host of the config."""
+    data["nodes"][0]["tunnel_to"] = ["192.168.1.13"]
+    data["nodes"][0]["provider"]["credentials"][0]["host"] = "192.168.10.1"
+    return data
+
+
+def test_a_tunnel_to_an_address_that_is_no_host_is_a_warning_in_validate_and_plan(capsys, tmp_path):
+    path = write(tmp_path, "c.json", tunnel_to_outside(json.loads(SEED.read_text())))
+    warning = (f"{path}: warning: tunnel_to 192.168.1.13 is not a host of this deployment: only the near end of the "
+               f"ipip tunnel from 192.168.10.1 is made, and containers there reach 192.168.1.13 through it alone; "
+               f"make the far end on 192.168.1.13 yourself")
+    code, out, err = run(capsys, "validate", path)
+    assert code == 0 and out.count("\n") == 1 and "1 tunnel(s)" in out
+    assert err.count("\n") == 1 and err.startswith(warning)
+    assert "give its credential that same address (hosts match by address)" in err
+    for argv in (["plan", path], ["plan", path, "--format", "json"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 0 and err.startswith(warning) and err.count("\n") == 1
+    assert json.loads(out)["tunnels"][0]["remote_host"] is None, "stdout stays plain JSON"
+
+
+def test_a_tunnel_to_a_host_of_the_config_is_no_warning(capsys, tmp_path):
+    data = json.loads(SEED.read_text())
+    data["controller"]["provider"]["host_provider"]["credentials"][0]["host"] = "192.168.1.13"
+    data["nodes"][0]["provider"]["credentials"] = [{"host": "192.168.10.1"}, {"host": "192.168.10.2"}]
+    data["nodes"][0]["tunnel_to"] = ["192.168.1.13"]
+    code, out, err = run(capsys, "validate", write(tmp_path, "c.json", data))
+    assert code == 0 and "2 tunnel(s)" in out and err == ""
+
+
+def test_the_nodes_table_keeps_whole_names_when_stdout_is_not_a_terminal(tmp_path):
+    import io
+
+    from coordinator import lifecycle, topology
+    from coordinator.config import validate
+
+    data = json.loads(SEED.read_text())
+    data["nodes"][0]["container_name"] = "a-rather-long-prefix-for-the-compute-nodes"[:41]
+    plan = topology.plan(validate(data))
+    out = io.StringIO()
+    console = lifecycle.stdout_console(file=out)
+    assert not console.is_terminal
+    lifecycle.print_nodes(plan, {plan.nodes[1].name: {"state": "RUNNING", "memory": 95 * 2**20}}, console)
+    text = out.getvalue()
+    for node in plan.nodes:
+        assert f" {node.name} " in text and f" {node.address} " in text, node.name
+    assert "RUNNING" in text and "95 MB" in text and "…" not in text
+
+
+def test_a_deployment_name_that_cannot_be_a_file_or_owner_tag_is_refused(capsys, tmp_path):
+    code, _, err = run(capsys, "deploy", SEED, "--name", "../x y", "--store", tmp_path / "s.sqlite")
+    assert code == 1
+    assert err == ("coordinator deploy: deployment name '../x y' is not valid: use 1-64 letters, digits, '.', '_' "
+                   "or '-', starting with a letter or digit\n")
+    assert not (tmp_path / "s.sqlite").exists()

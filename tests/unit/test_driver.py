@@ -5,9 +5,10 @@ import threading
 
 import pytest
 
+from agent.errors import CommandTimeout, Conflict
 from coordinator import topology
 from coordinator.config import validate
-from coordinator.driver import Deployer, DeployError, Settings
+from coordinator.driver import Deployer, DeployError, Settings, tunnel_name, wait_booted
 from coordinator.store import Store
 
 SEED_LIKE = {
@@ -31,11 +32,13 @@ class FakeAgent:
     """Records every call with its host and keeps containers (state, address) just enough to answer like the
     agent: run() needs a running container, and set_addresses() changes only stopped ones (the same address
     again is a no-op). A failure from fail_on comes after the call took effect, as when a coordinator dies
-    waiting for an agent that carries on."""
+    waiting for an agent that carries on. Bridges have owners as on the agent: another owner's is a Conflict."""
 
-    def __init__(self, host, journal, fail_on=None, containers=None):
+    def __init__(self, host, journal, fail_on=None, containers=None, networks=None, features=None):
         self.host, self.journal, self.fail_on = host, journal, fail_on
         self.containers = {} if containers is None else containers
+        self.networks = {} if networks is None else networks
+        self.features = features or {"vxlan": True, "ipip": True}
 
     def __getattr__(self, operation):
         if operation.startswith("_"):
@@ -85,6 +88,23 @@ class FakeAgent:
     def _list_tunnels(self):
         return [{"mtu": 1450}]
 
+    def _info(self):
+        return {"kernel_features": dict(self.features)}
+
+    def _list_networks(self):
+        return [{"bridge": bridge, **held} for bridge, held in sorted(self.networks.items())]
+
+    def _ensure_network(self, bridge, subnet, owner=None):
+        held = self.networks.setdefault(bridge, {"subnet": subnet, "owner": owner})
+        if held["owner"] != owner:
+            raise Conflict(f"host bridge {bridge} belongs to owner {held['owner']!r}", owner=held["owner"])
+
+    def _destroy_network(self, bridge, owner=None):
+        held = self.networks.get(bridge)
+        if held and held["owner"] not in (None, owner):
+            raise Conflict(f"host bridge {bridge} belongs to owner {held['owner']!r}", owner=held["owner"])
+        self.networks.pop(bridge, None)
+
 
 class FakeEngine:
     """Records each devstack step; like the real one, it needs the node's container running."""
@@ -109,20 +129,28 @@ def world(tmp_path):
     failures = {}
     lock = threading.Lock()
     hosts = {}   # address -> containers, kept across deployers like a real host's
+    networks = {}   # address -> bridge -> {subnet, owner}
+    features = {}   # address -> kernel features, when not all
 
     def connect(host):
         with lock:
-            return FakeAgent(host.address, journal, failures.get("fail_on"), hosts.setdefault(host.address, {}))
+            return FakeAgent(host.address, journal, failures.get("fail_on"), hosts.setdefault(host.address, {}),
+                             networks.setdefault(host.address, {}), features.get(host.address))
 
     def deployer():
         return Deployer("t", plan, store, connect, Settings(log_dir=str(tmp_path / "logs")), engine=FakeEngine(journal))
 
+    failures["networks"], failures["features"] = networks, features
     yield plan, store, journal, failures, deployer
     store.close()
 
 
 def calls(journal, operation):
     return [(host, args) for host, op, args in journal if op == operation]
+
+
+CHANGES = {"ensure_network", "ensure_tunnel", "create", "clone", "set_addresses", "start", "stop", "destroy",
+           "destroy_network", "destroy_tunnel"}
 
 
 def test_the_walk_follows_the_seed_engines_in_order(world):
@@ -227,3 +255,102 @@ def test_devstack_on_a_hardware_node_is_refused_with_what_to_use_instead(tmp_pat
     store = Store(str(tmp_path / "s.sqlite"))
     with pytest.raises(DeployError, match="not offered; put the node in a container with an LxcProvider"):
         Deployer("x", plan, store, lambda host: None, Settings(log_dir=str(tmp_path))).deploy()
+
+
+def test_networks_are_made_with_the_deployment_as_owner(world):
+    plan, _, journal, _, deployer = world
+    deployer().deploy()
+    made = calls(journal, "ensure_network")
+    assert sorted((host, args[0], args[2]) for host, args in made) == sorted(
+        (host.address, network.bridge, "t") for host in plan.hosts for network in host.networks)
+
+
+def test_a_kernel_without_ipip_is_refused_on_every_host_before_anything_changes(tmp_path):
+    config = json.loads(json.dumps(SEED_LIKE))
+    config["nodes"][0]["tunnel_type"] = "ipip"
+    plan = topology.plan(validate(config))
+    store = Store(str(tmp_path / "s.sqlite"))
+    store.begin("t", config, plan.to_dict())
+    journal = []
+    deployer = Deployer("t", plan, store, lambda host: FakeAgent(host.address, journal,
+                                                                 features={"vxlan": True, "ipip": False}),
+                        Settings(log_dir=str(tmp_path)), engine=FakeEngine(journal))
+    with pytest.raises(DeployError) as caught:
+        deployer.deploy()
+    message = str(caught.value)
+    assert message.startswith("nothing was changed:")
+    for host in ("198.18.0.10", "198.18.0.11"):
+        assert (f'host {host}: this kernel has no ipip tunnels (CONFIG_NET_IPIP is not set), which tunnel_type '
+                f'"ipip" needs; use "tunnel_type": "vxlan" (this kernel has vxlan)') in message
+    assert not [op for _, op, _ in journal if op in CHANGES]
+    assert store.resources("t") == [] and store.steps("t") == []
+
+
+def test_a_subnet_another_deployment_holds_is_refused_before_anything_changes(world):
+    plan, store, journal, failures, deployer = world
+    controller_host = plan.hosts[0]
+    failures["networks"]["198.18.0.11"] = {"lxcbr-other": {"subnet": "10.100.2.0/25", "owner": "first"}}
+    with pytest.raises(DeployError) as caught:
+        deployer().deploy()
+    message = str(caught.value)
+    assert message == ("nothing was changed: host 198.18.0.11: subnet 10.100.2.0/24 (bridge lxcbr-0a640200) is in "
+                       "use by deployment 'first' (bridge lxcbr-other, subnet 10.100.2.0/25); two deployments cannot "
+                       "share a subnet on one host: give this one another start_lxc_network, or destroy it first "
+                       "(coordinator destroy first)")
+    assert not [op for _, op, _ in journal if op in CHANGES], "not even on the other host"
+    assert controller_host.address == "198.18.0.10"
+    assert store.resources("t") == []
+
+
+def test_a_bridge_taken_after_the_preflight_is_refused_and_not_recorded_as_ours(world):
+    plan, store, journal, failures, deployer = world
+    taken = failures["networks"].setdefault("198.18.0.11", {})
+    original = FakeAgent._list_networks
+
+    def list_then_taken(self):
+        held = original(self)
+        if self.host == "198.18.0.11":   # another coordinator makes it just after our check
+            taken["lxcbr-0a640200"] = {"subnet": "10.100.2.0/24", "owner": "first"}
+        return held
+    FakeAgent._list_networks = list_then_taken
+    try:
+        with pytest.raises(DeployError, match=r"host 198\.18\.0\.11: subnet 10\.100\.2\.0/24 \(bridge "
+                                              r"lxcbr-0a640200\) is in use by deployment 'first'"):
+            deployer().deploy()
+    finally:
+        FakeAgent._list_networks = original
+    recorded = [(r["host"], r["kind"], r["name"]) for r in store.resources("t")]
+    assert ("198.18.0.11", "network", "lxcbr-0a640200") not in recorded
+    journal.clear()
+    deployer().destroy()
+    assert taken == {"lxcbr-0a640200": {"subnet": "10.100.2.0/24", "owner": "first"}}, "the other's bridge stays"
+    assert ("198.18.0.11", "destroy_network", ["lxcbr-0a640200", "t"]) not in journal
+
+
+def test_destroy_forgets_a_recorded_bridge_that_another_deployment_holds(world):
+    plan, store, journal, failures, deployer = world
+    deployer().deploy()
+    held = failures["networks"]["198.18.0.11"]["lxcbr-0a640200"]
+    held["owner"] = "first"     # as if recorded by a run killed before its ensure_network was refused
+    deployer().destroy()
+    assert store.resources("t") == []
+    assert failures["networks"]["198.18.0.11"] == {"lxcbr-0a640200": held}
+
+
+def test_tunnel_names_fit_linux_and_differ_for_deployments_whose_names_begin_alike():
+    names = {tunnel_name(name, 0) for name in ("deploy-a", "deploy-b", "deploy", "deploy-a-long-name")}
+    assert len(names) == 4
+    assert all(len(name) <= 15 for name in names | {tunnel_name("x", 9999)})
+    assert tunnel_name("deploy-a", 1) == tunnel_name("deploy-a", 1), "the same on every run (resume, destroy)"
+
+
+def test_a_boot_wait_that_times_out_names_the_container_and_what_to_check():
+    class Hanging:
+        def run(self, name, argv, timeout=None):
+            raise CommandTimeout(f"'sh' in container {name!r} did not finish within {timeout} s and was killed")
+    with pytest.raises(DeployError) as caught:
+        wait_booted(Hanging(), ["cmp-1"], timeout=2, host="198.18.0.11")
+    message = str(caught.value)
+    assert message.startswith("cmp-1 on host 198.18.0.11 did not finish booting within 2 s")
+    assert "systemctl list-jobs" in message and "lxc-info" in message
+    assert isinstance(caught.value.__cause__, CommandTimeout)
