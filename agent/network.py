@@ -311,24 +311,33 @@ def _netlink(what, bridge, call):
 
 # --- ip_forward (the namespace-local sysctl) ---
 
-def _read_ip_forward(bridge):
+def read_sysctl(path, subject, **details):
+    """A namespace-local setting under /proc/sys; `subject` ("bridge X", "tunnel Y") names it in errors."""
     try:
-        with open(IP_FORWARD) as handle:
+        with open(path) as handle:
             return handle.read().strip()
     except OSError as error:
-        raise NetworkError(f"cannot read {IP_FORWARD} for bridge {bridge}: {error.strerror}; check that /proc/sys "
-                           f"is mounted", bridge=bridge) from error
+        raise NetworkError(f"cannot read {path} for {subject}: {error.strerror}; check that /proc/sys is mounted",
+                           **details) from error
+
+
+def write_sysctl(path, value, subject, **details):
+    if read_sysctl(path, subject, **details) == value:
+        return
+    try:
+        with open(path, "w") as handle:
+            handle.write(value)
+    except OSError as error:
+        raise NetworkError(f"cannot set {path} to {value} for {subject}: {error.strerror}; check that the agent "
+                           "runs as root with /proc/sys writable", **details) from error
+
+
+def _read_ip_forward(bridge):
+    return read_sysctl(IP_FORWARD, f"bridge {bridge}", bridge=bridge)
 
 
 def _write_ip_forward(value, bridge):
-    if _read_ip_forward(bridge) == value:
-        return
-    try:
-        with open(IP_FORWARD, "w") as handle:
-            handle.write(value)
-    except OSError as error:
-        raise NetworkError(f"cannot set {IP_FORWARD} to {value} for bridge {bridge}: {error.strerror}; check that "
-                           f"the agent runs as root with /proc/sys writable", bridge=bridge) from error
+    write_sysctl(IP_FORWARD, value, f"bridge {bridge}", bridge=bridge)
 
 
 # --- NAT (libnftables, JSON commands) ---

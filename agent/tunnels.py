@@ -18,7 +18,7 @@ import nftables
 from pyroute2 import IPRoute, NetlinkError
 
 from agent.errors import AgentError, Conflict, InvalidArgument, NetworkError
-from agent.network import NFT_CHAIN, NFT_FAMILY, NFT_TABLE, nat_chain_commands
+from agent.network import NFT_CHAIN, NFT_FAMILY, NFT_TABLE, nat_chain_commands, write_sysctl
 
 TAG = "lxc-agent-tunnel"
 KINDS = ("ipip", "vxlan")
@@ -98,7 +98,7 @@ def ensure_tunnel(name: str, kind: str, local: str, remote: str, local_subnets: 
             # want of the exemption would keep its conntrack entry, and with it the wrong source, for the flow.
             # Loose on the tunnel link only: the kernel uses max(conf.all, conf.<link>) and 2 is the highest, so
             # conf.all (strict on many hosts) is left as it is.
-            _write_sysctl(RP_FILTER.format(name), LOOSE, name)
+            write_sysctl(RP_FILTER.format(name), LOOSE, f"tunnel {name}", tunnel=name)
             _ensure_exemption(name)
             _converge_routes(ipr, spec, link["index"])
             _converge_rules(ipr, spec)
@@ -554,28 +554,6 @@ def _netlink(what, name, call, missing_ok=False):
             return
         raise NetworkError(f"cannot {what}: {error.args[-1]} (errno {error.code}); run ensure_tunnel again or "
                            f"destroy_tunnel({name!r})", tunnel=name) from error
-
-
-# --- the tunnel link's rp_filter (a namespace-local sysctl) ---
-
-def _read_sysctl(path, name):
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except OSError as error:
-        raise NetworkError(f"cannot read {path} for tunnel {name}: {error.strerror}; check that /proc/sys is "
-                           f"mounted", tunnel=name) from error
-
-
-def _write_sysctl(path, value, name):
-    if _read_sysctl(path, name) == value:
-        return
-    try:
-        with open(path, "w") as handle:
-            handle.write(value)
-    except OSError as error:
-        raise NetworkError(f"cannot set {path} to {value} for tunnel {name}: {error.strerror}; check that the "
-                           f"agent runs as root with /proc/sys writable", tunnel=name) from error
 
 
 # --- NAT exemption (libnftables, JSON commands, in network.py's table and chain) ---

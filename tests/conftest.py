@@ -31,13 +31,24 @@ def lxcpath(btrfs_mount, request):
 
 
 @pytest.fixture
-def netns():
-    """A uniquely named, empty network namespace with loopback up."""
+def make_netns():
+    """Makes uniquely named namespaces (loopback up) on demand; removes them all afterwards, links included."""
     _require_root()
-    name = unique("lxct-")
-    sh("ip", "netns", "add", name)
-    try:
+    made = []
+
+    def make():
+        name = unique("lxct-")
+        made.append(name)
+        sh("ip", "netns", "add", name)
         sh("ip", "link", "set", "lo", "up", netns=name)
-        yield name
-    finally:
+        return name
+
+    yield make
+    for name in made:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def netns(make_netns):
+    """One fresh, empty network namespace with loopback up."""
+    return make_netns()

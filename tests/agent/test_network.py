@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from agent import errors
-from tests.support import links, sh, unique
+from tests.support import links, sh
 
 SUBNET, GATEWAY = "10.100.1.0/24", "10.100.1.1"
 
@@ -61,20 +61,8 @@ def addresses(netns, device):
 
 
 @pytest.fixture
-def more_netns():
-    """Makes extra namespaces (a 'container', an 'outside') and removes them all afterwards."""
-    made = []
-
-    def make():
-        name = unique("lxct-")
-        made.append(name)
-        sh("ip", "netns", "add", name)
-        sh("ip", "link", "set", "lo", "up", netns=name)
-        return name
-
-    yield make
-    for name in made:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+def more_netns(make_netns):
+    return make_netns
 
 
 def test_ensure_creates_bridge_address_nat_and_forwarding(netns):
