@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from agent.errors import CommandTimeout, Conflict
 
+from coordinator import devstack
+
 PACKAGES = ("git", "sudo", "python3")      # what devstack needs to start; installed with the container's image
 TEMPLATES = {"ubuntu": "ubuntu", "debian": "debian"}
 BOOT_TIMEOUT = 300
@@ -44,11 +46,9 @@ class Report:
 class Deployer:
     """One deployment: plan + store record + a way to reach each host's agent (connect(host) -> proxy)."""
 
-    def __init__(self, name, plan, store, connect, settings, engine=None):
+    def __init__(self, name, plan, store, connect, settings, engine=devstack):
         self.name, self.plan, self.store, self.connect, self.settings = name, plan, store, connect, settings
-        if engine is None:
-            from coordinator import devstack as engine
-        self.engine = engine      # what runs devstack inside a node
+        self.engine = engine      # what runs devstack inside a node (a recording fake in the driver's tests)
         self.hosts = {host.address: host for host in plan.hosts}
         self.report = Report()
         self._record_lock = threading.Lock()

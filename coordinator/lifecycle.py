@@ -185,8 +185,7 @@ def show_command(args):
     store = Store(args.store)
     record = store.get(args.name)
     plan = topology.Plan.from_dict(record["plan"])
-    deployer = Deployer(args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR),
-                        engine=object())
+    deployer = Deployer(args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR))
     try:
         state = live_state(plan, deployer)
     finally:
@@ -209,8 +208,7 @@ def destroy_command(args):
     record = store.get(args.name)
     plan = topology.Plan.from_dict(record["plan"])
     with store.lock(args.name):
-        deployer = Deployer(args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR),
-                            engine=object())
+        deployer = Deployer(args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR))
         try:
             deployer.destroy()
         finally:

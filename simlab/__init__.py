@@ -175,12 +175,7 @@ class AgentProcess:
         return connect(self.host, self.port, **options)
 
     def states(self):
-        """name -> state from `lxc-ls --fancy` (the real CLI), asked from the agent's namespace."""
-        argv = ["lxc-ls", "-P", self.lxcpath, "--fancy", "--fancy-format", "NAME,STATE"]
-        if self.netns:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
-        rows = [line.split() for line in _run(*argv).stdout.splitlines()[1:] if line.strip()]
-        return {row[0]: row[1] for row in rows}
+        return lxc_states(self.lxcpath, self.netns)
 
     def stop(self, keep_containers=False):
         if self.process.poll() is None:
@@ -192,6 +187,18 @@ class AgentProcess:
                 self.process.wait()
         if not keep_containers:
             force_remove_containers(self.lxcpath, self.netns)
+
+
+def lxc_states(lxcpath, netns=None):
+    """name -> state from `lxc-ls --fancy`, the real CLI, independent of the bindings.
+
+    LXC's command sockets are abstract, so they exist per network namespace: ask from the agent's namespace.
+    """
+    argv = ["lxc-ls", "-P", lxcpath, "--fancy", "--fancy-format", "NAME,STATE"]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    rows = [line.split() for line in _run(*argv).stdout.splitlines()[1:] if line.strip()]
+    return {row[0]: row[1] for row in rows}
 
 
 def force_remove_containers(lxcpath, netns=None):

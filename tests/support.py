@@ -1,11 +1,10 @@
 """Plain helpers for tests: independent checks with the real CLIs, and resource names that never collide."""
 
 import json
-import os
 import subprocess
 import time
 
-from simlab import unique  # noqa: F401  (tests import it from here too)
+from simlab import lxc_states, unique  # noqa: F401  (tests import them from here too)
 
 
 def sh(*argv, netns=None, check=True, input=None):
@@ -23,26 +22,10 @@ def links(netns=None):
     return sorted(link["ifname"] for link in json.loads(sh("ip", "-j", "link", netns=netns)))
 
 
-def lxc_states(lxcpath, netns=None):
-    """name -> state from `lxc-ls --fancy`, independent of the bindings.
-
-    LXC's command sockets are abstract, so they exist per network namespace: ask from the agent's namespace.
-    """
-    out = sh("lxc-ls", "-P", lxcpath, "--fancy", "--fancy-format", "NAME,STATE", netns=netns)
-    rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
-    return {row[0]: row[1] for row in rows}
-
-
 def subvolumes(mountpoint):
     """Paths (relative to the mount) of every btrfs subvolume on it."""
     out = sh("btrfs", "subvolume", "list", "-o", mountpoint)
     return sorted(line.split(" path ", 1)[1] for line in out.splitlines() if " path " in line)
-
-
-def kernel_has(module):
-    """True if the kernel can create links of this kind (checked by `modprobe -n` or /proc)."""
-    return os.path.exists(f"/sys/module/{module}") or subprocess.run(
-        ["modprobe", "-n", module], capture_output=True).returncode == 0
 
 
 def system_state(agent, name, timeout=180):

@@ -60,6 +60,18 @@ def assert_every_compute_reports(agent, plan, timeout=60):
     assert seen == computes, "every compute reports its own address to the controller"
 
 
+def assert_deployed_as_planned(node_agent, plan, shown):
+    """`show --json` and the node agree with the plan: every node running, each with the planned local.conf
+    (clones carry the first compute's file, re-pointed at their own address by the start script), and every
+    compute reporting to the controller."""
+    assert [(n["name"], n["state"]) for n in shown["nodes"]] == [(n["name"], "RUNNING") for n in plan["nodes"]]
+    agent = node_agent.connect()
+    for node in plan["nodes"]:
+        written = agent.run(node["name"], ["cat", "/opt/stack/devstack/local.conf"])["stdout"]
+        assert written == node["local_conf"], node["name"]
+    assert_every_compute_reports(agent, plan)
+
+
 def assert_nothing_left(node_agent, links_before):
     """No container, the node's links as before the deploy, and none of the agent's NAT rules."""
     assert node_agent.states() == {}
@@ -78,16 +90,9 @@ def test_the_seed_layout_deploys_every_compute_reports_and_destroy_leaves_nothin
     deployed = coordinator("deploy", str(config), "--name", "e2e", "--log-dir", str(tmp_path / "logs"), *common)
     plan = json.loads(coordinator("plan", str(config), "--format", "json").stdout)
     shown = json.loads(coordinator("show", "e2e", "--json", *common).stdout)
-    assert [(n["name"], n["state"]) for n in shown["nodes"]] == [(n["name"], "RUNNING") for n in plan["nodes"]]
     assert len(shown["nodes"]) == 1 + COMPUTES
     assert "controller-" in deployed.stdout and "RUNNING" in deployed.stdout, "the nodes table is printed"
-
-    agent = node_agent.connect()
-    for node in plan["nodes"]:
-        # Clones carry the first compute's file, re-pointed at their own address by the start script.
-        written = agent.run(node["name"], ["cat", "/opt/stack/devstack/local.conf"])["stdout"]
-        assert written == node["local_conf"], node["name"]
-    assert_every_compute_reports(agent, plan)
+    assert_deployed_as_planned(node_agent, plan, shown)
 
     coordinator("destroy", "e2e", *common)
     assert_nothing_left(node_agent, links_before)

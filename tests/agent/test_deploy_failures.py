@@ -13,7 +13,7 @@ import time
 import pytest
 
 from examples.fake_devstack import make_fake_devstack_repo
-from tests.agent.test_deploy_e2e import (COMPUTES, assert_every_compute_reports, assert_nothing_left, config_for,
+from tests.agent.test_deploy_e2e import (COMPUTES, assert_deployed_as_planned, assert_nothing_left, config_for,
                                          coordinator)
 from tests.support import sh
 
@@ -104,12 +104,7 @@ def test_a_second_coordinator_is_refused_and_one_killed_while_cloning_resumes_to
     assert node_agent.states() == {name: "RUNNING" for name in names}, "the plan's containers, no more, no fewer"
     shown = json.loads(coordinator("show", "resume", "--json", *common).stdout)
     assert shown["status"] == "deployed"
-    assert [(n["name"], n["state"]) for n in shown["nodes"]] == [(name, "RUNNING") for name in names]
-    agent = node_agent.connect()
-    for node in plan["nodes"]:
-        written = agent.run(node["name"], ["cat", "/opt/stack/devstack/local.conf"])["stdout"]
-        assert written == node["local_conf"], node["name"]
-    assert_every_compute_reports(agent, plan)
+    assert_deployed_as_planned(node_agent, plan, shown)
 
     coordinator("destroy", "resume", *common)
     assert_nothing_left(node_agent, links_before)

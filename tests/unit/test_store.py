@@ -61,16 +61,22 @@ def test_a_missing_deployment_says_how_to_find_the_others(store):
         store.get("nope")
 
 
-def test_two_coordinators_cannot_work_on_one_deployment(store):
+def hold_lock(store, name):
+    """Another process holding the deployment's lock, as a second coordinator would; kill it to let go."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
+        import time
         from coordinator.store import Store
-        with Store({store.path!r}).lock("demo"):
+        with Store({store.path!r}).lock({name!r}):
             print("locked", flush=True)
             time.sleep(30)
         """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_two_coordinators_cannot_work_on_one_deployment(store):
+    holder = hold_lock(store, "demo")
     try:
-        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(StoreError, match=rf"being worked on by coordinator pid {holder.pid}"):
             with store.lock("demo"):
                 pass
@@ -86,15 +92,8 @@ def test_two_coordinators_cannot_work_on_one_deployment(store):
 def test_a_deploy_whose_coordinator_died_shows_as_interrupted_not_deploying(store):
     store.begin("demo", CONFIG, PLAN)
     assert not store.locked("demo") and shown_status(store, store.get("demo")) == "interrupted"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from coordinator.store import Store
-        with Store({store.path!r}).lock("demo"):
-            print("locked", flush=True)
-            time.sleep(30)
-        """)], stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(store, "demo")
     try:
-        assert holder.stdout.readline().strip() == "locked"
         assert store.locked("demo") and not store.locked("other")
         assert shown_status(store, store.get("demo")) == "deploying"
     finally:
