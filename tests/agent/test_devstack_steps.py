@@ -121,10 +121,10 @@ def deploy(agent, node, repo, log_path):
     return devstack.run_stack(agent, node, str(log_path))
 
 
-def wait_for(check, timeout=30, what="condition"):
+def wait_for(check, timeout=30, what="condition", diagnose=lambda: ""):
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{diagnose()}"
         time.sleep(0.5)
 
 
@@ -295,7 +295,9 @@ def test_start_script_repoints_a_clone_at_its_own_address(agent, container, tmp_
     assert f'HOST_IP="{CLONE}"' in conf and FIRST not in conf
     assert sh(agent, container, "stat -c %U /opt/stack/devstack/local.conf").strip() == "stack"
     sh(agent, container, f": > {reports}")
-    wait_for(lambda: reported(CLONE), what=f"a report from {CLONE} after the restart")
+    units = f"systemctl status --no-pager 'devstack@*'; journalctl --no-pager -n 60 -u 'devstack@*'; cat {reports}"
+    wait_for(lambda: reported(CLONE), what=f"a report from {CLONE} after the restart",
+             diagnose=lambda: output + agent.run(container, ["sh", "-c", units], timeout=30)["stdout"])
     assert not reported(FIRST)
     new_keys = sh(agent, container, keys)
     assert new_keys != old_keys, "a clone gets its own ssh host keys"
