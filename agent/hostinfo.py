@@ -13,12 +13,17 @@ def _filesystems():
 
 
 def _can_create_link(kind, **attributes):
-    """Ask the kernel itself: create a throwaway link of this kind and delete it (module autoload included)."""
+    """Ask the kernel itself: create a throwaway link of this kind and delete it (module autoload included).
+
+    EEXIST means the kind is known and a link like it exists already (another agent probing in this
+    namespace, or a tunnel with the same vni): the kind is there."""
     name = f"lxa{secrets.token_hex(4)}"
     with IPRoute() as ipr:
         try:
             ipr.link("add", ifname=name, kind=kind, **attributes)
         except NetlinkError as error:
+            if error.code == errno.EEXIST:
+                return True
             if error.code in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOENT):
                 return False
             raise
@@ -28,8 +33,9 @@ def _can_create_link(kind, **attributes):
 
 def kernel_features():
     filesystems = _filesystems()
+    # A random vni keeps probes of agents starting together in one namespace out of each other's way.
     return {"btrfs": "btrfs" in filesystems, "overlay": "overlay" in filesystems,
-            "vxlan": _can_create_link("vxlan", vxlan_id=4242, vxlan_port=4789),
+            "vxlan": _can_create_link("vxlan", vxlan_id=1 + secrets.randbelow(2**24 - 1), vxlan_port=4789),
             "ipip": _can_create_link("ipip")}
 
 
