@@ -299,9 +299,10 @@ class Deployer:
                         self._record(host.address, "container", name)
                     agent.stop([source], 120)
                     agent.clone(source, names)
+                    agent.start([source])   # boots alongside its clones; the deploy ends with all of them up
                     self._progress("clones", len(names), len(clones))
                     self._address_and_start(agent, host, group)
-                    agent.start([source])
+                    wait_booted(agent, [source], host=host.address)
             with self._step(f"start-scripts:{source}") as todo:
                 if todo:
                     self._start_scripts(host, group, firsts[source].address)

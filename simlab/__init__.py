@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -133,12 +132,6 @@ def _free_lab_prefix():
     raise RuntimeError("every /24 of 198.18.0.0/15 is in use here; remove old labs (ip netns list)")
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class AgentProcess:
     """`lxc-agent serve` as a child process, on loopback or inside a SimulatedHost.
 
@@ -148,8 +141,9 @@ class AgentProcess:
     def __init__(self, lxcpath, pki_dir, host=None, extra=(), log_level="info"):
         self.lxcpath, self.pki_dir, self.sim_host = lxcpath, pki_dir, host
         self.host = host.address if host else "127.0.0.1"
-        self.log = lxcpath.rstrip("/") + ".agent.log"
-        argv = [sys.executable, "-m", "agent.daemon", "serve", "--listen", f"{self.host}:{free_port()}",
+        self.log = f"{lxcpath.rstrip('/')}.{unique('agent-')}.log"   # one per agent: several may share an lxcpath
+        # Port 0: the kernel picks a free port in the agent's own namespace, and the agent prints it.
+        argv = [sys.executable, "-m", "agent.daemon", "serve", "--listen", f"{self.host}:0",
                 "--lxcpath", lxcpath, "--tls-cert", f"{pki_dir}/agent.crt", "--tls-key", f"{pki_dir}/agent.key",
                 "--tls-ca", f"{pki_dir}/ca.crt", "--token-file", f"{pki_dir}/token", "--log-level", log_level,
                 *extra]

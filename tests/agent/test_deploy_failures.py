@@ -44,7 +44,7 @@ def steps(store_path, state=None):
     return {key: value for key, value in rows if state is None or value == state}
 
 
-def wait_for(condition, process, what, stderr_path, timeout=120):
+def wait_for(condition, process, what, stderr_path, timeout=600):
     """Poll condition() until it is true; fail if the coordinator process ends first or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -51,8 +51,12 @@ def test_sixteen_clients_are_served_at_once_while_a_long_command_runs(loopback_a
     agent = loopback_agent.connect()
     agent.create("busy", "busybox")
     agent.start(["busy"])
-    long_call = threading.Thread(target=lambda: loopback_agent.connect().run("busy", ["sleep", "3"]))
+    long_call = threading.Thread(target=lambda: loopback_agent.connect().run("busy", ["sleep", "600"]))
     long_call.start()
+    deadline = time.monotonic() + 60
+    while "sleep 600" not in agent.run("busy", ["ps"])["stdout"]:
+        assert time.monotonic() < deadline, "the long command did not start"
+        time.sleep(0.2)
     proxies = [loopback_agent.connect() for _ in range(16)]  # all connected (and idle) at once
     results, errors = [], []
 
@@ -64,15 +68,16 @@ def test_sixteen_clients_are_served_at_once_while_a_long_command_runs(loopback_a
             errors.append(error)
 
     threads = [threading.Thread(target=call, args=(proxy,)) for proxy in proxies]
-    started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
     assert errors == []
     assert results == [("btrfs", 1)] * 16
-    assert time.monotonic() - started < 3, "reads must not wait for the running command"
-    long_call.join(10)
+    assert long_call.is_alive(), "the reads were served while the command still ran"
+    agent.stop(["busy"])
+    long_call.join(60)
+    assert not long_call.is_alive()
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -111,9 +116,9 @@ def test_a_command_past_its_timeout_is_killed_and_reported(loopback_agent):
     agent.create("slow", "busybox")
     agent.start(["slow"])
     started = time.monotonic()
-    with pytest.raises(CommandTimeout, match="did not finish within 1 s") as caught:
-        agent.run("slow", ["sh", "-c", "echo begun; sleep 30; echo never"], timeout=1)
-    assert time.monotonic() - started < 10
+    with pytest.raises(CommandTimeout, match="did not finish within 3 s") as caught:
+        agent.run("slow", ["sh", "-c", "echo begun; sleep 30; echo never"], timeout=3)
+    assert time.monotonic() - started < 20
     assert caught.value.stdout == "begun\n"
     assert "sleep 30" not in agent.run("slow", ["ps"])["stdout"], "the command's children are gone too"
 

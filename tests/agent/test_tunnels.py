@@ -188,8 +188,9 @@ def host(namespaces):
     return name
 
 
-def pings(netns, address, *options):
-    return subprocess.run(["ip", "netns", "exec", netns, "ping", "-c1", "-W2", *options, address],
+def pings(netns, address, *options, deadline=10):
+    """One echo reply within `deadline` s: a fresh path may drop the first echo while neighbours resolve."""
+    return subprocess.run(["ip", "netns", "exec", netns, "ping", "-c1", f"-w{deadline}", *options, address],
                           capture_output=True, text=True)
 
 
@@ -225,7 +226,7 @@ def test_vxlan_carries_container_traffic_both_ways_keeping_the_source(hosts):
 
     # The tunnel's MTU is what fits the underlay: 1350 bytes pass with DF set, 1351 are refused with the MTU.
     assert pings(hosts.ca, CONTAINER_B, "-M", "do", "-s", str(UNDERLAY_MTU - 50 - 28)).returncode == 0
-    too_big = pings(hosts.ca, CONTAINER_B, "-M", "do", "-s", str(UNDERLAY_MTU - 50 - 27))
+    too_big = pings(hosts.ca, CONTAINER_B, "-M", "do", "-s", str(UNDERLAY_MTU - 50 - 27), deadline=2)
     assert too_big.returncode != 0 and f"mtu = {UNDERLAY_MTU - 50}" in too_big.stdout
 
     # Only container traffic takes the tunnel; the host's own goes straight.
