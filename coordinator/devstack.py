@@ -20,6 +20,9 @@ DEVSTACK_DIR = f"{STACK_HOME}/devstack"
 LOCAL_CONF = f"{DEVSTACK_DIR}/local.conf"
 SUDOERS_FILE = "/etc/sudoers.d/50_stack_sh"
 START_SCRIPT_FILE = "/root/lxc-cloud-start-script"
+# stack.sh's run record inside the node: a lock held while it runs, its output, and what it completed with.
+STACK_STATE_DIR = f"{STACK_HOME}/.lxc-cloud"
+STACK_LOCK = f"{STACK_STATE_DIR}/stack.lock"
 # What stack.sh needs before it can install anything itself; each package is named like its command on
 # Debian, Ubuntu and Fedora.
 REQUIRED_COMMANDS = ("git", "sudo", "python3")
@@ -113,7 +116,44 @@ mv "$new" "$dest"
 
 _WRITE_FILE = 'cat >"$1.tmp" && mv -f "$1.tmp" "$1"'
 
-_STACK = 'cd "$1" && exec ./stack.sh 2>&1'
+# One stack.sh at a time per node: a coordinator killed while stack.sh ran leaves it running in the node, and
+# the resumed deploy must wait for it, not start another. A run that completed with this devstack commit and
+# this local.conf is not repeated: its recorded output is replayed. The lock is not passed on to stack.sh, so
+# a daemon it leaves behind cannot hold it.
+_STACK = r"""
+cd "$1" || exit
+state=$2
+mkdir -p "$state"
+done_with="$(git rev-parse HEAD 2>/dev/null) $(sha256sum local.conf 2>/dev/null | cut -d' ' -f1)"
+if command -v flock >/dev/null; then
+    exec 9>>"$state/stack.lock"
+    if ! flock -n 9; then
+        echo "lxc-cloud: stack.sh from an earlier deploy is still running here; waiting for it to end"
+        flock 9
+    fi
+fi
+if [ -f "$state/stack.log" ] && [ "$(cat "$state/stack.done" 2>/dev/null)" = "$done_with" ]; then
+    echo "lxc-cloud: stack.sh already completed here with this devstack and local.conf; its output was:"
+    cat "$state/stack.log"
+    exit 0
+fi
+rm -f "$state/stack.done"
+./stack.sh 9>&- 2>&1 | tee "$state/stack.log" 9>&-
+status=${PIPESTATUS[0]}
+if [ "$status" -eq 0 ]; then printf '%s\n' "$done_with" >"$state/stack.done"; fi
+exit "$status"
+"""
+
+# Run as root before anything touches the node's devstack tree (fetch replaces it): wait while a stack.sh of an
+# earlier deploy still runs.
+_WAIT_FOR_STACK = r"""
+[ -e "$1" ] && command -v flock >/dev/null || exit 0
+exec 9<"$1"
+if ! flock -n 9; then
+    echo "waited"
+    flock 9
+fi
+"""
 
 _START_SCRIPT = 'file=$1; shift; cat >"$file" && chmod 700 "$file" && exec "$@"'
 
@@ -338,13 +378,32 @@ def write_local_conf(agent, node):
          stdin=node.local_conf, user=STACK_USER)
 
 
+def wait_for_earlier_stack(agent, node, timeout=None):
+    """Return once no stack.sh runs in the node (one a killed coordinator started may still); True if it waited.
+
+    Resumed deploys call this before fetching devstack again, which would pull the tree from under it."""
+    try:
+        result = agent.run(node.name, ["sh", "-c", _WAIT_FOR_STACK, "wait", STACK_LOCK], timeout=timeout)
+    except CommandTimeout:
+        raise DevstackError(f"stack.sh from an earlier deploy still runs on {_where(node)} after {timeout:g} s; "
+                            f"wait for it or stop it (`pkill -f stack.sh` in the node), then deploy again",
+                            node.name, node.host) from None
+    if result["exit_code"] != 0:
+        raise DevstackError(f"waiting for an earlier stack.sh on {_where(node)} failed with exit code "
+                            f"{result['exit_code']}:\n{tail(result['stdout'] + result['stderr'], ERROR_TAIL)}",
+                            node.name, node.host, result["exit_code"])
+    return result["stdout"].strip() == "waited"
+
+
 def run_stack(agent, node, log_path, timeout=None):
     """Run ./stack.sh as stack in /opt/stack/devstack; its whole output (stderr merged into stdout, as on a
     console) goes to `log_path` on this machine. StackError if it fails or outlives `timeout` seconds.
 
     run() hands back output only when the command ends, so the log is written then, not while it runs (and
-    the agent keeps at most 64 MiB of it). Returns {"exit_code": 0, "log_path": log_path}."""
-    argv = ["bash", "-c", _STACK, "stack", DEVSTACK_DIR]
+    the agent keeps at most 64 MiB of it); the node keeps a copy in STACK_STATE_DIR. Only one stack.sh runs in a
+    node at a time, and one that completed with the same devstack commit and local.conf is not run again (its
+    output is replayed). Returns {"exit_code": 0, "log_path": log_path}."""
+    argv = ["bash", "-c", _STACK, "stack", DEVSTACK_DIR, STACK_STATE_DIR]
     try:
         result = agent.run(node.name, argv, user=STACK_USER, timeout=timeout)
     except CommandTimeout as error:

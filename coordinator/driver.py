@@ -271,6 +271,7 @@ class Deployer:
                 # stopped. Starting a running container is a no-op.
                 agent.start([node.name])
                 wait_booted(agent, [node.name], host=node.host)
+                self.engine.wait_for_earlier_stack(agent, node, self.settings.stack_timeout)
                 self.engine.prepare(agent, node)
                 self.engine.fetch(agent, node, node.devstack_repo, node.devstack_branch)
                 self.engine.write_local_conf(agent, node)

@@ -7,6 +7,7 @@ import re
 import subprocess
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -255,9 +256,7 @@ def test_failing_stack_sh_raises_stack_error_with_tail_and_keeps_full_log(agent,
 @pytest.mark.slow
 def test_stack_sh_that_outlives_its_timeout_is_a_stack_error_with_partial_output(agent, container, tmp_path):
     repo = make_fake_devstack_repo(tmp_path / "devstack")
-    (tmp_path / "devstack" / "stack.sh").write_text("#!/bin/bash\necho 'started, now hanging'\nsleep 600\n")
-    subprocess.run(["git", "-C", repo, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q",
-                    "-am", "hang"], check=True)
+    commit_stack_sh(repo, "#!/bin/bash\necho 'started, now hanging'\nsleep 600\n")
     node = plan_node(container, repo, {"VIRT_DRIVER": "fake"})
     devstack.prepare(agent, node)
     devstack.fetch(agent, node, repo, "master")
@@ -268,6 +267,45 @@ def test_stack_sh_that_outlives_its_timeout_is_a_stack_error_with_partial_output
         devstack.run_stack(agent, node, str(log_path), timeout=5)
     assert time.monotonic() - started < 60
     assert log_path.read_text() == "started, now hanging\n"
+
+
+def commit_stack_sh(repo, text):
+    (Path(repo) / "stack.sh").write_text(text)
+    subprocess.run(["git", "-C", repo, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q",
+                    "-am", "stack.sh for a test"], check=True)
+
+
+@pytest.mark.slow
+def test_a_resumed_deploy_waits_for_the_running_stack_sh_and_does_not_stack_again(agent, container, tmp_path):
+    repo = make_fake_devstack_repo(tmp_path / "devstack")
+    commit_stack_sh(repo, "#!/bin/bash\necho run >>/opt/stack/runs\necho started\nsleep 8\necho finished\n")
+    node = plan_node(container, repo, {"VIRT_DRIVER": "fake"})
+    devstack.prepare(agent, node)
+    devstack.fetch(agent, node, repo, "master")
+    devstack.write_local_conf(agent, node)
+    assert devstack.wait_for_earlier_stack(agent, node, timeout=60) is False, "nothing runs yet"
+
+    # What a coordinator killed during stack.sh leaves behind: the run goes on in the node without it.
+    sh(agent, container, 'setsid bash -c "$1" stack "$2" "$3" >/dev/null 2>&1 </dev/null &', devstack._STACK,
+       devstack.DEVSTACK_DIR, devstack.STACK_STATE_DIR, user="stack")
+    wait_for(lambda: agent.run(container, ["cat", "/opt/stack/runs"])["stdout"] == "run\n", what="stack.sh to start")
+    assert devstack.wait_for_earlier_stack(agent, node, timeout=60) is True
+    assert sh(agent, container, f"cat {devstack.STACK_STATE_DIR}/stack.log") == "started\nfinished\n"
+
+    devstack.fetch(agent, node, repo, "master")
+    devstack.write_local_conf(agent, node)
+    log_path = tmp_path / "resumed.log"
+    devstack.run_stack(agent, node, str(log_path))
+    assert log_path.read_text().endswith("its output was:\nstarted\nfinished\n")
+    assert sh(agent, container, "cat /opt/stack/runs") == "run\n", "stack.sh ran once"
+    commit = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert sh(agent, container, f"cat {devstack.STACK_STATE_DIR}/stack.done").startswith(commit.strip() + " ")
+
+    changed = plan_node(container, repo, {"VIRT_DRIVER": "fake", "LOGDAYS": "3"})
+    devstack.write_local_conf(agent, changed)
+    devstack.run_stack(agent, changed, str(log_path))
+    assert log_path.read_text() == "started\nfinished\n"
+    assert sh(agent, container, "cat /opt/stack/runs") == "run\nrun\n", "a new local.conf stacks again"
 
 
 @pytest.mark.slow

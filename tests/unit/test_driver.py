@@ -163,6 +163,9 @@ def test_the_walk_follows_the_seed_engines_in_order(world):
     controller = plan.controller
     devstack_order = [args[0] for _, op, args in journal if op == "devstack.run_stack"]
     assert devstack_order[0] == controller, "the controller is stacked before any compute"
+    for node in devstack_order:
+        steps = [op for _, op, args in journal if op.startswith("devstack.") and args == [node]]
+        assert steps[:2] == ["devstack.wait_for_earlier_stack", "devstack.prepare"], "nothing pulled from under it"
     clones = calls(journal, "clone")
     assert sorted(host for host, _ in clones) == ["198.18.0.10", "198.18.0.11"]
     assert all(len(args[1]) == 3 for _, args in clones), "4 per host: 1 first + 3 clones"
