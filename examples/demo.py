@@ -93,9 +93,17 @@ def clean():
             pid = int(handle.read())
         try:
             os.kill(pid, 15)
-            print(f"stopped the demo's lxc-agent (pid {pid})")
         except ProcessLookupError:
             pass
+        else:
+            # Gone before we say so: a `make demo` right after must find the agent's port free.
+            deadline = time.monotonic() + 30
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if os.path.exists(f"/proc/{pid}"):
+                print(f"the demo's lxc-agent (pid {pid}) did not stop within 30 s; `kill -9 {pid}` ends it")
+                return 1
+            print(f"stopped the demo's lxc-agent (pid {pid})")
         os.unlink(AGENT_PID)
     return code
 
