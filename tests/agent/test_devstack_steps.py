@@ -115,10 +115,14 @@ def sh(agent, name, script, *args, user=None):
     return result["stdout"]
 
 
-def deploy(agent, node, repo, log_path):
+def ready_to_stack(agent, node, repo):
     devstack.prepare(agent, node)
     devstack.fetch(agent, node, repo, node.devstack_branch)
     devstack.write_local_conf(agent, node)
+
+
+def deploy(agent, node, repo, log_path):
+    ready_to_stack(agent, node, repo)
     return devstack.run_stack(agent, node, str(log_path))
 
 
@@ -258,8 +262,7 @@ def test_stack_sh_that_outlives_its_timeout_is_a_stack_error_with_partial_output
     repo = make_fake_devstack_repo(tmp_path / "devstack")
     commit_stack_sh(repo, "#!/bin/bash\necho 'started, now hanging'\nsleep 600\n")
     node = plan_node(container, repo, {"VIRT_DRIVER": "fake"})
-    devstack.prepare(agent, node)
-    devstack.fetch(agent, node, repo, "master")
+    ready_to_stack(agent, node, repo)
     log_path = tmp_path / f"{container}.stack.log"
 
     started = time.monotonic()
@@ -280,9 +283,7 @@ def test_a_resumed_deploy_waits_for_the_running_stack_sh_and_does_not_stack_agai
     repo = make_fake_devstack_repo(tmp_path / "devstack")
     commit_stack_sh(repo, "#!/bin/bash\necho run >>/opt/stack/runs\necho started\nsleep 8\necho finished\n")
     node = plan_node(container, repo, {"VIRT_DRIVER": "fake"})
-    devstack.prepare(agent, node)
-    devstack.fetch(agent, node, repo, "master")
-    devstack.write_local_conf(agent, node)
+    ready_to_stack(agent, node, repo)
     assert devstack.wait_for_earlier_stack(agent, node, timeout=60) is False, "nothing runs yet"
 
     # What a coordinator killed during stack.sh leaves behind: the run goes on in the node without it.
@@ -292,8 +293,7 @@ def test_a_resumed_deploy_waits_for_the_running_stack_sh_and_does_not_stack_agai
     assert devstack.wait_for_earlier_stack(agent, node, timeout=60) is True
     assert sh(agent, container, f"cat {devstack.STACK_STATE_DIR}/stack.log") == "started\nfinished\n"
 
-    devstack.fetch(agent, node, repo, "master")
-    devstack.write_local_conf(agent, node)
+    ready_to_stack(agent, node, repo)   # what a resumed deploy does again once the earlier stack.sh has ended
     log_path = tmp_path / "resumed.log"
     devstack.run_stack(agent, node, str(log_path))
     assert log_path.read_text().endswith("its output was:\nstarted\nfinished\n")
