@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := lxc lxc-templates python3-lxc btrfs-progs python3-btrfsutil python3-nftables nftables \
-                busybox-static debootstrap rsync iproute2 iputils-ping util-linux openssl python3-venv systemd
+                distro-info busybox-static debootstrap rsync iproute2 iputils-ping util-linux openssl python3-venv systemd
 PYTEST_ARGS ?=
 
 .PHONY: deps apt test test-slow demo demo-clean demo-agent bench clean

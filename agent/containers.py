@@ -28,6 +28,11 @@ OUTPUT_LIMIT = 64 * 1024 * 1024
 # Templates that add distribution packages, and how they are told (see their --help): apt-based, so what they
 # installed can be checked in dpkg's status file.
 PACKAGE_OPTIONS = {"debian": "--packages", "ubuntu": "--packages"}
+# Host-wide tunables under /sys a container sees but may not change (sys is mounted read-only): each is hidden
+# behind an empty read-only tmpfs, so software that tunes them when present (devstack's configure_ksm writes
+# /sys/kernel/mm/ksm/run and stops when that fails) finds nothing to tune instead of failing. `optional`: a
+# kernel without KSM has no such folder.
+HIDDEN_HOST_TUNABLES = ("sys/kernel/mm/ksm",)
 
 
 def _container(lxcpath, name):
@@ -70,6 +75,14 @@ def write_metadata(lxcpath, name, metadata):
     with open(path + ".tmp", "w") as handle:
         json.dump(metadata, handle, sort_keys=True)
     os.replace(path + ".tmp", path)
+
+
+def _hide_host_tunables(container, name):
+    mounted = container.get_config_item("lxc.mount.entry") or []
+    for path in HIDDEN_HOST_TUNABLES:
+        entry = f"tmpfs {path} tmpfs ro,nosuid,nodev,noexec,size=4k,optional 0 0"
+        if entry not in mounted:
+            _check(container.set_config_item("lxc.mount.entry", entry), name, f"hide /{path} in")
 
 
 def _disconnect(container, name):
@@ -181,6 +194,7 @@ def _from_image(lxcpath, name, key, backend, metadata):
                 storage.copy_tree(storage.image_rootfs(lxcpath, key), rootfs)
         _check(container.set_config_item("lxc.rootfs.path", rootfs), name, "set the rootfs of")
         _check(container.set_config_item("lxc.uts.name", name), name, "set the host name of")
+        _hide_host_tunables(container, name)
         _disconnect(container, name)
         _check(container.save_config(), name, "save the config of")
         if backend == "overlay":

@@ -1,6 +1,7 @@
 """What this host offers: kernel features the agent depends on, and memory."""
 
 import errno
+import os
 import secrets
 
 from pyroute2 import IPRoute
@@ -31,12 +32,35 @@ def _can_create_link(kind, **attributes):
     return True
 
 
+def _has_module(name):
+    """A kernel module that is loaded, built in, or installed for this kernel (so loading it on demand works)."""
+    if os.path.isdir(f"/sys/module/{name}"):
+        return True
+    release = os.uname().release
+    for listing in ("modules.builtin", "modules.dep"):
+        try:
+            with open(f"/lib/modules/{release}/{listing}") as handle:
+                if any(os.path.basename(line.split(":", 1)[0]).split(".ko")[0] == name for line in handle):
+                    return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def _has_loop_devices():
+    """Loop devices a container could use (cinder's LVM backing file needs one)."""
+    return os.path.exists("/dev/loop-control") or _has_module("loop")
+
+
 def kernel_features():
+    """What the kernel offers that deployments ask for: filesystems for storage, tunnel kinds, and what some
+    OpenStack services need from the host (openvswitch for OVS/OVN, loop devices for cinder's LVM file)."""
     filesystems = _filesystems()
     # A random vni keeps probes of agents starting together in one namespace out of each other's way.
     return {"btrfs": "btrfs" in filesystems, "overlay": "overlay" in filesystems,
             "vxlan": _can_create_link("vxlan", vxlan_id=1 + secrets.randbelow(2**24 - 1), vxlan_port=4789),
-            "ipip": _can_create_link("ipip")}
+            "ipip": _can_create_link("ipip"),
+            "openvswitch": _has_module("openvswitch"), "loop": _has_loop_devices()}
 
 
 def memory():

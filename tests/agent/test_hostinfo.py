@@ -32,3 +32,17 @@ def test_a_vxlan_with_the_probes_vni_already_there_still_counts_as_vxlan(netns):
     out, err = probe(netns, code).communicate(timeout=60)
     assert out == "True\n", err
     assert links(netns) == ["lo", "tun77"]
+
+
+def test_service_features_match_what_the_kernel_offers():
+    """openvswitch and loop devices, checked independently: the module tree on disk, /sys/module, /dev/loop-control."""
+    import os
+
+    from agent import hostinfo
+    features = hostinfo.kernel_features()
+    modules = Path("/lib/modules") / os.uname().release
+    builtin = modules / "modules.builtin"
+    installed = (any(modules.rglob("openvswitch.ko*")) if modules.is_dir() else False) or (
+        builtin.exists() and "/openvswitch.ko" in builtin.read_text())
+    assert features["openvswitch"] == (installed or Path("/sys/module/openvswitch").is_dir())
+    assert features["loop"] == (Path("/dev/loop-control").exists() or Path("/sys/module/loop").is_dir())

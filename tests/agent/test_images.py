@@ -265,3 +265,21 @@ def test_debian_with_packages_runs_the_template_once(loopback_agent, lxcpath):
     agent.destroy(["deb-1", "deb-2"])
     assert agent.destroy_images() == [key]
     assert os.listdir(lxcpath) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/ksm/run"), reason="this kernel has no KSM")
+def test_containers_and_their_clones_see_no_host_ksm_to_tune(loopback_agent, lxcpath, btrfs_mount):
+    """devstack's configure_ksm writes /sys/kernel/mm/ksm/run when it exists; in a container that write fails
+    (sys is read-only) and stops stack.sh, so the agent hides the folder. The host keeps its own."""
+    agent = loopback_agent.connect()
+    agent.create("ksm-one", "busybox")
+    agent.clone("ksm-one", ["ksm-two"])
+    try:
+        agent.start(["ksm-one", "ksm-two"])
+        for name in ("ksm-one", "ksm-two"):
+            seen = agent.run(name, ["sh", "-c", "ls -A /sys/kernel/mm/ksm; test -e /sys/kernel/mm/ksm/run"])
+            assert (seen["exit_code"], seen["stdout"]) == (1, ""), seen
+            assert agent.run(name, ["test", "-d", "/sys/kernel/mm"])["exit_code"] == 0, "the rest of /sys is there"
+        assert os.path.exists("/sys/kernel/mm/ksm/run")
+    finally:
+        agent.destroy(["ksm-one", "ksm-two"])
