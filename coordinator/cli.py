@@ -20,7 +20,7 @@ def main(argv=None):
     try:
         return args.run(args)
     except ConfigError as error:
-        print(_errors(error, args.config), file=sys.stderr)
+        print(_errors(error, getattr(args, "config", None)), file=sys.stderr)
         return 1
     except (StoreError, DeployError, DevstackError, AgentError) as error:
         print(f"coordinator {args.command}: {error}", file=sys.stderr)

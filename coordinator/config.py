@@ -8,6 +8,7 @@ string. Every problem found is reported at once, in the config's order, each wit
 
 import copy
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class Config:
     root: object
     data: dict
     source: str | None = None
+    folder: str | None = None   # the config file's folder, absolute: relative paths in it start there
 
     def groups(self):
         """The node groups in plan order: the controller first, then the nodes in the order written."""
@@ -76,7 +78,7 @@ def load(path):
 
 def load_config(path):
     """Read, parse and validate one config file: the usual way in. Every problem is reported at once."""
-    return validate(_read(path), source=str(path))
+    return validate(_read(path), source=str(path), folder=os.path.dirname(os.path.abspath(path)))
 
 
 def parse(text, source=None, fmt=None):
@@ -108,8 +110,9 @@ def _clean(data, source, problems, blocked):
 
 # ---------------------------------------------------------------- validating
 
-def validate(data, source=None):
-    """Plain data -> Config, or ConfigError listing every problem found."""
+def validate(data, source=None, folder=None):
+    """Plain data -> Config, or ConfigError listing every problem found. `folder` is where relative paths in the
+    config start (load_config gives the file's own folder)."""
     plugins.load()
     problems, blocked = [], []
     data = _clean(data, source, problems, blocked)
@@ -123,7 +126,7 @@ def validate(data, source=None):
     problems = _in_order(_settle(problems, blocked, checked_from), data)
     if problems:
         raise ConfigError(problems, source)
-    return Config(type=_type_name(data), root=model, data=data, source=source)
+    return Config(type=_type_name(data), root=model, data=data, source=source, folder=folder)
 
 
 def _type_name(data):

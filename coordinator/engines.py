@@ -43,15 +43,39 @@ LOCALRC_SCHEMA = {
 }
 
 
+# A meta-section value: what localrc takes, written the same way (true/false as True/False).
+META_VALUE_SCHEMA = {"type": ["string", "integer", "number", "boolean"],
+                     "x-expected": "a string, a number or true/false"}
+META_SECTIONS_SCHEMA = {
+    "type": "object",
+    "x-expected": 'an object: "PHASE|FILE" -> ini section -> option -> value',
+    "additionalProperties": {
+        "type": "object",
+        "x-expected": "an object: ini section -> option -> value",
+        "additionalProperties": {
+            "type": "object",
+            "x-expected": "an object: option -> value",
+            "additionalProperties": META_VALUE_SCHEMA,
+        },
+    },
+}
+GIT_MIRROR_SCHEMA = {"type": "string", "minLength": 1, "pattern": "^[^\x00-\x1f\x7f]+\\Z",
+                     "x-expected": "a folder on this machine (absolute, or relative to the config's folder), "
+                                   "one line"}
+
+
 @dataclass(frozen=True)
 class Devstack:
-    """What devstack is told on a node: localrc items in config order, plugins, and where devstack comes from."""
+    """What devstack is told on a node: localrc items and meta-sections in config order, plugins, and where
+    devstack and the OpenStack repositories come from."""
 
     localrc: tuple          # ((key, value as text), ...) without the defaults
     plugins: tuple          # (("heat", "https://...", "master"), ...)
-    repo: str
+    repo: str | None        # None: devstack from the git mirror
     branch: str
     path: str               # the localrc section's path, for messages
+    meta_sections: dict     # {"PHASE|FILE": {section: {option: value as text}}}, without the defaults
+    git_mirror: str | None  # as written (the planner resolves a relative path)
 
 
 @dataclass(frozen=True)
@@ -73,6 +97,8 @@ class GroupSpec:
     devstack: Devstack
     count_path: str
     network_path: str
+    host_ca_certificates: bool = False
+    host_proxy: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,7 +115,8 @@ class DevstackModel:
                 per_host=provider.containers_per_host, prefix=provider.prefix, network=provider.network,
                 tunnel_to=provider.tunnel_to, tunnel_type=provider.tunnel_type,
                 distribution=provider.distribution, release=provider.release, start_script=None,
-                devstack=self.devstack, count_path=provider.count_path, network_path=provider.network_path),)
+                devstack=self.devstack, count_path=provider.count_path, network_path=provider.network_path,
+                host_ca_certificates=provider.host_ca_certificates, host_proxy=provider.host_proxy),)
         return (GroupSpec(
             path=self.path, role=role, kind="host", hosts=provider.credentials, per_host=1, prefix=None,
             network=None, tunnel_to=(), tunnel_type=DEFAULT_TUNNEL_TYPE, distribution=None, release=None,
@@ -111,6 +138,8 @@ class LxcEngineModel:
     path: str
     count_path: str
     network_path: str
+    host_ca_certificates: bool
+    host_proxy: bool
 
     def groups(self, role):
         return (GroupSpec(
@@ -118,7 +147,8 @@ class LxcEngineModel:
             per_host=self.containers_per_host, prefix=self.prefix, network=self.network,
             tunnel_to=self.tunnel_to, tunnel_type=self.tunnel_type, distribution=self.distribution,
             release=self.release, start_script=self.start_script, devstack=self.engine.devstack,
-            count_path=self.count_path, network_path=self.network_path),)
+            count_path=self.count_path, network_path=self.network_path,
+            host_ca_certificates=self.host_ca_certificates, host_proxy=self.host_proxy),)
 
 
 @dataclass(frozen=True)
@@ -153,6 +183,49 @@ def _placeholder_problems(value, where, ctx):
     return problems
 
 
+def _meta_problems(meta, site, ctx):
+    """Every header, section, option and value of `meta_sections` that devstack would not merge as given."""
+    problems = []
+    for header, sections in meta.items():
+        where = site.at("meta_sections", header)
+        problems += [Problem(where, why) for why in localconf.meta_header_problems(header)]
+        for section, options in sections.items():
+            spot = site.at("meta_sections", header, section)
+            why = localconf.ini_name_problem(section, "section")
+            if why:
+                problems.append(Problem(spot, why))
+            for option, value in options.items():
+                spot = site.at("meta_sections", header, section, option)
+                why = localconf.ini_name_problem(option, "option")
+                if why:
+                    problems.append(Problem(spot, why))
+                problems += _meta_value_problems(value, spot, ctx)
+    return problems
+
+
+def _meta_value_problems(value, where, ctx):
+    if isinstance(value, float):
+        return [Problem(where, f"got the number {value!r}: write a number with a fraction or exponent as a string "
+                               f"(quote it, e.g. \"0.5\"); as a number it may not be written back as given")]
+    text = localconf.as_text(value)
+    problems = [Problem(where, f"{why} (value {describe(text)})") for why in localconf.meta_value_problems(text)]
+    return problems + _placeholder_problems(text, where, ctx)
+
+
+def _count_problem(key, value, where):
+    """NUMBER_FAKE_NOVA_COMPUTE is a count (devstack runs `seq 1 $NUMBER_FAKE_NOVA_COMPUTE`); the plan names the
+    nova-compute hosts from it."""
+    if key.rstrip("+") != "NUMBER_FAKE_NOVA_COMPUTE":
+        return []
+    if key.endswith("+"):
+        return [Problem(where, "NUMBER_FAKE_NOVA_COMPUTE is a count: set it (without '+')")]
+    text = localconf.as_text(value)
+    if isinstance(value, bool) or not text.isascii() or not text.isdigit() or len(text) > 4:
+        return [Problem(where, f"expected the number of fake nova-compute services per node (0 to 9999), got "
+                               f"{describe(value)}")]
+    return []
+
+
 def _localrc_problems(key, value, where, ctx):
     """One localrc item, beyond its schema: a name bash keeps for itself, a value that would not be written as
     given, control characters, placeholders."""
@@ -179,7 +252,7 @@ def _localrc_problems(key, value, where, ctx):
     if localconf.has_control(text):
         return [Problem(where, "a value must be one line, without control characters "
                                "(devstack reads local.conf line by line)")]
-    return _placeholder_problems(text, where, ctx)
+    return _count_problem(key, value, where) + _placeholder_problems(text, where, ctx)
 
 
 @plugins.engine
@@ -196,6 +269,8 @@ class DevstackEngine(plugins.Plugin):
                               "x-expected": "a git URL or path, without spaces"},
             "devstack_branch": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/-]*\Z",
                                 "x-expected": "a git branch or tag name"},
+            "meta_sections": META_SECTIONS_SCHEMA,
+            "git_mirror": GIT_MIRROR_SCHEMA,
             "provider": {},
         },
         "additionalProperties": False,
@@ -216,6 +291,7 @@ class DevstackEngine(plugins.Plugin):
                                                "(LxcProvider for containers, ExistingServers for hardware nodes)"))
         for key, value in cfg.get("localrc", {}).items():
             problems += _localrc_problems(key, value, site.at("localrc", key), ctx)
+        problems += _meta_problems(cfg.get("meta_sections", {}), site, ctx)
         return problems
 
     @classmethod
@@ -223,13 +299,19 @@ class DevstackEngine(plugins.Plugin):
         localrc = cfg.get("localrc", {})
         entries = localrc.get("enable_plugin", ())
         entries = [entries] if isinstance(entries, str) else entries
+        mirror = cfg.get("git_mirror")
         devstack = Devstack(
             localrc=tuple((key, localconf.as_text(value)) for key, value in localrc.items()
                           if key != "enable_plugin"),
             plugins=tuple(tuple(entry.split()) for entry in entries),
-            repo=cfg.get("devstack_repo", DEFAULT_DEVSTACK_REPO),
+            # With a mirror and no devstack_repo, devstack comes from the mirror too (None says so).
+            repo=cfg.get("devstack_repo", None if mirror is not None else DEFAULT_DEVSTACK_REPO),
             branch=cfg.get("devstack_branch", DEFAULT_DEVSTACK_BRANCH),
             path=site.at("localrc"),
+            meta_sections={header: {section: {option: localconf.as_text(value) for option, value in options.items()}
+                                    for section, options in sections.items()}
+                           for header, sections in cfg.get("meta_sections", {}).items()},
+            git_mirror=mirror,
         )
         return DevstackModel(devstack=devstack, provider=children.get("provider"), path=str(site))
 

@@ -1,6 +1,7 @@
 """What is wrong with a config, and where: one Problem per finding, all of them in one ConfigError."""
 
 import json
+import re
 from dataclasses import dataclass
 
 
@@ -45,14 +46,20 @@ class ConfigError(Exception):
 
 
 def format_path(parts):
-    """('nodes', 0, 'engine') -> 'nodes[0].engine'."""
+    """('nodes', 0, 'engine') -> 'nodes[0].engine'; a key that would blur the path (with '.', brackets, quotes,
+    '|', '$' or spaces, like a meta-section's "post-config|$NOVA_CONF") is written as ["key"]."""
     text = ""
     for part in parts:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif _BLURS.search(str(part)) or part == "":
+            text += f"[{json.dumps(part, ensure_ascii=False)}]"
         else:
             text += f".{part}" if text else str(part)
     return text
+
+
+_BLURS = re.compile(r'[.\[\]"|$\\\s]')
 
 
 def describe(value):

@@ -12,6 +12,8 @@ from coordinator import plugins
 from coordinator.config import Problem, kept
 
 DEFAULT_DISTRIBUTION = "ubuntu"
+# A release devstack stable/2026.1 supports (SUPPORTED_DISTROS in its stack.sh), for a group that names none.
+DEFAULT_RELEASES = {"ubuntu": "noble", "debian": "bookworm"}
 TUNNEL_TYPES = ("ipip", "vxlan")
 DEFAULT_TUNNEL_TYPE = "ipip"
 # A name is `<prefix>-<subnet tag>-<index>` and must stay within LXC's 63 characters: 40 + 1 + 15 + 1 + 5 + margin.
@@ -89,6 +91,8 @@ class Containers:
     path: str
     count_path: str
     network_path: str
+    host_ca_certificates: bool
+    host_proxy: bool
 
 
 # ------------------------------------------------------------- network arithmetic shared with the planner
@@ -310,6 +314,9 @@ CONTAINER_GROUP_PROPERTIES = {
     "start_lxc_network": NETWORK_SCHEMA,
     "tunnel_to": TUNNEL_TO_SCHEMA,
     "tunnel_type": TUNNEL_TYPE_SCHEMA,
+    # Opt-ins: the host's CA certificates copied into the containers, the host's proxy settings passed to them.
+    "host_ca_certificates": {"type": "boolean"},
+    "host_proxy": {"type": "boolean"},
 }
 
 
@@ -326,6 +333,8 @@ def container_group_fields(cfg, site):
         path=str(site),
         count_path=site.at("containers_per_host"),
         network_path=site.at("start_lxc_network"),
+        host_ca_certificates=cfg.get("host_ca_certificates", False),
+        host_proxy=cfg.get("host_proxy", False),
     )
 
 

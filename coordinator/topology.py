@@ -13,18 +13,24 @@ on it (when the remote is a host of this plan), so the deploy can route both way
 
 Names: `<prefix>-<subnet tag>-<index>` like Rally's engines (`devstack-compute-10-100-1-007`), the index three
 digits or more and counted on across groups with the same prefix and subnet, so names are unique everywhere.
+
+Devstack: each node's localrc and meta-sections are the config's plus the defaults a cloud of containers needs
+(`plan_localrc`, `plan_meta_sections`; a configured key always wins), and from them the services it enables, the
+nova-compute hosts it registers and what it needs from the host's kernel.
 """
 
 import bisect
 import ipaddress
 import json
+import os
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 from coordinator import localconf
 from coordinator.config import ConfigError, Problem
-from coordinator.providers import SPECIAL_RANGES, Credential, capacity, special_range, too_small
+from coordinator.providers import DEFAULT_RELEASES, SPECIAL_RANGES, Credential, capacity, special_range, too_small
 
-PLAN_VERSION = 2
+PLAN_VERSION = 3
 DEFAULT_NETWORK = ipaddress.IPv4Network("10.100.1.0/24")
 NAME_MAX = 63
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
@@ -76,13 +82,19 @@ class Node:
     subnet: str | None
     bridge: str | None
     distribution: str | None
-    release: str | None
-    devstack_repo: str
+    release: str | None     # the config's, else one devstack supports for the distribution (DEFAULT_RELEASES)
+    devstack_repo: str | None   # None: devstack from the git mirror
     devstack_branch: str
     start_script: str | None
-    localrc: dict           # resolved: default passwords, then the config's items with placeholders filled in
+    localrc: dict           # resolved: default passwords and the planner's defaults, then the config's items
     plugins: tuple          # enable_plugin arguments, one tuple per plugin
     local_conf: str
+    meta_sections: dict     # resolved: {"PHASE|FILE": {section: {option: value}}}, the planner's defaults included
+    services: tuple         # the services devstack enables with this localrc, in order
+    nova_hosts: tuple       # the nova-compute host names this node registers (() without n-cpu)
+    git_mirror: str | None  # the coordinator's folder of git repositories for this node (absolute), or None
+    host_ca_certificates: bool
+    host_proxy: bool
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,7 @@ class Group:
     hosts: tuple
     per_host: int
     nodes: int
+    localrc_path: str       # where the group's localrc is in the config, for messages
 
 
 @dataclass(frozen=True)
@@ -135,13 +148,15 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data):
-        """The inverse of to_dict, for a plan read back from a store."""
-        if data.get("version") != PLAN_VERSION:
-            raise ValueError(f"plan version {data.get('version')!r}, expected {PLAN_VERSION}")
+        """The inverse of to_dict, for a plan read back from a store; PlanVersionError for another version's."""
+        version = data.get("version") if isinstance(data, dict) else None
+        if version != PLAN_VERSION:
+            raise PlanVersionError(version)
         hosts = tuple(Host(**{**host, "networks": tuple(Network(**n) for n in host["networks"])})
                       for host in data["hosts"])
         groups = tuple(Group(**{**group, "hosts": tuple(group["hosts"])}) for group in data["groups"])
-        nodes = tuple(Node(**{**node, "plugins": tuple(tuple(p) for p in node["plugins"])})
+        nodes = tuple(Node(**{**node, "plugins": tuple(tuple(p) for p in node["plugins"]),
+                              "services": tuple(node["services"]), "nova_hosts": tuple(node["nova_hosts"])})
                       for node in data["nodes"])
         tunnels = tuple(Tunnel(**{**tunnel, "remote_subnets": tuple(tunnel["remote_subnets"])})
                         for tunnel in data["tunnels"])
@@ -162,9 +177,50 @@ class Plan:
         return tuple(tunnel for tunnel in self.tunnels if tunnel.host == address)
 
 
+class PlanVersionError(ConfigError):
+    """A recorded plan of another coordinator version: this one cannot walk (or destroy) it safely."""
+
+    def __init__(self, version):
+        self.version = version
+        if isinstance(version, int) and not isinstance(version, bool) and version < PLAN_VERSION:
+            message = (f"deployment made by an older coordinator (plan version {version}; this one reads version "
+                       f"{PLAN_VERSION}); destroy it with the coordinator that made it, or remove its containers, "
+                       f"bridges and tunnels with each host's lxc-agent and then its record from the store")
+        elif isinstance(version, int) and not isinstance(version, bool):
+            message = (f"deployment made by a newer coordinator (plan version {version}; this one reads version "
+                       f"{PLAN_VERSION}); use that coordinator for it")
+        else:
+            message = (f"not a plan this coordinator can read (version {version!r}; it reads version "
+                       f"{PLAN_VERSION}): the record is damaged or not a deployment's")
+        super().__init__([Problem(None, message)])
+
+
 def warnings(plan):
     """What the plan allows but a user should know, one line each: a `tunnel_to` address that is no host of this
-    plan gets only this end of its tunnels (the far end is not this deployment's to make)."""
+    plan gets only this end of its tunnels (the far end is not this deployment's to make); a group that enables
+    `n-net` gets no networking from it."""
+    return _tunnel_warnings(plan) + _nova_network_warnings(plan)
+
+
+def _nova_network_warnings(plan):
+    out = []
+    firsts = {}
+    for node in plan.nodes:
+        firsts.setdefault(node.group, node)
+    for group in plan.groups:
+        node = firsts.get(group.index)
+        if node is None or "n-net" not in node.services:
+            continue
+        keys = [key for key, value in node.localrc.items() if key.rstrip("+") == "ENABLED_SERVICES"
+                and "n-net" in localconf.negated(value)]
+        where = f"{group.localrc_path}.{keys[-1]}" if keys else group.localrc_path
+        out.append(f"{where} enables 'n-net' (nova-network), which was removed from nova in the Rocky release: "
+                   f"devstack ignores the name and nothing gives these nodes networking through it; remove it "
+                   f"(nova's networking is neutron's, q-svc on the controller)")
+    return out
+
+
+def _tunnel_warnings(plan):
     ends = {}
     for tunnel in plan.tunnels:
         if tunnel.remote_host is None:
@@ -253,7 +309,7 @@ def plan(config):
     if problems:
         raise ConfigError(problems, config.source)
     values = {"controller_ip": controller.address} if controller else {}
-    nodes = _finish_nodes(specs, drafts, values)
+    nodes = _finish_nodes(config, specs, drafts, values)
     return Plan(
         version=PLAN_VERSION, type=config.type,
         controller=controller.name if controller else None,
@@ -261,7 +317,7 @@ def plan(config):
         hosts=_finish_hosts(hosts, pools, nodes),
         groups=tuple(Group(index=index, path=spec.path, role=spec.role, kind=spec.kind,
                            hosts=tuple(c.host for c in spec.hosts), per_host=spec.per_host,
-                           nodes=spec.per_host * len(spec.hosts))
+                           nodes=spec.per_host * len(spec.hosts), localrc_path=spec.devstack.path)
                      for index, spec in enumerate(specs)),
         nodes=nodes, tunnels=tunnels)
 
@@ -540,18 +596,20 @@ def _plan_tunnels(specs, hosts, subnets, problems):
     return tuple(tunnels.values())
 
 
-def _finish_nodes(specs, drafts, values):
-    """Fill placeholders and render local.conf once per group (every node of a group is told the same)."""
-    rendered = {}
+def _finish_nodes(config, specs, drafts, values):
+    """Fill placeholders, add the defaults and render local.conf once per group (every node of a group is told
+    the same); only the nova-compute host names differ from node to node."""
+    planned = {}
     for index, spec in enumerate(specs):
-        devstack = spec.devstack
-        localrc = localconf.with_defaults((key, localconf.resolve(value, values)) for key, value in devstack.localrc)
-        plugins = tuple(tuple(localconf.resolve(word, values) for word in words) for words in devstack.plugins)
-        rendered[index] = (localrc, plugins, localconf.render(localrc, plugins))
+        localrc = plan_localrc(config.type, spec, values)
+        plugins = tuple(tuple(localconf.resolve(word, values) for word in words) for words in spec.devstack.plugins)
+        meta = plan_meta_sections(spec, values, localrc)
+        planned[index] = (localrc, plugins, meta, localconf.render(localrc, plugins, meta),
+                          localconf.enabled_services(localrc), _mirror(spec.devstack.git_mirror, config))
     nodes = []
     for draft in drafts:
         spec = specs[draft.group]
-        localrc, plugins, text = rendered[draft.group]
+        localrc, plugins, meta, text, services, mirror = planned[draft.group]
         network = draft.network
         nodes.append(Node(
             name=draft.name, role=spec.role, kind=draft.kind, source=draft.source, group=draft.group,
@@ -560,10 +618,178 @@ def _finish_nodes(specs, drafts, values):
             gateway=str(network.network_address + 1) if network else None,
             subnet=str(network) if network else None,
             bridge=bridge_name(network) if network else None,
-            distribution=spec.distribution, release=spec.release,
+            distribution=spec.distribution,
+            release=spec.release or DEFAULT_RELEASES.get(spec.distribution),
             devstack_repo=spec.devstack.repo, devstack_branch=spec.devstack.branch,
-            start_script=spec.start_script, localrc=dict(localrc), plugins=plugins, local_conf=text))
+            start_script=spec.start_script, localrc=dict(localrc), plugins=plugins, local_conf=text,
+            meta_sections=_copy(meta), services=services, nova_hosts=plan_nova_hosts(draft.name, localrc, services),
+            git_mirror=mirror, host_ca_certificates=spec.host_ca_certificates, host_proxy=spec.host_proxy))
     return tuple(nodes)
+
+
+def _copy(meta):
+    return {header: {section: dict(options) for section, options in sections.items()}
+            for header, sections in meta.items()}
+
+
+# ---------------------------------------------------------------- devstack on each node
+
+# A compute's nova-compute reports every 10 s and counts as down after 60 s (devstack's 120 s and 720 s would
+# show a dead compute as up for 12 minutes).
+NOVA_REPORT_INTERVAL = 10
+NOVA_CONF = "$NOVA_CONF"
+
+
+def plan_localrc(engine_type, spec, values):
+    """A group's localrc: default passwords, the defaults below for keys the config leaves out (before the
+    config's items, so those may refer to them), the config's items with placeholders filled in.
+
+    - computes in containers of a MultihostEngine: SERVICE_HOST is the controller (devstack would take the node's
+      own address), and `placement-client` joins an ENABLED_SERVICES that runs n-cpu without it (nova-compute
+      reports its resources to placement through it);
+    - every container: ENABLE_KSMTUNED=False (a container cannot tune the host's KSM);
+    - with a git mirror: GIT_BASE points at the node's copy of it."""
+    configured = [(key, localconf.resolve(value, values)) for key, value in spec.devstack.localrc]
+    given = {key.rstrip("+") for key, _ in configured}
+    in_container = spec.kind != "host"
+    compute = engine_type == "MultihostEngine" and spec.role == "compute" and in_container
+    defaults = []
+    if compute and "controller_ip" in values and "SERVICE_HOST" not in given:
+        defaults.append(("SERVICE_HOST", values["controller_ip"]))
+    if in_container and "ENABLE_KSMTUNED" not in given:
+        defaults.append(("ENABLE_KSMTUNED", "False"))
+    if spec.devstack.git_mirror is not None and "GIT_BASE" not in given:
+        defaults.append(("GIT_BASE", localconf.MIRROR_GIT_BASE))
+    localrc = localconf.with_defaults(configured, defaults)
+    if compute:
+        localrc = _with_placement_client(localrc)
+    return localrc
+
+
+def _with_placement_client(localrc):
+    """Append placement-client to the last ENABLED_SERVICES setting when the node runs n-cpu without it, unless
+    the config removes it itself (`-placement-client`)."""
+    services = localconf.enabled_services(localrc)
+    if "n-cpu" not in services or "placement-client" in services:
+        return localrc
+    keys = [key for key in localrc if key.rstrip("+") == "ENABLED_SERVICES"]
+    if not keys or any("-placement-client" in value.replace(" ", ",").split(",")
+                       for key, value in localrc.items() if key in keys):
+        return localrc
+    out = dict(localrc)
+    value = out[keys[-1]]
+    out[keys[-1]] = value + ("" if value == "" or value.endswith(",") else ",") + "placement-client"
+    return out
+
+
+def plan_meta_sections(spec, values, localrc):
+    """A group's meta-sections: the config's with placeholders filled in, plus post-config $NOVA_CONF [DEFAULT]
+    report_interval = 10 and service_down_time = 6 x report_interval (60), each unless the config sets that
+    option for $NOVA_CONF (in any phase, either spelling) or sets NOVA_SERVICE_REPORT_INTERVAL in localrc, from
+    which devstack derives both."""
+    meta = {header: {section: {option: localconf.resolve(value, values) for option, value in options.items()}
+                     for section, options in sections.items()}
+            for header, sections in spec.devstack.meta_sections.items()}
+    if "NOVA_SERVICE_REPORT_INTERVAL" in {key.rstrip("+") for key in localrc}:
+        return meta
+    nova = localconf.meta_file(NOVA_CONF)
+    given = {}
+    for header, sections in meta.items():
+        if localconf.meta_file(header.partition("|")[2]) == nova:
+            given.update(sections.get("DEFAULT", {}))
+    interval = given.get("report_interval")
+    defaults = {}
+    if interval is None:
+        defaults["report_interval"] = str(NOVA_REPORT_INTERVAL)
+    if "service_down_time" not in given:
+        base = int(interval) if interval is not None and interval.isascii() and interval.isdigit() \
+            else NOVA_REPORT_INTERVAL
+        defaults["service_down_time"] = str(6 * base)
+    if not defaults:
+        return meta
+    header = next((header for header in meta if header.partition("|")[0] == "post-config"
+                   and localconf.meta_file(header.partition("|")[2]) == nova), f"post-config|{NOVA_CONF}")
+    sections = meta.setdefault(header, {})
+    sections["DEFAULT"] = {**sections.get("DEFAULT", {}), **defaults}
+    return meta
+
+
+def plan_nova_hosts(name, localrc, services):
+    """The nova-compute hosts a node registers: with VIRT_DRIVER=fake devstack starts NUMBER_FAKE_NOVA_COMPUTE
+    (default 1) of them named ${HOSTNAME}1, ${HOSTNAME}2 ...; any other driver registers the host name itself."""
+    if "n-cpu" not in services:
+        return ()
+    if localrc.get("VIRT_DRIVER") == "fake":
+        count = localrc.get("NUMBER_FAKE_NOVA_COMPUTE", "1")
+        return tuple(f"{name}{index}" for index in range(1, int(count) + 1)) if count.isdigit() else ()
+    return (name,)
+
+
+def _mirror(path, config):
+    """The git mirror as an absolute folder: a relative one starts at the config file's folder. No disk access."""
+    if path is None:
+        return None
+    if not os.path.isabs(path):
+        folder = config.folder or (os.path.dirname(config.source) if config.source else None)
+        if folder is None:
+            return path
+        path = os.path.join(folder, path)
+    return os.path.normpath(path)
+
+
+# ---------------------------------------------------------------- what nodes need from the host's kernel
+
+class KernelRequirement(NamedTuple):
+    """A service of a node that needs a kernel feature of its host (the agent reports the host's features)."""
+
+    node: str
+    host: str
+    service: str
+    feature: str            # "openvswitch" | "loop"
+    advice: str
+
+
+# Open vSwitch in the kernel: OVN and OVS themselves, and the neutron agents that drive it.
+_OVS_SERVICES = ("ovn-controller", "ovn-northd", "ovs-vswitchd", "ovsdb-server", "q-ovn-agent",
+                 "q-ovn-metadata-agent")
+# These need it only with an OVS-based agent (Q_AGENT openvswitch or ovn, devstack's default).
+_AGENT_SERVICES = ("q-agt", "neutron-agent", "q-l3", "q-dhcp")
+_OVS_AGENTS = ("openvswitch", "ovn")
+
+
+def kernel_requirements(plan):
+    """Per node, in plan order, each enabled service that needs something from the host's kernel: Open vSwitch
+    (module openvswitch) for OVN/OVS and the OVS-based neutron agents, loop devices for c-vol's LVM backing file.
+    Pure: the deploy compares these with the kernel features each host's agent reports."""
+    out = []
+    paths = {group.index: group.localrc_path for group in plan.groups}
+    for node in plan.nodes:
+        agent = node.localrc.get("Q_AGENT", "ovn")
+        needs = [(service, "openvswitch") for service in node.services
+                 if service in _OVS_SERVICES or (service in _AGENT_SERVICES and agent in _OVS_AGENTS)]
+        needs += [(service, "loop") for service in node.services if service == "c-vol"]
+        for feature in ("openvswitch", "loop"):
+            services = [service for service, wanted in needs if wanted == feature]
+            for service in services:
+                out.append(KernelRequirement(node.name, node.host, service, feature,
+                                             _kernel_advice(node, service, feature, services,
+                                                            paths.get(node.group, ""))))
+    return tuple(out)
+
+
+def _kernel_advice(node, service, feature, services, path):
+    disable = ",".join(f"-{name}" for name in services)
+    where = "the host" if node.kind == "host" else "the host (a container cannot load kernel modules)"
+    # Every service of the node that needs the feature is named, so the advice is one line per node and feature.
+    service = ", ".join(services) + (" need" if len(services) > 1 else " needs")
+    if feature == "openvswitch":
+        need = (f"{service} on {node.name} Open vSwitch in the kernel of {node.host}: module openvswitch "
+                f"(CONFIG_OPENVSWITCH), loaded on {where} with `modprobe openvswitch`")
+    else:
+        need = (f"{service} on {node.name} loop devices on {node.host} (c-vol backs its LVM volume group with a "
+                f"loop file): module loop (CONFIG_BLK_DEV_LOOP), loaded on {where} with `modprobe loop`")
+    return (f"{need}; or use a host whose kernel has it; or disable what needs it on this node: add "
+            f"\",{disable}\" to `ENABLED_SERVICES+` in {path}")
 
 
 def _finish_hosts(hosts, pools, nodes):

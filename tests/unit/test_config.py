@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from coordinator import plugins, topology
-from coordinator.config import ConfigError, Problem, load, load_config, parse, validate
+from coordinator.config import ConfigError, Problem, format_path, load, load_config, parse, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "configs" / "seed.json"
@@ -395,7 +395,7 @@ SCHEMA_ERRORS = [
     ("bad-distribution", ("nodes", 0, "distribution"), "Ubuntu 22.04",
      "nodes[0].distribution", "expected a distribution name"),
     ("bad-localrc-key", ("controller", "localrc", "BAD KEY"), "1",
-     "controller.localrc.BAD KEY", "expected a shell variable name"),
+     'controller.localrc["BAD KEY"]', "expected a shell variable name"),
     ("nodes-not-a-list", ("nodes",), {"type": "LxcEngine"}, "nodes", "expected a list of engines, got an object"),
     ("engine-not-an-object", ("nodes", 0, "engine"), "DevstackEngine",
      "nodes[0].engine", "expected an object describing an engine"),
@@ -594,7 +594,7 @@ def test_names_that_only_look_like_bash_own_are_fine(key):
 def test_localrc_key_ending_in_a_newline_is_refused(key):
     # `$` in a pattern matches before a final newline: "reboot\n" would have become a bare `reboot` line.
     found = messages(problems_of(edit(seed(), ("controller", "localrc", key), "x")))
-    assert "expected a shell variable name" in found[f"controller.localrc.{key}"]
+    assert "expected a shell variable name" in found[format_path(("controller", "localrc", key))]
 
 
 @pytest.mark.parametrize("field,value", [
@@ -901,3 +901,141 @@ def test_localhost_and_its_address_together_are_refused():
     assert found == {"nodes[0].provider.credentials[0].host": (
         "'127.0.0.1' and 'localhost' (at controller.provider.host_provider.credentials[0]) both name this machine; "
         "name it one way everywhere, or the plan would treat it as two hosts")}
+
+
+# ---------------------------------------------------------------- meta-sections, git mirror, host opt-ins
+
+NOVA = "post-config|$NOVA_CONF"
+NOVA_PATH = 'controller.meta_sections["post-config|$NOVA_CONF"]'
+
+
+def with_meta(meta, where=("controller",)):
+    return edit(seed(), where + ("meta_sections",), meta)
+
+
+META_ERRORS = [
+    ("no-bar", {"post-config": {}}, "controller.meta_sections.post-config", 'expected "PHASE|FILE"'),
+    ("local-phase", {"local|localrc": {}}, 'controller.meta_sections["local|localrc"]',
+     "is written from 'localrc'"),
+    ("unknown-phase", {"post-confg|$NOVA_CONF": {}}, 'controller.meta_sections["post-confg|$NOVA_CONF"]',
+     "did you mean 'post-config'?"),
+    ("no-file", {"post-config|": {}}, 'controller.meta_sections["post-config|"]', "no file after '|'"),
+    ("file-command", {"post-config|$(reboot)": {}}, 'controller.meta_sections["post-config|$(reboot)"]',
+     "found '$' only as $NAME or ${NAME}"),
+    ("file-space", {"post-config|/etc/a b": {}}, 'controller.meta_sections["post-config|/etc/a b"]',
+     "found ' '"),
+    ("file-relative", {"post-config|etc/nova.conf": {}}, 'controller.meta_sections["post-config|etc/nova.conf"]',
+     "is a relative path"),
+    ("file-dotdot", {"post-config|$NOVA_CONF_DIR/../x": {}},
+     'controller.meta_sections["post-config|$NOVA_CONF_DIR/../x"]', "climbs out of a folder with '..'"),
+    ("nova-cpu-braces", {"post-config|${NOVA_CPU_CONF}": {}},
+     'controller.meta_sections["post-config|${NOVA_CPU_CONF}"]', "write it as '$NOVA_CPU_CONF'"),
+    ("section-bracket", {NOVA: {"DEFAULT]": {}}}, NOVA_PATH + '["DEFAULT]"]', "section names may hold only"),
+    ("option-equals", {NOVA: {"DEFAULT": {"a=b": 1}}}, NOVA_PATH + ".DEFAULT.a=b", "option names may hold only"),
+    ("option-dollar", {NOVA: {"DEFAULT": {"$X": 1}}}, NOVA_PATH + '.DEFAULT["$X"]', "option names may hold only"),
+    ("value-command-is-fine-but-glob-is-not", {NOVA: {"DEFAULT": {"x": "*"}}}, NOVA_PATH + ".DEFAULT.x",
+     "replaces with the names of matching files"),
+    ("value-two-spaces", {NOVA: {"DEFAULT": {"x": "a  b"}}}, NOVA_PATH + ".DEFAULT.x", "write single spaces"),
+    ("value-ends-in-space", {NOVA: {"DEFAULT": {"x": "a "}}}, NOVA_PATH + ".DEFAULT.x", "remove it"),
+    ("value-echo-option", {NOVA: {"DEFAULT": {"x": "-n"}}}, NOVA_PATH + ".DEFAULT.x", "takes as its own option"),
+    ("value-tab", {NOVA: {"DEFAULT": {"x": "a\tb"}}}, NOVA_PATH + ".DEFAULT.x", "without tabs"),
+    ("value-newline", {NOVA: {"DEFAULT": {"x": "a\nb"}}}, NOVA_PATH + ".DEFAULT.x", "one line"),
+    ("value-float", {NOVA: {"DEFAULT": {"x": 0.5}}}, NOVA_PATH + ".DEFAULT.x", 'quote it, e.g. "0.5"'),
+    ("value-null", {NOVA: {"DEFAULT": {"x": None}}}, NOVA_PATH + ".DEFAULT.x",
+     "expected a string, a number or true/false, got null"),
+    ("value-list", {NOVA: {"DEFAULT": {"x": [1]}}}, NOVA_PATH + ".DEFAULT.x", "expected a string, a number"),
+    ("section-not-object", {NOVA: {"DEFAULT": "x=1"}}, NOVA_PATH + ".DEFAULT", "an object: option -> value"),
+    ("header-not-object", {NOVA: ["DEFAULT"]}, NOVA_PATH, "an object: ini section -> option -> value"),
+    ("not-an-object", "post-config", "controller.meta_sections", '"PHASE|FILE" -> ini section'),
+    ("placeholder-on-controller", {NOVA: {"DEFAULT": {"my_ip": "{controller_ip}"}}}, NOVA_PATH + ".DEFAULT.my_ip",
+     "cannot be used in the controller's own settings"),
+    ("unknown-placeholder", {NOVA: {"DEFAULT": {"my_ip": "{controler_ip}"}}}, NOVA_PATH + ".DEFAULT.my_ip",
+     "did you mean '{controller_ip}'?"),
+]
+
+
+@pytest.mark.parametrize("meta,where,words", [case[1:] for case in META_ERRORS], ids=[case[0] for case in META_ERRORS])
+def test_meta_section_refusals_name_their_path_and_what_to_do(meta, where, words):
+    found = messages(problems_of(with_meta(meta)))
+    assert where in found, found
+    assert words in found[where]
+
+
+def test_every_meta_section_problem_is_reported_at_once():
+    meta = {"post-confg|nova.conf": {"a b": {"x": 1}},
+            NOVA: {"DEFAULT": {"ok": 1, "bad=": "x", "v": "-e", "w": 0.5}, "quota": {"instances": -1}}}
+    found = messages(problems_of(with_meta(meta)))
+    assert sorted(found) == sorted([
+        'controller.meta_sections["post-confg|nova.conf"]',
+        'controller.meta_sections["post-confg|nova.conf"]["a b"]',
+        NOVA_PATH + ".DEFAULT.bad=", NOVA_PATH + ".DEFAULT.v", NOVA_PATH + ".DEFAULT.w"])
+    assert len(problems_of(with_meta(meta))) == 6  # the bad header: its phase and its file
+
+
+def test_meta_sections_of_a_compute_may_use_the_controller_address():
+    meta = {"post-config|${NOVA_CONF}": {"DEFAULT": {"my_ip": "{controller_ip}", "debug": True}},
+            "post-config|/$Q_PLUGIN_CONF_FILE": {"ml2": {"type_drivers": "local,flat"}}}
+    result = topology.plan(validate(with_meta(meta, ("nodes", 0, "engine"))))
+    compute = result.nodes[1]
+    assert compute.meta_sections["post-config|${NOVA_CONF}"]["DEFAULT"] == {
+        "my_ip": "10.100.1.2", "debug": "True", "report_interval": "10", "service_down_time": "60"}
+    assert compute.meta_sections["post-config|/$Q_PLUGIN_CONF_FILE"] == {"ml2": {"type_drivers": "local,flat"}}
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("NUMBER_FAKE_NOVA_COMPUTE", "two", "expected the number of fake nova-compute services per node"),
+    ("NUMBER_FAKE_NOVA_COMPUTE", -1, "expected the number of fake nova-compute services per node"),
+    ("NUMBER_FAKE_NOVA_COMPUTE", True, "expected the number of fake nova-compute services per node"),
+    ("NUMBER_FAKE_NOVA_COMPUTE", 10000, "(0 to 9999)"),
+    ("NUMBER_FAKE_NOVA_COMPUTE+", "1", "set it (without '+')"),
+], ids=["word", "negative", "boolean", "too-many", "appended"])
+def test_number_of_fake_computes_must_be_a_count(key, value, words):
+    found = messages(problems_of(edit(seed(), ("nodes", 0, "engine", "localrc", key), value)))
+    assert words in found[f"nodes[0].engine.localrc.{key}"], found
+
+
+@pytest.mark.parametrize("value,where,words", [
+    ("", "controller.git_mirror", 'expected a folder on this machine (absolute, or relative to the config\'s '
+                                  'folder), one line, got the string ""'),
+    ("/srv/mirror\n", "controller.git_mirror", "one line"),
+    (3, "controller.git_mirror", "expected a folder on this machine"),
+], ids=["empty", "newline", "number"])
+def test_git_mirror_is_a_path_on_one_line(value, where, words):
+    found = messages(problems_of(edit(seed(), ("controller", "git_mirror"), value)))
+    assert words in found[where], found
+
+
+@pytest.mark.parametrize("where", [("controller", "provider"), ("nodes", 0)], ids=["LxcProvider", "LxcEngine"])
+@pytest.mark.parametrize("key", ["host_ca_certificates", "host_proxy"])
+def test_host_opt_ins_are_booleans_of_container_groups(where, key):
+    found = messages(problems_of(edit(seed(), where + (key,), "yes")))
+    assert found[format_path(where + (key,))] == 'expected true or false, got the string "yes"'
+    result = topology.plan(validate(edit(seed(), where + (key,), True)))
+    group = 0 if where[0] == "controller" else 1
+    assert {getattr(node, key) for node in result.nodes if node.group == group} == {True}
+    assert {getattr(node, key) for node in result.nodes if node.group != group} == {False}
+
+
+def test_host_opt_ins_are_not_keys_of_hardware_nodes():
+    data = edit(seed(), ("controller", "provider", "host_provider", "host_proxy"), True)
+    assert "unknown key for ExistingServers" in messages(problems_of(data))[
+        "controller.provider.host_provider.host_proxy"]
+
+
+PATHS = [
+    ("plain", ("a", 0, "b"), "a[0].b"),
+    ("plus", ("localrc", "ENABLED_SERVICES+"), "localrc.ENABLED_SERVICES+"),
+    ("header", ("meta_sections", "post-config|$NOVA_CONF", "DEFAULT"),
+     'meta_sections["post-config|$NOVA_CONF"].DEFAULT'),
+    ("dot", ("m", "a.b"), 'm["a.b"]'),
+    ("space", ("m", "a b"), 'm["a b"]'),
+    ("quote", ("m", 'a"b'), 'm["a\\"b"]'),
+    ("newline", ("m", "a\n"), 'm["a\\n"]'),
+    ("empty", ("m", ""), 'm[""]'),
+    ("first", ("a.b",), '["a.b"]'),
+]
+
+
+@pytest.mark.parametrize("parts,text", [case[1:] for case in PATHS], ids=[case[0] for case in PATHS])
+def test_paths_quote_keys_that_would_blur_them(parts, text):
+    assert format_path(parts) == text

@@ -3,6 +3,7 @@
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -228,3 +229,95 @@ def test_names_that_only_look_like_bash_own_are_rendered(key, tmp_path):
 def test_render_refuses_plugin_words_that_break_lines(word):
     with pytest.raises(ValueError):
         localconf.render({}, (("p", word),))
+
+
+# ---------------------------------------------------------------- meta-sections
+# (through devstack's own merge: test_core_devstack_merge.py)
+
+def test_meta_sections_follow_the_localrc_section_and_plugins():
+    text = localconf.render({"A": "1"}, (("heat", "https://h/heat"),), {
+        "post-config|$NOVA_CONF": {"DEFAULT": {"report_interval": "10"}, "quota": {"instances": "-1"}},
+        "extra|/etc/x.conf": {"s": {"o": True}}})
+    assert text == ('[[local|localrc]]\nA="1"\nenable_plugin \'heat\' \'https://h/heat\'\n\n'
+                    '[[post-config|$NOVA_CONF]]\n[DEFAULT]\nreport_interval = 10\n[quota]\ninstances = -1\n\n'
+                    '[[extra|/etc/x.conf]]\n[s]\no = True\n')
+    assert localrc_section(text) == 'A="1"\nenable_plugin \'heat\' \'https://h/heat\'\n\n'
+
+
+QUOTED = [
+    ("plain", "a b", "a b"),
+    ("reference", "$DEST/x ${A}", "$DEST/x ${A}"),
+    ("command", "$(x)", "\\\\\\$(x)"),
+    ("quote", 'a"b', 'a\\\\\\"b'),
+    ("backquote", "`x`", "\\\\\\`x\\\\\\`"),
+    ("backslash", "a\\b", "a\\\\\\\\b"),
+    ("default-expansion", "${X:-y}", "\\\\\\${X:-y}"),
+    ("reference-then-dollar", "$A$", "$A\\\\\\$"),
+]
+
+
+@pytest.mark.parametrize("value,text", [case[1:] for case in QUOTED], ids=[case[0] for case in QUOTED])
+def test_meta_values_are_escaped_for_read_and_eval(value, text):
+    assert localconf.quote_meta(value) == text
+
+
+@pytest.mark.parametrize("header", ["post-config|$NOVA_CONF", "post-config|${NOVA_CONF}", "extra|/etc/a-b/c_d.conf",
+                                    "post-extra|$A/$B", "test-config|$TEMPEST_CONFIG",
+                                    "post-config|/$Q_PLUGIN_CONF_FILE", "post-config|$NOVA_CPU_CONF",
+                                    "extra|${NOVA_CPU_CONF}", "post-config|$NEUTRON_UWSGI_CONF"], ids=str)
+def test_meta_headers_devstack_can_take(header):
+    assert localconf.meta_header_problems(header) == []
+
+
+def test_two_spellings_of_one_file_are_one_file():
+    assert localconf.meta_file("$NOVA_CONF") == localconf.meta_file("${NOVA_CONF}") == "${NOVA_CONF}"
+    assert localconf.meta_file("/$A/b") != localconf.meta_file("$A/b")
+
+
+@pytest.mark.parametrize("name", ["DEFAULT", "keystone_authtoken", "filter:authtoken", "oslo.messaging", "a-b", "0x"],
+                         ids=str)
+def test_ini_names_devstack_can_take(name):
+    assert localconf.ini_name_problem(name, "section") is None
+
+
+# ---------------------------------------------------------------- the services devstack enables
+
+SERVICES = [
+    ("default", {}, localconf.DEFAULT_SERVICES),
+    ("replaced", {"ENABLED_SERVICES": "n-cpu,n-net"}, ("n-cpu", "n-net")),
+    ("negated", {"ENABLED_SERVICES+": ",-n-cpu,-c-vol"},
+     tuple(s for s in localconf.DEFAULT_SERVICES if s not in ("n-cpu", "c-vol"))),
+    ("replaced-then-appended", {"ENABLED_SERVICES": "key", "ENABLED_SERVICES+": ",n-api"}, ("key", "n-api")),
+    ("appended-then-replaced", {"ENABLED_SERVICES+": ",n-api", "ENABLED_SERVICES": "key"}, ("key",)),
+    ("appended-without-comma", {"ENABLED_SERVICES": "key", "ENABLED_SERVICES+": "x"}, ("keyx",)),
+    ("self-reference", {"ENABLED_SERVICES": "$ENABLED_SERVICES,-key"},
+     tuple(s for s in localconf.DEFAULT_SERVICES if s != "key")),
+    ("negation-before-name", {"ENABLED_SERVICES": "-a,a,b"}, ("b",)),
+    ("twice-and-empty", {"ENABLED_SERVICES": "a,,a, b,"}, ("a", "b")),
+    ("empty", {"ENABLED_SERVICES": ""}, ()),
+]
+
+
+@pytest.mark.parametrize("localrc,services", [case[1:] for case in SERVICES], ids=[case[0] for case in SERVICES])
+def test_enabled_services_as_devstack_computes_them(localrc, services):
+    assert localconf.enabled_services(localrc) == services
+
+
+def test_enabled_services_agree_with_devstack_itself(tmp_path):
+    # stackrc's default list and functions-common's disable_negated_services, when the devstack tree is there.
+    tree = Path(os.environ.get("DEVSTACK_TREE", "/tmp/os/devstack"))
+    if not (tree / "functions-common").is_file():
+        pytest.skip(f"no devstack tree at {tree} (set DEVSTACK_TREE)")
+    stackrc = (tree / "stackrc").read_text()
+    block = stackrc[stackrc.index("if ! isset ENABLED_SERVICES"):]
+    block = block[:block.index("\nfi\n") + 4]
+    localrc = {"ENABLED_SERVICES+": ",-n-cpu,-c-vol,extra,-extra", "X": "1"}
+    script = (f"isset() {{ [[ -v \"$1\" ]]; }}\n{block}"
+              f"source <(sed -n '/^function _cleanup_service_list/,/^}}/p;/^function remove_disabled_services/,/^}}/p;"
+              f"/^function disable_negated_services/,/^}}/p' {tree}/functions-common)\n"
+              + localconf.render(localrc).split("\n", 1)[1]
+              + "disable_negated_services\nprintf '%s' \"$ENABLED_SERVICES\"\n")
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                            env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 0, result.stderr
+    assert tuple(result.stdout.split(",")) == localconf.enabled_services(localrc)

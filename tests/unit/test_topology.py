@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from coordinator import topology
+from coordinator import localconf, topology
 from coordinator.config import ConfigError, load_config, validate
 
 SEED = Path(__file__).resolve().parents[2] / "configs" / "seed.json"
@@ -99,7 +99,7 @@ def test_seed_plan_json_has_the_promised_shape():
     node = data["nodes"][1]
     assert (node["devstack_repo"], node["devstack_branch"], node["start_script"], node["distribution"],
             node["release"], node["prefixlen"], node["gateway"]) == (
-        "https://opendev.org/openstack/devstack", "master", None, "ubuntu", None, 24, "10.100.1.1")
+        "https://opendev.org/openstack/devstack", "master", None, "ubuntu", "noble", 24, "10.100.1.1")
 
 
 def test_plan_round_trips_through_json():
@@ -504,3 +504,229 @@ def test_property_plan_succeeds_exactly_when_subnets_fit_and_then_is_sound(data)
     assert expected
     assert_plan_invariants(result)
     assert topology.Plan.from_dict(json.loads(result.to_json())) == result
+
+
+# ---------------------------------------------------------------- devstack's defaults for a cloud in containers
+
+def seed_data():
+    return json.loads(SEED.read_text())
+
+
+def seed_nodes(data=None, source=None):
+    result = topology.plan(validate(data or seed_data(), source=source))
+    return result, result.nodes[0], result.nodes[1]
+
+
+def test_seed_nodes_get_the_defaults_after_the_passwords_and_before_the_config():
+    _, controller, compute = seed_nodes()
+    assert list(compute.localrc)[5:8] == ["SERVICE_HOST", "ENABLE_KSMTUNED", "VIRT_DRIVER"]
+    assert (compute.localrc["SERVICE_HOST"], compute.localrc["ENABLE_KSMTUNED"]) == ("10.100.1.2", "False")
+    assert compute.localrc["ENABLED_SERVICES"] == "n-cpu,n-net,placement-client"
+    assert 'SERVICE_HOST="10.100.1.2"' in compute.local_conf.splitlines()
+    assert "SERVICE_HOST" not in controller.localrc and controller.localrc["ENABLE_KSMTUNED"] == "False"
+    for node in (controller, compute):
+        assert node.meta_sections == {"post-config|$NOVA_CONF": {"DEFAULT": {"report_interval": "10",
+                                                                             "service_down_time": "60"}}}
+        assert node.local_conf.endswith("\n[[post-config|$NOVA_CONF]]\n[DEFAULT]\nreport_interval = 10\n"
+                                        "service_down_time = 60\n")
+
+
+CONFIGURED_WINS = [
+    ("service-host", ("localrc", "SERVICE_HOST"), "10.0.0.9",
+     lambda n: n.localrc["SERVICE_HOST"] == "10.0.0.9" and list(n.localrc).count("SERVICE_HOST") == 1),
+    ("ksmtuned", ("localrc", "ENABLE_KSMTUNED"), True, lambda n: n.localrc["ENABLE_KSMTUNED"] == "True"),
+    ("placement-client-removed", ("localrc", "ENABLED_SERVICES"), "n-cpu,-placement-client",
+     lambda n: n.localrc["ENABLED_SERVICES"] == "n-cpu,-placement-client" and n.services == ("n-cpu",)),
+    ("placement-client-listed", ("localrc", "ENABLED_SERVICES"), "placement-client,n-cpu",
+     lambda n: n.services == ("placement-client", "n-cpu")),
+    ("no-n-cpu", ("localrc", "ENABLED_SERVICES"), "n-api",
+     lambda n: n.localrc["ENABLED_SERVICES"] == "n-api" and n.nova_hosts == ()),
+    ("appended-last", ("localrc", "ENABLED_SERVICES+"), ",n-api",
+     lambda n: n.localrc["ENABLED_SERVICES+"] == ",n-api,placement-client"
+     and n.services == ("n-cpu", "n-net", "n-api", "placement-client")),
+    ("report-interval", ("meta_sections",), {"post-config|${NOVA_CONF}": {"DEFAULT": {"report_interval": 5}}},
+     lambda n: n.meta_sections == {"post-config|${NOVA_CONF}": {"DEFAULT": {"report_interval": "5",
+                                                                             "service_down_time": "30"}}}),
+    ("down-time-in-another-phase", ("meta_sections",), {"extra|$NOVA_CONF": {"DEFAULT": {"service_down_time": 99}}},
+     lambda n: n.meta_sections == {"extra|$NOVA_CONF": {"DEFAULT": {"service_down_time": "99"}},
+                                   "post-config|$NOVA_CONF": {"DEFAULT": {"report_interval": "10"}}}),
+    ("other-file", ("meta_sections",), {"post-config|$NOVA_CPU_CONF": {"DEFAULT": {"report_interval": 5}}},
+     lambda n: n.meta_sections["post-config|$NOVA_CONF"]["DEFAULT"]["report_interval"] == "10"),
+    ("devstack-interval", ("localrc", "NOVA_SERVICE_REPORT_INTERVAL"), 30, lambda n: n.meta_sections == {}),
+]
+
+
+@pytest.mark.parametrize("path,value,check", [case[1:] for case in CONFIGURED_WINS],
+                         ids=[case[0] for case in CONFIGURED_WINS])
+def test_a_configured_key_wins_over_the_defaults(path, value, check):
+    data = seed_data()
+    target = data["nodes"][0]["engine"]
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+    target[path[-1]] = value
+    _, _, compute = seed_nodes(data)
+    assert check(compute), (compute.localrc, compute.meta_sections, compute.services)
+
+
+def test_devstack_on_a_hardware_node_gets_no_container_defaults():
+    config = multihost(devstack(servers("192.168.1.13"), ENABLED_SERVICES="key"),
+                       devstack(servers("192.168.1.14"), VIRT_DRIVER="fake", ENABLED_SERVICES="n-cpu"))
+    controller, compute = plan_of(config).nodes
+    for node in (controller, compute):
+        assert not {"SERVICE_HOST", "ENABLE_KSMTUNED"} & set(node.localrc)
+        assert node.meta_sections["post-config|$NOVA_CONF"]["DEFAULT"]["report_interval"] == "10"
+        assert (node.distribution, node.release, node.host_proxy, node.host_ca_certificates) == (None, None, False,
+                                                                                                 False)
+    assert compute.services == ("n-cpu",) and len(compute.nova_hosts) == 1
+
+
+NOVA_HOSTS = [
+    ("seed", {}, lambda name: (f"{name}1",)),
+    ("three-fakes", {"NUMBER_FAKE_NOVA_COMPUTE": 3}, lambda name: (f"{name}1", f"{name}2", f"{name}3")),
+    ("no-fakes", {"NUMBER_FAKE_NOVA_COMPUTE": "0"}, lambda name: ()),
+    ("libvirt", {"VIRT_DRIVER": "libvirt"}, lambda name: (name,)),
+    ("no-n-cpu", {"ENABLED_SERVICES": "n-api"}, lambda name: ()),
+]
+
+
+@pytest.mark.parametrize("localrc,hosts", [case[1:] for case in NOVA_HOSTS], ids=[case[0] for case in NOVA_HOSTS])
+def test_nova_hosts_are_named_as_devstack_names_them(localrc, hosts):
+    data = seed_data()
+    data["nodes"][0]["engine"]["localrc"].update(localrc)
+    result, controller, _ = seed_nodes(data)
+    assert controller.nova_hosts == ()
+    for node in result.nodes[1:]:
+        assert node.nova_hosts == hosts(node.name)
+
+
+RELEASES = [
+    ("ubuntu", {}, ("ubuntu", "noble")),
+    ("debian", {"distribution": "debian"}, ("debian", "bookworm")),
+    ("given", {"distribution": "debian", "release": "trixie"}, ("debian", "trixie")),
+    ("unknown-distribution", {"distribution": "alpine"}, ("alpine", None)),
+]
+
+
+@pytest.mark.parametrize("settings,expected", [case[1:] for case in RELEASES], ids=[case[0] for case in RELEASES])
+def test_a_distribution_without_a_release_gets_one_devstack_supports(settings, expected):
+    data = seed_data()
+    data["nodes"][0].update(settings)
+    data["controller"]["provider"].update(settings)
+    result, controller, compute = seed_nodes(data)
+    assert (controller.distribution, controller.release) == (compute.distribution, compute.release) == expected
+    assert "release" not in data["nodes"][0] or data["nodes"][0]["release"] == expected[1]
+
+
+MIRRORS = [
+    ("absolute", "/srv/mirror/../git", None, "/srv/git"),
+    ("relative-to-the-file", "git", "configs/c.json", "configs/git"),
+    ("relative-without-a-file", "../git", None, "../git"),
+]
+
+
+@pytest.mark.parametrize("mirror,source,expected", [case[1:] for case in MIRRORS], ids=[case[0] for case in MIRRORS])
+def test_git_mirror_path_and_what_it_changes(mirror, source, expected):
+    data = seed_data()
+    data["nodes"][0]["engine"]["git_mirror"] = mirror
+    _, controller, compute = seed_nodes(data, source=source)
+    assert compute.git_mirror == expected and compute.devstack_repo is None
+    assert compute.localrc["GIT_BASE"] == "file:///opt/stack/.lxc-cloud/mirror"
+    assert compute.localrc["GIT_BASE"] == "file://" + localconf.NODE_GIT_MIRROR
+    assert controller.git_mirror is None and "GIT_BASE" not in controller.localrc
+    assert controller.devstack_repo == "https://opendev.org/openstack/devstack"
+    assert compute.devstack_branch == controller.devstack_branch == "master"
+
+
+def test_git_mirror_relative_to_the_folder_of_the_file_read(tmp_path):
+    data = seed_data()
+    data["controller"].update(git_mirror="mirror", devstack_repo="/srv/devstack")
+    data["controller"]["localrc"]["GIT_BASE"] = "https://example.org"
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    controller = topology.plan(load_config(tmp_path / "c.json")).nodes[0]
+    assert controller.git_mirror == str(tmp_path / "mirror")
+    assert (controller.devstack_repo, controller.localrc["GIT_BASE"]) == ("/srv/devstack", "https://example.org")
+
+
+def test_n_net_is_a_warning_naming_where_it_is_enabled():
+    result, _, _ = seed_nodes()
+    assert topology.warnings(result) == [
+        "nodes[0].engine.localrc.ENABLED_SERVICES enables 'n-net' (nova-network), which was removed from nova in "
+        "the Rocky release: devstack ignores the name and nothing gives these nodes networking through it; remove "
+        "it (nova's networking is neutron's, q-svc on the controller)"]
+    data = seed_data()
+    data["controller"]["localrc"]["ENABLED_SERVICES+"] = ",n-net"
+    data["nodes"][0]["engine"]["localrc"]["ENABLED_SERVICES"] = "n-cpu,n-net,-n-net"
+    warnings = topology.warnings(seed_nodes(data)[0])
+    assert [warning.split(" ", 1)[0] for warning in warnings] == ["controller.localrc.ENABLED_SERVICES+"]
+
+
+# ---------------------------------------------------------------- kernel features
+
+def requirements_of(localrc):
+    computes = lxc_engine("localhost", count=2)
+    computes["engine"]["localrc"]["ENABLED_SERVICES"] = "n-cpu"
+    result = plan_of(multihost(devstack(lxc_provider("localhost"), **localrc), computes))
+    return topology.kernel_requirements(result)
+
+
+OVS = ("ovn-controller", "ovn-northd", "ovs-vswitchd", "ovsdb-server", "q-ovn-agent")
+KERNEL = [
+    ("devstack-defaults", {"ENABLED_SERVICES+": ",-n-cpu"},
+     [(s, "openvswitch") for s in OVS] + [("c-vol", "loop")]),
+    ("ovs-agent", {"ENABLED_SERVICES": "q-svc,q-agt,q-l3,q-dhcp", "Q_AGENT": "openvswitch"},
+     [("q-agt", "openvswitch"), ("q-l3", "openvswitch"), ("q-dhcp", "openvswitch")]),
+    ("ovn-by-default", {"ENABLED_SERVICES": "q-svc,neutron-agent,q-ovn-metadata-agent"},
+     [("neutron-agent", "openvswitch"), ("q-ovn-metadata-agent", "openvswitch")]),
+    ("other-agent", {"ENABLED_SERVICES": "q-svc,q-agt,q-dhcp", "Q_AGENT": "linuxbridge"}, []),
+    ("none", {"ENABLED_SERVICES": "key,n-api,q-svc"}, []),
+]
+
+
+@pytest.mark.parametrize("localrc,needs", [case[1:] for case in KERNEL], ids=[case[0] for case in KERNEL])
+def test_services_that_need_the_hosts_kernel(localrc, needs):
+    found = requirements_of(localrc)
+    assert [(r.service, r.feature) for r in found] == needs
+    assert {(r.node, r.host) for r in found} <= {("controller-10-100-1-000", "localhost")}
+
+
+def test_kernel_advice_names_the_module_and_how_to_do_without():
+    found = {r.service: r for r in requirements_of({"ENABLED_SERVICES+": ",-n-cpu"})}
+    ovn = found["ovn-controller"].advice
+    assert "module openvswitch (CONFIG_OPENVSWITCH)" in ovn and "modprobe openvswitch" in ovn
+    assert ('or use a host whose kernel has it; or disable what needs it on this node: add ",-ovn-controller,'
+            '-ovn-northd,-ovs-vswitchd,-ovsdb-server,-q-ovn-agent" to `ENABLED_SERVICES+` in controller.localrc') in ovn
+    assert "module loop (CONFIG_BLK_DEV_LOOP)" in found["c-vol"].advice
+    assert 'add ",-c-vol" to `ENABLED_SERVICES+`' in found["c-vol"].advice
+
+
+def test_the_seeds_computes_need_nothing_from_the_kernel():
+    result, _, _ = seed_nodes()
+    assert {r.node for r in topology.kernel_requirements(result)} == {"controller-10-100-1-000"}
+
+
+# ---------------------------------------------------------------- plan versions
+
+def test_plan_version_3_is_read_back_with_every_field():
+    result = topology.plan(load_config(SEED))
+    data = json.loads(result.to_json())
+    assert data["version"] == topology.PLAN_VERSION == 3
+    node = data["nodes"][1]
+    assert {"meta_sections", "services", "nova_hosts", "git_mirror", "host_ca_certificates", "host_proxy"} <= set(node)
+    again = topology.Plan.from_dict(data).nodes[1]
+    assert again.services == ("n-cpu", "n-net", "placement-client")
+    assert again.nova_hosts == ("devstack-compute-10-100-1-0001",)
+
+
+@pytest.mark.parametrize("version,words", [
+    (2, "deployment made by an older coordinator (plan version 2; this one reads version 3); destroy it with the "
+        "coordinator that made it"),
+    (4, "deployment made by a newer coordinator (plan version 4; this one reads version 3); use that coordinator"),
+    (None, "not a plan this coordinator can read (version None"),
+], ids=["older", "newer", "none"])
+def test_a_plan_of_another_version_is_refused_in_words(version, words):
+    data = json.loads(topology.plan(load_config(SEED)).to_json())
+    data["version"] = version
+    with pytest.raises(ConfigError) as caught:
+        topology.Plan.from_dict(data)
+    assert isinstance(caught.value, topology.PlanVersionError) and caught.value.version == version
+    assert str(caught.value).startswith(words)
