@@ -5,10 +5,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := lxc lxc-templates python3-lxc btrfs-progs python3-btrfsutil python3-nftables nftables \
-                distro-info busybox-static debootstrap rsync iproute2 iputils-ping util-linux openssl python3-venv systemd
+                distro-info gawk busybox-static debootstrap rsync iproute2 iputils-ping util-linux openssl python3-venv systemd
 PYTEST_ARGS ?=
 
-.PHONY: deps apt test test-slow demo demo-clean demo-agent bench clean
+.PHONY: deps apt test test-slow test-devstack demo demo-clean demo-agent bench clean
 
 deps: apt $(VENV)/.installed
 
@@ -30,11 +30,18 @@ test: deps
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: deps
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -m "slow and not devstack" $(PYTEST_ARGS)
 
-# The seed's cloud on this machine, offline: a controller and 64 Debian computes (stand-in devstack).
+# A real cloud: devstack stable/2026.1 from the git bundles in ../shared/openstack, 1 controller + 4 computes.
+test-devstack: deps
+	$(PY) -m pytest -m devstack $(PYTEST_ARGS)
+
+# The seed's cloud on this machine with real devstack: a controller and 64 fake computes in Debian containers.
+# OpenStack's sources: OPENSTACK_MIRROR (a folder of git bundles or repositories; ../shared/openstack when it
+# exists), else opendev.org.
+OPENSTACK_MIRROR ?= $(wildcard ../shared/openstack)
 demo: deps
-	$(PY) examples/demo.py
+	OPENSTACK_MIRROR="$(OPENSTACK_MIRROR)" $(PY) examples/demo.py
 
 demo-clean: deps
 	$(PY) examples/demo.py --clean

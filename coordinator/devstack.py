@@ -138,6 +138,12 @@ if [ -f "$state/stack.log" ] && [ "$(cat "$state/stack.done" 2>/dev/null)" = "$d
     exit 0
 fi
 rm -f "$state/stack.done"
+if [ -f "$state/stack.log" ] && [ -x ./unstack.sh ]; then
+    # An earlier stack.sh ran here (it failed, or completed with another local.conf): stop what it started, as
+    # devstack asks before stacking again.
+    echo "lxc-cloud: an earlier stack.sh ran here; running ./unstack.sh first"
+    ./unstack.sh 9>&- >"$state/unstack.log" 2>&1 || echo "lxc-cloud: ./unstack.sh failed (see $state/unstack.log); stacking anyway"
+fi
 ./stack.sh 9>&- 2>&1 | tee "$state/stack.log" 9>&-
 status=${PIPESTATUS[0]}
 if [ "$status" -eq 0 ]; then printf '%s\n' "$done_with" >"$state/stack.done"; fi
@@ -160,8 +166,8 @@ _START_SCRIPT = 'file=$1; shift; cat >"$file" && chmod 700 "$file" && exec "$@"'
 DEFAULT_START_SCRIPT = r"""#!/bin/bash
 # lxc-cloud's default start script for a clone, as Rally's LxcEngine had one. The clone is a snapshot of the
 # first compute after its stack.sh, so its configs still say the first compute's address: re-point them at the
-# clone's own, give it its own ssh host keys (the agent gives it its own hostname and machine-id), and restart
-# devstack's services (systemd units devstack@<service>.service).
+# clone's own and give it its own ssh host keys (the agent gives it its own hostname and machine-id). It runs
+# while devstack's services are stopped; the deployer then gives the clone its own nova identity and starts them.
 # Arguments: FIRST_ADDRESS NODE_ADDRESS NODE_NAME (also in the environment, with DEVSTACK_DIR).
 set -o errexit -o nounset -o pipefail
 FIRST_ADDRESS=${FIRST_ADDRESS:-$1}
@@ -197,10 +203,6 @@ if [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1; then
         echo "start script: new ssh host keys"
     fi
 fi
-
-systemctl daemon-reload
-systemctl restart 'devstack@*'
-echo "start script: restarted $(systemctl list-units --plain --no-legend 'devstack@*' | awk '{print $1}' | xargs)"
 """
 
 
@@ -250,6 +252,24 @@ def pick_remote_commit(ls_remote, branch):
         if ref in refs:
             return refs[ref]
     return None
+
+
+def stack_phase(log_tail):
+    """What stack.sh says it is doing, from the end of its log: the text of its last `echo_summary` (devstack's
+    own progress lines, "Installing package prerequisites", "Starting Nova API", ...), or None."""
+    found = None
+    for line in log_tail.splitlines():
+        _, marker, text = line.partition("echo_summary ")
+        if marker and line.startswith("+"):
+            text = text.strip()
+            if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+                text = text[1:-1]
+            found = text or found
+    return found
+
+
+# Root, in the node: the end of the running stack.sh's log, for stack_phase().
+WATCH_STACK = 'tail -c 65536 "$1" 2>/dev/null | grep -a "echo_summary " | tail -n 3'
 
 
 def tail(text, count=LOG_TAIL):
@@ -304,7 +324,7 @@ def fetch(agent, node, repo, branch, timeout=COMMAND_TIMEOUT):
     the container cannot see this machine's files; anything else is cloned by git inside the container."""
     path = local_repo_path(repo)
     if path is None:
-        return _fetch_remote(agent, node, repo, branch, timeout)
+        return fetch_remote(agent, node, repo, branch, timeout)
     commit, is_branch = _local_commit(path, branch, node)
     if _checked_out(agent, node) == commit:
         return {"commit": commit, "changed": False}
@@ -314,7 +334,8 @@ def fetch(agent, node, repo, branch, timeout=COMMAND_TIMEOUT):
     return {"commit": commit, "changed": True}
 
 
-def _fetch_remote(agent, node, repo, branch, timeout):
+def fetch_remote(agent, node, repo, branch, timeout=COMMAND_TIMEOUT):
+    """Devstack cloned by git inside the node from `repo` (a URL the node reaches), at `branch`."""
     if re.fullmatch(r"[0-9a-f]{40}", branch):
         raise DevstackError(f"devstack_branch {branch!r} for {_where(node)} is a commit; `git clone --branch` "
                             f"takes a branch or tag of {repo}", node.name, node.host)
@@ -395,7 +416,7 @@ def wait_for_earlier_stack(agent, node, timeout=None):
     return result["stdout"].strip() == "waited"
 
 
-def run_stack(agent, node, log_path, timeout=None):
+def run_stack(agent, node, log_path, timeout=None, env=None):
     """Run ./stack.sh as stack in /opt/stack/devstack; its whole output (stderr merged into stdout, as on a
     console) goes to `log_path` on this machine. StackError if it fails or outlives `timeout` seconds.
 
@@ -405,7 +426,7 @@ def run_stack(agent, node, log_path, timeout=None):
     output is replayed). Returns {"exit_code": 0, "log_path": log_path}."""
     argv = ["bash", "-c", _STACK, "stack", DEVSTACK_DIR, STACK_STATE_DIR]
     try:
-        result = agent.run(node.name, argv, user=STACK_USER, timeout=timeout)
+        result = agent.run(node.name, argv, env=env, user=STACK_USER, timeout=timeout)
     except CommandTimeout as error:
         _write_log(log_path, getattr(error, "stdout", "") + getattr(error, "stderr", ""))
         raise StackError(f"stack.sh on {_where(node)} did not finish within {timeout:g} s and was stopped. "

@@ -15,9 +15,11 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
+import Pyro5.errors
+
 from agent.errors import CommandTimeout, Conflict
 
-from coordinator import devstack
+from coordinator import access, devstack, nova, topology
 
 PACKAGES = ("git", "sudo", "python3")      # what devstack needs to start; installed with the container's image
 TEMPLATES = {"ubuntu": "ubuntu", "debian": "debian"}
@@ -29,26 +31,58 @@ class DeployError(Exception):
     """A deploy or destroy step failed; the message names the host or node and what to do."""
 
 
+class AgentLost(DeployError):
+    """The connection to a host's agent broke (the agent died, the host went away, the network failed)."""
+
+
+class _HostAgent:
+    """A proxy to one host's agent whose broken connection becomes AgentLost naming the host and the call,
+    instead of Pyro5's traceback."""
+
+    def __init__(self, proxy, address):
+        self._proxy, self._address = proxy, address
+
+    def __getattr__(self, name):
+        attribute = getattr(self._proxy, name)
+        if name.startswith("_") or not callable(attribute):
+            return attribute
+
+        def call(*args, **options):
+            try:
+                return attribute(*args, **options)
+            except Pyro5.errors.CommunicationError as error:
+                raise AgentLost(f"lost the agent on host {self._address} during {name}(): {error}; check that "
+                                f"lxc-agent runs there (`systemctl status lxc-agent`), then deploy again under the "
+                                f"same name to resume") from None
+        return call
+
+
 @dataclass
 class Settings:
     log_dir: str
     stack_timeout: float = 3 * 3600
     parallel_commands: int = 16           # start scripts run at once per host
     progress: object = None               # callable(phase, done, total) or None
+    status: object = None                 # callable(node name, text or None): what a node's stack.sh is doing
+    watch_interval: float = 10.0
+    converge_timeout: float = nova.CONVERGE_TIMEOUT
+    environ: dict = field(default_factory=lambda: dict(os.environ))   # where host_proxy settings come from
 
 
 @dataclass
 class Report:
     phases: dict = field(default_factory=dict)        # phase -> seconds
     skipped: list = field(default_factory=list)       # steps already done by an earlier run
+    convergence: dict | None = None                   # nova.converge's result, when the plan has computes
 
 
 class Deployer:
     """One deployment: plan + store record + a way to reach each host's agent (connect(host) -> proxy)."""
 
-    def __init__(self, name, plan, store, connect, settings, engine=devstack):
+    def __init__(self, name, plan, store, connect, settings, engine=devstack, nova_engine=nova):
         self.name, self.plan, self.store, self.connect, self.settings = name, plan, store, connect, settings
         self.engine = engine      # what runs devstack inside a node (a recording fake in the driver's tests)
+        self.nova = nova_engine   # nova identities and convergence (likewise)
         self.hosts = {host.address: host for host in plan.hosts}
         self.report = Report()
         self._record_lock = threading.Lock()
@@ -60,7 +94,12 @@ class Deployer:
         """This thread's proxy to the host's agent (Pyro5 proxies belong to the thread that made them)."""
         cache = self._local.__dict__.setdefault("agents", {})
         if host.address not in cache:
-            cache[host.address] = self.connect(host)
+            try:
+                proxy = self.connect(host)
+            except Pyro5.errors.CommunicationError as error:
+                raise AgentLost(f"cannot reach the agent on host {host.address}: {error}; check that lxc-agent "
+                                f"runs there and listens on the port the config or --agent-port gives") from None
+            cache[host.address] = _HostAgent(proxy, host.address)
             with self._record_lock:
                 self._opened.append(cache[host.address])
         return cache[host.address]
@@ -82,12 +121,15 @@ class Deployer:
         self._phase("controller", lambda: self._devstack([n for n in self.plan.nodes if n.role == "controller"]))
         self._phase("first computes", lambda: self._devstack(
             [n for n in self.plan.nodes if n.kind == "first"], stop_after=True))
+        self._clones_started = time.monotonic()
         self._phase("clones", self._each_host(self._clones))
+        self._phase("cloud", self._converge)
         return self.report
 
     def preflight(self):
         """What can be known to fail before anything changes, checked on every host first: devstack on a hardware
-        node, a tunnel kind a host's kernel lacks, a planned bridge or subnet that another deployment holds.
+        node, a tunnel kind a host's kernel lacks, services a host's kernel cannot carry (Open vSwitch for OVN,
+        loop devices for cinder volumes), a planned bridge or subnet that another deployment holds.
         DeployError listing every such problem; nothing is changed on any host. Done once per Deployer."""
         if self._checked:
             return
@@ -100,14 +142,20 @@ class Deployer:
             for end in (tunnel.host, tunnel.remote_host):
                 if end is not None:
                     kinds.setdefault(end, set()).add(tunnel.kind)
+        needs = {}
+        for requirement in topology.kernel_requirements(self.plan):
+            needs.setdefault(requirement.host, []).append(requirement)
         problems = {}
 
         def check(host):
             found = []
             agent = self.agent_for(host)
-            if kinds.get(host.address):
+            if kinds.get(host.address) or needs.get(host.address):
                 features = agent.info()["kernel_features"]
-                for kind in sorted(kinds[host.address]):
+                for advice in dict.fromkeys(requirement.advice for requirement in needs.get(host.address, ())
+                                            if not features.get(requirement.feature)):
+                    found.append(f"host {host.address}: {advice}")
+                for kind in sorted(kinds.get(host.address, ())):
                     if not features.get(kind):
                         other = next(k for k in KERNEL_OPTIONS if k != kind)
                         instead = (f'use "tunnel_type": "{other}" (this kernel has {other})' if features.get(other)
@@ -151,7 +199,10 @@ class Deployer:
 
     def _phase(self, title, work):
         started = time.monotonic()
-        work()
+        try:
+            work()
+        except AgentLost as error:
+            raise AgentLost(f"phase {title}: {error}") from None
         self.report.phases[title] = time.monotonic() - started
 
     def _each_host(self, function):
@@ -273,47 +324,67 @@ class Deployer:
                 wait_booted(agent, [node.name], host=node.host)
                 self.engine.wait_for_earlier_stack(agent, node, self.settings.stack_timeout)
                 self.engine.prepare(agent, node)
-                self.engine.fetch(agent, node, node.devstack_repo, node.devstack_branch)
+                self._lab_access(agent, node)
+                if node.devstack_repo is None:       # devstack from the git mirror the node now holds
+                    self.engine.fetch_remote(agent, node, access.mirror_devstack_url(), node.devstack_branch)
+                else:
+                    self.engine.fetch(agent, node, node.devstack_repo, node.devstack_branch)
                 self.engine.write_local_conf(agent, node)
-                log_path = os.path.join(self.settings.log_dir, self.name, f"{node.name}.stack.log")
-                self.engine.run_stack(agent, node, log_path, self.settings.stack_timeout)
+                log_path = self._attempt_log(node)
+                env = dict(pair.split("=", 1) for pair in access.proxy_settings(self.settings.environ)) \
+                    if node.host_proxy else None
+                with self._watching_stack(node):
+                    self.engine.run_stack(agent, node, log_path, self.settings.stack_timeout, env=env)
                 if stop_after:
+                    # No clone may boot into nova under this node's identity: its units wait for identify_and_start.
+                    self.nova.seal(agent, node)
                     agent.stop([node.name], 120)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
             for future in [pool.submit(one, node) for node in nodes]:
                 future.result()
 
     def _clones(self, host):
+        """Each first compute's clones, then every node of the group (the first too) with its own address, its
+        own nova identity and its devstack units started."""
+        firsts = [n for n in self.plan.nodes if n.kind == "first" and n.host == host.address]
         clones = [n for n in self.plan.nodes if n.host == host.address and n.kind == "clone"]
-        firsts = {n.name: n for n in self.plan.nodes if n.kind == "first" and n.host == host.address}
-        if not clones:
+        if not firsts:
             return
         agent = self.agent_for(host)
-        by_source = {}
-        for node in clones:
-            by_source.setdefault(node.source, []).append(node)
-        for source, group in by_source.items():
+        for first in firsts:
+            group = [node for node in clones if node.source == first.name]
             names = [node.name for node in group]
-            with self._step(f"clones:{source}") as todo:
+            stale = self.store.step_state(self.name, f"clones:{first.name}") == "stale"
+            with self._step(f"clones:{first.name}") as todo:
                 if todo:
                     for name in names:
                         self._record(host.address, "container", name)
-                    agent.stop([source], 120)
-                    agent.clone(source, names)
-                    agent.start([source])   # boots alongside its clones; the deploy ends with all of them up
+                    if stale and names:     # snapshots of the first compute before it was stacked again
+                        agent.destroy(names)
+                    agent.stop([first.name], 120)
+                    if names:
+                        agent.clone(first.name, names)
+                    agent.start([first.name])   # boots alongside its clones; the deploy ends with all of them up
                     self._progress("clones", len(names), len(clones))
-                    self._address_and_start(agent, host, group)
-                    wait_booted(agent, [source], host=host.address)
-            with self._step(f"start-scripts:{source}") as todo:
+                    if group:
+                        self._address_and_start(agent, host, group)
+                    wait_booted(agent, [first.name], host=host.address)
+            with self._step(f"start-scripts:{first.name}") as todo:
                 if todo:
-                    self._start_scripts(host, group, firsts[source].address)
+                    self._start_scripts(host, first, group)
 
-    def _start_scripts(self, host, nodes, first_address):
+    def _start_scripts(self, host, first, clones):
+        """The start script in each clone (re-pointing it at its own address), then each node's own nova identity
+        and its devstack units started: the first compute's too, which seal() left disabled."""
+        nodes = [first, *clones]
         done = [0]
         lock = threading.Lock()
 
         def one(node):
-            self.engine.run_start_script(self.agent_for(host), node, first_address)
+            agent = self.agent_for(host)
+            if node is not first:
+                self.engine.run_start_script(agent, node, first.address)
+            self.nova.identify_and_start(agent, node)
             with lock:
                 done[0] += 1
                 self._progress("start scripts", done[0], len(nodes))
@@ -321,6 +392,96 @@ class Deployer:
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.settings.parallel_commands) as pool:
             for future in [pool.submit(one, node) for node in nodes]:
                 future.result()
+
+    @contextlib.contextmanager
+    def _watching_stack(self, node):
+        """While stack.sh runs (run() answers only when it ends), ask the node every few seconds which devstack
+        phase it is in, over a connection of its own, and pass that to settings.status."""
+        if not self.settings.status:
+            yield
+            return
+        stop = threading.Event()
+
+        def watch():
+            proxy = None
+            try:
+                proxy = self.connect(self.hosts[node.host])
+                while not stop.wait(self.settings.watch_interval):
+                    seen = proxy.run(node.name, ["sh", "-c", devstack.WATCH_STACK, "watch",
+                                                 f"{devstack.STACK_STATE_DIR}/stack.log"], timeout=30)
+                    phase = devstack.stack_phase(seen["stdout"])
+                    if phase:
+                        self.settings.status(node.name, phase)
+            except Exception:        # only a progress display: the stack.sh call itself reports real failures
+                pass
+            finally:
+                if proxy is not None:
+                    with contextlib.suppress(Exception):
+                        proxy._pyroRelease()
+
+        watcher = threading.Thread(target=watch, name=f"watch-{node.name}", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join(timeout=5)
+            self.settings.status(node.name, None)
+
+    def _attempt_log(self, node):
+        """A new log file for this stack.sh attempt (`<node>.stack.<time>.log`); `<node>.stack.log` points at the
+        newest, so a resumed deploy never overwrites the log of the attempt that failed."""
+        folder = os.path.join(self.settings.log_dir, self.name)
+        os.makedirs(folder, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = os.path.join(folder, f"{node.name}.stack.{stamp}.log")
+        counter = 1
+        while os.path.exists(path):
+            counter += 1
+            path = os.path.join(folder, f"{node.name}.stack.{stamp}-{counter}.log")
+        open(path, "a").close()
+        latest = os.path.join(folder, f"{node.name}.stack.log")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(latest)
+        os.symlink(os.path.basename(path), latest)
+        return path
+
+    def _lab_access(self, agent, node):
+        """What the lab's network needs before devstack runs: the host's CA certificates and proxy settings (each
+        opt-in) and the git mirror, when the config asks for them."""
+        if node.host_ca_certificates:
+            access.trust_host_certificates(agent, node, access.host_ca_certificates())
+        if node.host_proxy:
+            access.set_proxy(agent, node, access.proxy_settings(self.settings.environ))
+        if node.git_mirror:
+            access.push_git_mirror(agent, node, node.git_mirror)
+
+    def _converge(self):
+        """Map the computes into the cell and wait until every planned nova host is an up service and hypervisor;
+        DeployError naming those that never came up, with their logs."""
+        expected = {host: node for node in self.plan.nodes for host in node.nova_hosts}
+        controller = next((n for n in self.plan.nodes if n.name == self.plan.controller), None)
+        if controller is None or not expected:
+            return
+        agent = self.agent_for(self.hosts[controller.host])
+        started = getattr(self, "_clones_started", time.monotonic())
+        result = self.nova.converge(agent, controller, list(expected), started, self.settings.converge_timeout,
+                                    progress=lambda done, total: self._progress("nova computes up", done, total))
+        self.report.convergence = result
+        if result["waiting"]:
+            lines = []
+            by_node = {}
+            for host, why in sorted(result["waiting"].items()):
+                lines.append(f"{host} (node {expected[host].name}, host {expected[host].host}): {why}")
+                by_node.setdefault(expected[host].name, []).append(host)
+            logs = []
+            for name, hosts in list(by_node.items())[:3]:
+                node = expected[hosts[0]]
+                logs.append(f"-- {name}:\n" + self.nova.why_not_up(self.agent_for(self.hosts[node.host]), node, hosts))
+            raise DeployError(f"{len(result['waiting'])} of {result['expected']} planned nova computes did not come "
+                              f"up within {nova.duration(self.settings.converge_timeout)} "
+                              f"(controller {controller.name}, {controller.address}):\n  " + "\n  ".join(lines)
+                              + "\nLast log lines:\n" + "\n".join(logs))
 
     # -- destroy -------------------------------------------------------------------------------------------------
 

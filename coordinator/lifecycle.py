@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from coordinator import topology
+from coordinator import nova, resume, topology
 from coordinator.config import load_config
 from coordinator.driver import Deployer, DeployError, Settings
 from coordinator.store import Store
@@ -98,6 +98,7 @@ def deploy_command(args):
         try:
             # Before the deployment is recorded: a refused config can be fixed and deployed under the same name.
             deployer.preflight()
+            _accept_changed_config(store, name, config, plan, console)
             resumed = store.begin(name, config.data, plan.to_dict())
             console.print(f"{'Resuming' if resumed else 'Deploying'} [bold]{name}[/bold]: {len(plan.nodes)} "
                           f"node(s) on {len(plan.hosts)} host(s)")
@@ -111,6 +112,18 @@ def deploy_command(args):
                     progress.update(tasks[phase], completed=done, total=total)
 
                 deployer.settings.progress = report
+                nodes = {}
+
+                def status(node, text):
+                    """A line per node whose stack.sh runs, saying which devstack phase it is in."""
+                    if node not in nodes:
+                        nodes[node] = progress.add_task(f"stack.sh {node}", total=None)
+                    if text is None:
+                        progress.update(nodes[node], description=f"stack.sh {node}: done", total=1, completed=1)
+                    else:
+                        progress.update(nodes[node], description=f"stack.sh {node}: {text}")
+
+                deployer.settings.status = status
                 try:
                     result = deployer.deploy()
                 except BaseException:
@@ -120,9 +133,30 @@ def deploy_command(args):
             print_nodes(plan, live_state(plan, deployer), console=stdout_console())
             for phase, seconds in result.phases.items():
                 console.print(f"{phase:16} {seconds:8.1f} s")
+            if result.convergence:
+                print(nova.summary(result.convergence), flush=True)
         finally:
             deployer.close()
     return 0
+
+
+def _accept_changed_config(store, name, config, plan, console):
+    """Deploying a changed config under an existing name: the same layout, and the steps from the first one
+    whose inputs changed are redone (coordinator.resume); another layout is refused with what differs."""
+    existing = store.get(name, missing_ok=True)
+    if existing is None or existing["config"] == config.data:
+        return
+    changes = resume.plan_changes(existing["plan"], plan.to_dict())
+    if changes.layout:
+        raise DeployError(f"deployment {name!r} exists with another layout:\n  " + "\n  ".join(changes.layout)
+                          + f"\nDestroy it first (coordinator destroy {name}) or deploy under another --name; a "
+                          "deploy under the same name may change only what devstack is told (localrc, "
+                          "meta_sections, devstack_repo, devstack_branch, git_mirror, start_script, "
+                          "host_ca_certificates, host_proxy)")
+    store.replace_config(name, config.data, plan.to_dict(), changes.redo)
+    if changes.redo:
+        console.print(f"The config changed ({'; '.join(changes.reasons)}): redoing from step {changes.redo[0]} "
+                      f"({len(changes.redo)} step(s) from there on)", markup=False, highlight=False)
 
 
 def live_state(plan, deployer):
@@ -148,7 +182,7 @@ def print_nodes(plan, state, console):
         entry = state.get(node.name, {})
         memory = entry.get("memory")
         table.add_row(node.role, node.host, node.name, node.address, entry.get("state", "unknown"),
-                      f"{memory / 2**20:.0f} MB" if memory else "-")
+                      f"{memory / 2**20:.0f} MiB" if memory else "-")
     console.print(table)
 
 

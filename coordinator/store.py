@@ -144,6 +144,16 @@ class Store:
         self.set_status(name, "deploying")
         return True
 
+    def replace_config(self, name, config, plan, stale=()):
+        """A changed config for an existing deployment (see coordinator.resume): the new config and plan, and
+        the finished steps in `stale` marked to be redone (`stale`, not forgotten: a step may need to undo what
+        its earlier run made, as clones of a first compute that is stacked again)."""
+        self._sql("UPDATE deployments SET config = ?, plan = ?, updated = ? WHERE name = ?",
+                  (_dump(config), _dump(plan), time.time(), name))
+        for key in stale:
+            self._sql("UPDATE steps SET state = 'stale', updated = ? WHERE deployment = ? AND key = ? "
+                      "AND state = 'done'", (time.time(), name, key))
+
     def get(self, name, missing_ok=False):
         rows = self._sql("SELECT name, created, updated, status, config, plan FROM deployments "
                          "WHERE name = ?", (name,))
@@ -172,6 +182,11 @@ class Store:
         rows = self._sql("SELECT state FROM steps WHERE deployment = ? AND key = ?", (name, key))
         row = rows[0] if rows else None
         return row is not None and row[0] == "done"
+
+    def step_state(self, name, key):
+        """done, running, failed, stale (to be redone after a config change), or None (never started)."""
+        rows = self._sql("SELECT state FROM steps WHERE deployment = ? AND key = ?", (name, key))
+        return rows[0][0] if rows else None
 
     def mark_step(self, name, key, state, detail=""):
         self._sql("INSERT INTO steps VALUES (?, ?, ?, ?, ?) ON CONFLICT (deployment, key) DO UPDATE "

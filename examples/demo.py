@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""`make demo`: the seed's cloud on this machine, offline. `make demo-clean` (--clean) removes it.
+"""`make demo`: the seed's cloud on this machine with real devstack: 1 controller + 64 fake computes.
+`make demo-clean` (--clean) removes it.
 
-Starts a local lxc-agent if none answers (making its PKI under /etc/lxc-agent/pki if there is none), builds the
-stand-in devstack repository configs/demo.json points at, deploys configs/demo.json (a controller and 64 Debian
-computes) as deployment "demo", and ends by counting the computes that reported to the controller.
+Starts a local lxc-agent if none answers (making its PKI under /etc/lxc-agent/pki if there is none), and deploys
+configs/demo.json (the seed's layout in Debian containers; the controller runs keystone, nova, placement, glance and
+a neutron API that needs no kernel modules) as deployment "demo". OpenStack's sources come from opendev.org, or from
+a folder of git bundles or repositories given as --mirror (`make demo OPENSTACK_MIRROR=DIR`). Containers trust this
+machine's extra CA certificates (/usr/local/share/ca-certificates) when it has some, for pip behind an
+intercepting proxy. The deploy ends with the line `64/64 nova-compute services up as 64 hypervisors ...`; then a
+tiny image `dummy` is uploaded so a client (Rally) can boot servers at once.
 """
 
 import argparse
+import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,9 +24,9 @@ sys.path.insert(0, REPO)
 
 from agent import pki  # noqa: E402
 from agent.client import connect  # noqa: E402
-from coordinator import cli, topology  # noqa: E402
+from coordinator import access, cli, topology  # noqa: E402
 from coordinator.config import load_config  # noqa: E402
-from examples.fake_devstack import make_fake_devstack_repo  # noqa: E402
+from coordinator.store import Store  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "demo.json")
 NAME = "demo"
@@ -30,7 +35,9 @@ PORT = 7643
 RUN_DIR = "/var/lib/lxc-coordinator/demo"
 AGENT_PID = os.path.join(RUN_DIR, "lxc-agent.pid")
 AGENT_LOG = os.path.join(RUN_DIR, "lxc-agent.log")
-REPORTS = "/opt/stack/data/fake-devstack/reports"
+CONTROLLER_MIB, COMPUTE_MIB = 2048, 300      # measured with real devstack here (cgroup usage, rounded up)
+IMAGE = "head -c 1048576 /dev/zero >/tmp/dummy.img && openstack image show dummy >/dev/null 2>&1 || " \
+        "openstack image create --disk-format raw --container-format bare --public --file /tmp/dummy.img dummy"
 
 
 def agent_answers():
@@ -62,68 +69,109 @@ def ensure_agent():
     print(f"started lxc-agent (pid {process.pid}, log {AGENT_LOG})")
 
 
-def ensure_devstack_repo():
-    plan = topology.plan(load_config(CONFIG))
-    path = plan.nodes[0].devstack_repo
-    if not os.path.isdir(os.path.join(path, ".git")):
-        shutil.rmtree(path, ignore_errors=True)
-        make_fake_devstack_repo(path)
-    return plan
+def demo_config(mirror):
+    """configs/demo.json for this machine: the git mirror when given, the host's CA certificates when it has
+    some. Written to RUN_DIR; returns its path."""
+    with open(CONFIG) as handle:
+        data = json.load(handle)
+    trust = bool(access.host_ca_certificates())
+    for engine, containers in ((data["controller"], data["controller"]["provider"]),
+                               *((group["engine"], group) for group in data["nodes"])):
+        if mirror:
+            engine["git_mirror"] = os.path.abspath(mirror)
+        if trust:
+            containers["host_ca_certificates"] = True
+    print(f"OpenStack from {os.path.abspath(mirror) if mirror else 'opendev.org'}; containers trust "
+          + (f"the CA certificates in {access.HOST_CA_FOLDER}" if trust else "their distribution's CAs only"))
+    os.makedirs(RUN_DIR, exist_ok=True)
+    path = os.path.join(RUN_DIR, "demo.json")
+    with open(path, "w") as handle:
+        json.dump(data, handle, indent=2)
+    return path
 
 
-def count_reports(plan, wait=90):
-    """How many computes the controller heard from, by their own addresses."""
+def check_memory(plan):
+    """Refuse before anything changes when the cloud cannot fit this machine's available memory."""
+    computes = sum(1 for node in plan.nodes if node.role == "compute")
+    needed = CONTROLLER_MIB + computes * COMPUTE_MIB
+    with open("/proc/meminfo") as handle:
+        available = next(int(line.split()[1]) // 1024 for line in handle if line.startswith("MemAvailable:"))
+    print(f"memory: about {needed} MiB needed (controller {CONTROLLER_MIB} MiB + {computes} x {COMPUTE_MIB} MiB), "
+          f"{available} MiB available")
+    if needed > available:
+        sys.exit(f"not enough memory for the demo cloud: free {needed - available} MiB more, or deploy a config "
+                 f"with fewer computes (nodes_per_server in {CONFIG})")
+
+
+def upload_image(plan):
     controller = next(node for node in plan.nodes if node.role == "controller")
-    computes = {node.name: node.address for node in plan.nodes if node.role == "compute"}
     agent = connect("localhost", PORT, pki_dir=PKI_DIR)
-    deadline, heard = time.monotonic() + wait, {}
-    while True:
-        text = agent.run(controller.name, ["sh", "-c", f"cat {REPORTS} 2>/dev/null || true"])["stdout"]
-        heard = {fields[0]: fields[1] for fields in (line.split() for line in text.splitlines())
-                 if len(fields) >= 2 and computes.get(fields[0]) == fields[1]}
-        if len(heard) == len(computes) or time.monotonic() > deadline:
-            return len(heard), len(computes), controller.address
-        time.sleep(2)
+    result = agent.run(controller.name, ["bash", "-c", "cd /opt/stack/devstack && source ./openrc admin admin "
+                                         ">/dev/null 2>&1 && export PATH=/opt/stack/data/venv/bin:$PATH && " + IMAGE],
+                       user="stack", timeout=300)
+    if result["exit_code"] != 0:
+        print(f"could not upload the image 'dummy': {result['stderr'].strip()[-500:]}")
+        return 1
+    print(f"image 'dummy' in glance; credentials: /opt/stack/devstack/openrc in {controller.name} "
+          f"({controller.address}). Boot servers with: openstack --os-compute-api-version 2.37 server create "
+          "--image dummy --flavor m1.tiny --nic none NAME")
+    return 0
+
+
+def stop_agent():
+    if not os.path.exists(AGENT_PID):
+        return 0
+    with open(AGENT_PID) as handle:
+        pid = int(handle.read())
+    try:
+        os.kill(pid, 15)
+    except ProcessLookupError:
+        pass
+    else:
+        # Gone before we say so: a `make demo` right after must find the agent's port free.
+        deadline = time.monotonic() + 30
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if os.path.exists(f"/proc/{pid}"):
+            print(f"the demo's lxc-agent (pid {pid}) did not stop within 30 s; `kill -9 {pid}` ends it")
+            return 1
+        print(f"stopped the demo's lxc-agent (pid {pid})")
+    os.unlink(AGENT_PID)
+    return 0
 
 
 def clean():
-    code = cli.main(["destroy", NAME, "--pki-dir", PKI_DIR]) if agent_answers() else 0
-    if os.path.exists(AGENT_PID):
-        with open(AGENT_PID) as handle:
-            pid = int(handle.read())
-        try:
-            os.kill(pid, 15)
-        except ProcessLookupError:
-            pass
-        else:
-            # Gone before we say so: a `make demo` right after must find the agent's port free.
-            deadline = time.monotonic() + 30
-            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if os.path.exists(f"/proc/{pid}"):
-                print(f"the demo's lxc-agent (pid {pid}) did not stop within 30 s; `kill -9 {pid}` ends it")
-                return 1
-            print(f"stopped the demo's lxc-agent (pid {pid})")
-        os.unlink(AGENT_PID)
-    return code
+    """Destroy the demo deployment (starting the demo's agent for it when none runs), then stop that agent."""
+    recorded = NAME in [entry["name"] for entry in Store(None).list()]
+    code = 0
+    if recorded:
+        ensure_agent()
+        code = cli.main(["destroy", NAME, "--pki-dir", PKI_DIR])
+    else:
+        print(f"no deployment {NAME!r} on record")
+    return stop_agent() or code
+
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", action="store_true", help="destroy the demo deployment and its agent")
+    parser.add_argument("--mirror", default=os.environ.get("OPENSTACK_MIRROR") or None,
+                        help="folder of git bundles or repositories of devstack and OpenStack (default: "
+                             "$OPENSTACK_MIRROR, else opendev.org)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the demo needs root (LXC containers, bridges, NAT)")
     if args.clean:
         return clean()
+    config = demo_config(args.mirror)
+    plan = topology.plan(load_config(config))
+    check_memory(plan)
     ensure_agent()
-    plan = ensure_devstack_repo()
-    code = cli.main(["deploy", CONFIG, "--name", NAME, "--pki-dir", PKI_DIR])
+    code = cli.main(["deploy", config, "--name", NAME, "--pki-dir", PKI_DIR])
     if code != 0:
         return code
-    heard, total, address = count_reports(plan)
-    print(f"{heard}/{total} computes reported to controller {address}")
-    return 0 if heard == total else 1
+    return upload_image(plan)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parent / "fake-devstack"
-EXECUTABLES = ("stack.sh", "unstack.sh", "tools/fake-service")
+EXECUTABLES = ("stack.sh", "unstack.sh", "tools/fake-service", "tools/fake_openstack.py")
 FAILURE_POINT = "# FAKE-DEVSTACK: failure point\n"
 # Fixed author, committer and dates: the same files always make the same commit.
 _GIT_ENV = {"GIT_AUTHOR_NAME": "fake-devstack", "GIT_AUTHOR_EMAIL": "fake-devstack@example.invalid",

@@ -58,6 +58,27 @@ echo "fake-devstack: ENABLED_SERVICES=$FAKE_SERVICES"
 
 roles=$(fake_roles)
 printf '%s\n' $roles >"$FAKE_DATA/roles"
+
+# As devstack's fake virt driver does: one config per fake compute, naming its nova host and a state path that
+# holds its compute_id (the compute node's UUID). The stand-in's compute reports as these hosts.
+if [[ " $roles " == *" fake-compute "* && ${VIRT_DRIVER:-} == fake ]]; then
+    sudo mkdir -p /etc/nova
+    for i in $(seq 1 "${NUMBER_FAKE_NOVA_COMPUTE:-1}"); do
+        state_path=$DATA_DIR/nova/$(hostname)$i
+        sudo mkdir -p "$state_path"
+        printf '[DEFAULT]\nhost = %s\nstate_path = %s\n' "$(hostname)$i" "$state_path" |
+            sudo tee "/etc/nova/nova-fake.conf-$i" >/dev/null
+        python3 -c 'import uuid; print(uuid.uuid4())' | sudo tee "$state_path/compute_id" >/dev/null
+    done
+fi
+
+# The controller answers as nova's clients would: stand-ins for `openstack` and `nova-manage` (see
+# tools/fake_openstack.py), built on the reports the computes send.
+if [[ " $roles " == *" fake-controller "* ]]; then
+    for command in openstack nova-manage; do
+        sudo ln -sfn "$TOP_DIR/tools/fake_openstack.py" "/usr/local/bin/$command"
+    done
+fi
 for role in $roles; do
     unit="devstack@$role.service"
     echo "fake-devstack: starting $unit"

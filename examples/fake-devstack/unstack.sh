@@ -8,4 +8,7 @@ for unit in devstack@fake-controller.service devstack@fake-compute.service; do
         sudo rm -f "/etc/systemd/system/$unit"
     fi
 done
+for command in openstack nova-manage; do
+    [[ $(readlink "/usr/local/bin/$command" 2>/dev/null) == */fake_openstack.py ]] && sudo rm -f "/usr/local/bin/$command"
+done
 sudo systemctl daemon-reload

@@ -119,8 +119,10 @@ def test_a_failing_stack_sh_is_reported_with_node_exit_code_and_log_and_destroy_
     failed = coordinator("deploy", str(config), "--name", "broken", "--log-dir", str(logs), *common, check=False)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     controller = plan["controller"]                   # stacked first, so the first to fail
-    log_path = logs / "broken" / f"{controller}.stack.log"
-    assert log_path.is_file(), f"the full log on the coordinator's side:\n{failed.stderr}"
+    latest = logs / "broken" / f"{controller}.stack.log"
+    assert latest.is_symlink(), f"the full log on the coordinator's side:\n{failed.stderr}"
+    log_path = latest.parent / os.readlink(latest)
+    assert log_path.is_file() and log_path.name.startswith(f"{controller}.stack.2")
     log = log_path.read_text()
     assert log.startswith("fake-devstack: this is a stand-in"), "the whole output, from its first line"
     assert log.rstrip("\n").endswith("fake-devstack: failing on purpose with exit code 3")
@@ -133,6 +135,26 @@ def test_a_failing_stack_sh_is_reported_with_node_exit_code_and_log_and_destroy_
     assert status_in_list(common, "broken") == "failed"
     first_compute = next(n["name"] for n in plan["nodes"] if n["kind"] == "first")
     assert not (logs / "broken" / f"{first_compute}.stack.log").exists(), "no compute was stacked"
+
+    # Deploying again runs stack.sh again: a log of its own, the first attempt's kept.
+    retried = coordinator("deploy", str(config), "--name", "broken", "--log-dir", str(logs), *common, check=False)
+    assert retried.returncode == 1
+    attempts = sorted(logs.glob(f"broken/{controller}.stack.*.log"))
+    assert len(attempts) == 2 and log_path in attempts, attempts
+    assert log_path.read_text() == log, "the first attempt's log is kept as it was"
+    assert latest.parent / os.readlink(latest) == [a for a in attempts if a != log_path][0]
+
+    # The user fixes the config (here: a devstack that works) and deploys again under the same name: accepted,
+    # redone from the controller's stack.sh on, and the cloud converges.
+    data = json.loads(config.read_text())
+    fixed = make_fake_devstack_repo(str(tmp_path / "devstack-fixed"))
+    data["controller"]["devstack_repo"] = data["nodes"][0]["engine"]["devstack_repo"] = fixed
+    config.write_text(json.dumps(data))
+    redeployed = coordinator("deploy", str(config), "--name", "broken", "--log-dir", str(logs), *common)
+    assert f"redoing from step devstack:{controller}" in redeployed.stderr, redeployed.stderr
+    assert f"{COMPUTES}/{COMPUTES} nova-compute services up as {COMPUTES} hypervisors" in redeployed.stdout
+    assert status_in_list(common, "broken") == "deployed"
+    assert len(list(logs.glob(f"broken/{controller}.stack.*.log"))) == 3, "every attempt's log is kept"
 
     coordinator("destroy", "broken", *common)
     assert_nothing_left(node_agent, links_before)

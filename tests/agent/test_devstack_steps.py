@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import InvalidArgument
-from coordinator import devstack, topology
+from coordinator import devstack, nova, topology
 from coordinator.config import validate
 from examples.fake_devstack import make_fake_devstack_repo
 from simlab import AgentProcess, unique
@@ -204,7 +204,8 @@ def test_fetch_clones_a_url_inside_the_node_and_keeps_a_checkout_at_the_same_com
 def test_default_start_script_on_a_node_without_devstack_units_is_harmless(agent, container, tmp_path):
     node = replace(plan_node(container, str(tmp_path), {"VIRT_DRIVER": "fake"}), kind="clone", address=CLONE)
     output = devstack.run_start_script(agent, node, FIRST)
-    assert "restarted" in output and "->" not in output
+    assert "->" not in output and "restarted" not in output, "nothing to re-point, and no unit is touched"
+    assert "no devstack units were recorded" in nova.identify_and_start(agent, node)
 
 
 @pytest.mark.slow
@@ -304,7 +305,8 @@ def test_a_resumed_deploy_waits_for_the_running_stack_sh_and_does_not_stack_agai
     changed = plan_node(container, repo, {"VIRT_DRIVER": "fake", "LOGDAYS": "3"})
     devstack.write_local_conf(agent, changed)
     devstack.run_stack(agent, changed, str(log_path))
-    assert log_path.read_text() == "started\nfinished\n"
+    assert log_path.read_text() == ("lxc-cloud: an earlier stack.sh ran here; running ./unstack.sh first\n"
+                                    "started\nfinished\n"), "devstack is unstacked before it stacks again"
     assert sh(agent, container, "cat /opt/stack/runs") == "run\nrun\n", "a new local.conf stacks again"
 
 
@@ -320,12 +322,15 @@ def test_start_script_repoints_a_clone_at_its_own_address(agent, container, tmp_
 
     def reported(address):
         text = agent.run(container, ["cat", reports])["stdout"]
-        return f"{container} {address}\n" in text
+        return f"{container} {address} " in text
 
     wait_for(lambda: reported(FIRST), what=f"a report from {FIRST}")
     keys = 'cat /etc/ssh/ssh_host_*_key.pub | sort | sha256sum'
     old_keys = sh(agent, container, keys)
 
+    sealed = nova.seal(agent, node)       # as a deploy does before cloning: the units wait for identify_and_start
+    assert "devstack@fake-compute.service" in sealed
+    assert sh(agent, container, "systemctl is-enabled devstack@fake-compute.service || true").strip() == "disabled"
     clone = replace(node, kind="clone", address=CLONE)
     output = devstack.run_start_script(agent, clone, FIRST)
     assert f"{FIRST} -> {CLONE} in /opt/stack/devstack/local.conf" in output
@@ -333,6 +338,9 @@ def test_start_script_repoints_a_clone_at_its_own_address(agent, container, tmp_
     assert f'HOST_IP="{CLONE}"' in conf and FIRST not in conf
     assert sh(agent, container, "stat -c %U /opt/stack/devstack/local.conf").strip() == "stack"
     sh(agent, container, f": > {reports}")
+    started = nova.identify_and_start(agent, clone)
+    assert "started devstack@fake-compute.service devstack@fake-controller.service" in started, started
+    assert sh(agent, container, "systemctl is-enabled devstack@fake-compute.service").strip() == "enabled"
     units = f"systemctl status --no-pager 'devstack@*'; journalctl --no-pager -n 60 -u 'devstack@*'; cat {reports}"
     wait_for(lambda: reported(CLONE), what=f"a report from {CLONE} after the restart",
              diagnose=lambda: output + agent.run(container, ["sh", "-c", units], timeout=30)["stdout"])

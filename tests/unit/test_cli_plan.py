@@ -35,9 +35,20 @@ def broken_seed():
     return data
 
 
+NNET_WARNING = (f"{SEED}: warning: nodes[0].engine.localrc.ENABLED_SERVICES enables 'n-net' (nova-network), which "
+                f"was removed from nova in the Rocky release: devstack ignores the name and nothing gives these "
+                f"nodes networking through it; remove it (nova's networking is neutron's, q-svc on the controller)\n")
+
+
+def without_nova_network(data):
+    """The seed without its `n-net`, whose warning the tests about other warnings leave out."""
+    data["nodes"][0]["engine"]["localrc"]["ENABLED_SERVICES"] = "n-cpu"
+    return data
+
+
 def test_validate_seed_prints_one_line_summary(capsys):
     code, out, err = run(capsys, "validate", SEED)
-    assert code == 0 and err == ""
+    assert code == 0 and err == NNET_WARNING
     assert out.count("\n") == 1
     assert out == (f"{SEED}: valid MultihostEngine: 65 node(s) (1 controller, 64 compute; 1 standalone "
                    f"container(s), 1 first compute(s), 63 clone(s)) on 1 host(s), 0 tunnel(s); controller "
@@ -225,7 +236,7 @@ def tunnel_to_outside(data):
 
 
 def test_a_tunnel_to_an_address_that_is_no_host_is_a_warning_in_validate_and_plan(capsys, tmp_path):
-    path = write(tmp_path, "c.json", tunnel_to_outside(json.loads(SEED.read_text())))
+    path = write(tmp_path, "c.json", without_nova_network(tunnel_to_outside(json.loads(SEED.read_text()))))
     warning = (f"{path}: warning: tunnel_to 192.168.1.13 is not a host of this deployment: only the near end of the "
                f"ipip tunnel from 192.168.10.1 is made, and containers there reach 192.168.1.13 through it alone; "
                f"make the far end on 192.168.1.13 yourself")
@@ -240,7 +251,7 @@ def test_a_tunnel_to_an_address_that_is_no_host_is_a_warning_in_validate_and_pla
 
 
 def test_a_tunnel_to_a_host_of_the_config_is_no_warning(capsys, tmp_path):
-    data = json.loads(SEED.read_text())
+    data = without_nova_network(json.loads(SEED.read_text()))
     data["controller"]["provider"]["host_provider"]["credentials"][0]["host"] = "192.168.1.13"
     data["nodes"][0]["provider"]["credentials"] = [{"host": "192.168.10.1"}, {"host": "192.168.10.2"}]
     data["nodes"][0]["tunnel_to"] = ["192.168.1.13"]
@@ -264,7 +275,7 @@ def test_the_nodes_table_keeps_whole_names_when_stdout_is_not_a_terminal(tmp_pat
     text = out.getvalue()
     for node in plan.nodes:
         assert f" {node.name} " in text and f" {node.address} " in text, node.name
-    assert "RUNNING" in text and "95 MB" in text and "…" not in text
+    assert "RUNNING" in text and "95 MiB" in text and "…" not in text
 
 
 def test_a_deployment_name_that_cannot_be_a_file_or_owner_tag_is_refused(capsys, tmp_path):
@@ -273,3 +284,32 @@ def test_a_deployment_name_that_cannot_be_a_file_or_owner_tag_is_refused(capsys,
     assert err == ("coordinator deploy: deployment name '../x y' is not valid: use 1-64 letters, digits, '.', '_' "
                    "or '-', starting with a letter or digit\n")
     assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_plan_shows_the_planned_release_services_and_nova_hosts(capsys):
+    code, out, err = run(capsys, "plan", SEED, "--format", "json")
+    assert code == 0 and err == NNET_WARNING
+    compute = json.loads(out)["nodes"][1]
+    assert (compute["distribution"], compute["release"]) == ("ubuntu", "noble")
+    assert compute["services"] == ["n-cpu", "n-net", "placement-client"]
+    assert compute["nova_hosts"] == [compute["name"] + "1"]
+
+
+def test_plan_local_conf_shows_the_meta_sections(capsys, tmp_path):
+    data = json.loads(SEED.read_text())
+    data["nodes"][0]["engine"]["meta_sections"] = {"post-config|$NOVA_CONF": {"quota": {"instances": -1}}}
+    code, out, _ = run(capsys, "plan", write(tmp_path, "c.json", data), "--local-conf", "--node",
+                       "devstack-compute-10-100-1-000")
+    assert code == 0
+    assert ("[[post-config|$NOVA_CONF]]\n[quota]\ninstances = -1\n[DEFAULT]\nreport_interval = 10\n"
+            "service_down_time = 60\n") in out
+
+
+def test_a_meta_section_refusal_is_printed_with_its_path(capsys, tmp_path):
+    data = json.loads(SEED.read_text())
+    data["nodes"][0]["engine"]["meta_sections"] = {"post-config|$(reboot)": {}}
+    path = write(tmp_path, "c.json", data)
+    code, out, err = run(capsys, "validate", path)
+    assert code == 1 and out == ""
+    assert err.startswith(f'{path}: error: nodes[0].engine.meta_sections["post-config|$(reboot)"]: the file '
+                          f"'$(reboot)' may hold only devstack variables")

@@ -4,11 +4,12 @@ import json
 import threading
 
 import pytest
+import Pyro5.errors
 
 from agent.errors import CommandTimeout, Conflict
 from coordinator import topology
 from coordinator.config import validate
-from coordinator.driver import Deployer, DeployError, Settings, tunnel_name, wait_booted
+from coordinator.driver import AgentLost, Deployer, DeployError, Settings, tunnel_name, wait_booted
 from coordinator.store import Store
 
 SEED_LIKE = {
@@ -38,7 +39,7 @@ class FakeAgent:
         self.host, self.journal, self.fail_on = host, journal, fail_on
         self.containers = {} if containers is None else containers
         self.networks = {} if networks is None else networks
-        self.features = features or {"vxlan": True, "ipip": True}
+        self.features = features or {"vxlan": True, "ipip": True, "openvswitch": True, "loop": True}
 
     def __getattr__(self, operation):
         if operation.startswith("_"):
@@ -48,7 +49,10 @@ class FakeAgent:
         def call(*args, **options):
             self.journal.append((self.host, operation, json.loads(json.dumps(args))))
             result = effect(self, *args)
-            if self.fail_on and self.fail_on(self.host, operation, args):
+            outcome = self.fail_on(self.host, operation, args) if self.fail_on else None
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome:
                 raise RuntimeError(f"{operation} failed on {self.host}")
             return result
         return call
@@ -107,16 +111,25 @@ class FakeAgent:
 
 
 class FakeEngine:
-    """Records each devstack step; like the real one, it needs the node's container running."""
+    """Records each devstack (or nova) step; like the real one, it needs the node's container running. Nova's
+    convergence answers that every expected host came up at once."""
 
-    def __init__(self, journal):
-        self.journal = journal
+    def __init__(self, journal, prefix="devstack"):
+        self.journal, self.prefix = journal, prefix
 
     def __getattr__(self, step):
-        def call(agent, node, *args):
-            self.journal.append((agent.host, f"devstack.{step}", [node.name]))
+        if step.startswith("_"):
+            raise AttributeError(step)
+
+        def call(agent, node, *args, **options):
+            self.journal.append((agent.host, f"{self.prefix}.{step}", [node.name]))
             if agent.containers[node.name]["state"] != "RUNNING":
                 raise RuntimeError(f"container {node.name!r} is not running; start it first")
+            if step == "converge":
+                expected = args[0]
+                return {"expected": len(expected), "services_up": len(expected), "hypervisors_up": len(expected),
+                        "seconds": 1.0, "waiting": {}, "controller": node.address}
+            return ""
         return call
 
 
@@ -138,7 +151,8 @@ def world(tmp_path):
                              networks.setdefault(host.address, {}), features.get(host.address))
 
     def deployer():
-        return Deployer("t", plan, store, connect, Settings(log_dir=str(tmp_path / "logs")), engine=FakeEngine(journal))
+        return Deployer("t", plan, store, connect, Settings(log_dir=str(tmp_path / "logs")), engine=FakeEngine(journal),
+                        nova_engine=FakeEngine(journal, "nova"))
 
     failures["networks"], failures["features"] = networks, features
     yield plan, store, journal, failures, deployer
@@ -170,6 +184,20 @@ def test_the_walk_follows_the_seed_engines_in_order(world):
     assert sorted(host for host, _ in clones) == ["198.18.0.10", "198.18.0.11"]
     assert all(len(args[1]) == 3 for _, args in clones), "4 per host: 1 first + 3 clones"
     assert len(calls(journal, "devstack.run_start_script")) == 6
+    # Nova: each first compute sealed before it is stopped for cloning; every compute given its own identity
+    # (the firsts too, whose units seal disabled) after its start script; then the controller waits for all.
+    sealed = [args[0] for _, args in calls(journal, "nova.seal")]
+    assert sorted(sealed) == sorted(n.name for n in plan.nodes if n.kind == "first")
+    for first in sealed:
+        assert operations.index("nova.seal") < operations.index("clone")
+    identified = [args[0] for _, args in calls(journal, "nova.identify_and_start")]
+    assert sorted(identified) == sorted(n.name for n in plan.nodes if n.role == "compute")
+    for name in identified:
+        steps = [op for _, op, args in journal if args == [name] and op.startswith(("devstack.", "nova."))]
+        if name not in sealed:
+            assert steps.index("devstack.run_start_script") < steps.index("nova.identify_and_start")
+    assert [args[0] for _, args in calls(journal, "nova.converge")] == [plan.controller]
+    assert operations[-1] == "nova.converge", "the deploy ends by proving the computes are up"
 
 
 def test_tunnels_are_made_at_both_ends_and_containers_get_the_tunnel_mtu(world):
@@ -357,3 +385,30 @@ def test_a_boot_wait_that_times_out_names_the_container_and_what_to_check():
     assert message.startswith("cmp-1 on host 198.18.0.11 did not finish booting within 2 s")
     assert "systemctl list-jobs" in message and "lxc-info" in message
     assert isinstance(caught.value.__cause__, CommandTimeout)
+
+
+def test_services_a_hosts_kernel_cannot_carry_are_refused_before_anything_changes(world):
+    """The seed's controller keeps devstack's default services: OVN needs the openvswitch module, c-vol loop
+    devices. A host without them is named with the module, the service and the setting that drops it."""
+    plan, _, journal, failures, deployer = world
+    failures["features"]["198.18.0.10"] = {"vxlan": True, "ipip": True, "openvswitch": False, "loop": False}
+    with pytest.raises(DeployError) as caught:
+        deployer().deploy()
+    message = str(caught.value)
+    assert message.startswith("nothing was changed")
+    for words in ("ovn-controller", "ovn-northd", "module openvswitch", "CONFIG_OPENVSWITCH", "c-vol",
+                  "CONFIG_BLK_DEV_LOOP", "controller.localrc", plan.controller):
+        assert words in message, words
+    assert not [op for _, op, _ in journal if op in CHANGES], "nothing changed on any host"
+
+
+def test_a_lost_agent_is_named_with_its_host_and_phase_not_a_traceback(world):
+    plan, store, journal, failures, deployer = world
+    failures["fail_on"] = lambda host, op, args: (Pyro5.errors.ConnectionClosedError("receiving: not enough data")
+                                                  if op == "clone" and host == "198.18.0.11" else None)
+    with pytest.raises(AgentLost) as caught:
+        deployer().deploy()
+    assert str(caught.value).startswith("phase clones: lost the agent on host 198.18.0.11 during clone(): "
+                                        "receiving: not enough data; check that lxc-agent runs there")
+    assert "deploy again under the same name to resume" in str(caught.value)
+    assert isinstance(caught.value, DeployError), "the CLI reports it like every deploy error"

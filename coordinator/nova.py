@@ -1,0 +1,306 @@
+"""Computes that are computes of their own, and the proof that the cloud converged.
+
+A clone is a snapshot of the first compute after its stack.sh, so it carries that compute's nova identity:
+devstack's fake driver runs `devstack@n-cpu-N` with `host = ${HOSTNAME}N` and a `state_path` holding `compute_id`
+(the compute node's stable UUID) in /etc/nova/nova-fake.conf-N; a plain n-cpu keeps `compute_id` in nova's
+state_path. Nova would see one compute for all the clones. So the first compute's devstack units are disabled
+before it is snapshotted (`seal`): no clone boots into nova under the source's name. Each node is then given its
+own identity and its units are enabled and started (`identify_and_start`). Finally the controller maps the new
+hosts into the cell and the deploy waits until every planned compute is an `up` nova-compute service and an `up`
+hypervisor (`converge`).
+"""
+
+import json
+import time
+
+from coordinator.devstack import DevstackError, STACK_HOME, STACK_STATE_DIR, STACK_USER, _run, tail
+
+NOVA_STATE_PATH = f"{STACK_HOME}/data/nova"      # devstack's NOVA_STATE_PATH
+UNITS_RECORD = f"{STACK_STATE_DIR}/units"          # the devstack units seal() disabled, enabled again per node
+IDENTITY_RECORD = f"{STACK_STATE_DIR}/identity"    # whose nova identity the node's files hold
+CONVERGE_TIMEOUT = 900.0
+POLL_INTERVAL = 5.0
+
+# Run as root in the first compute once its stack.sh completed, before it is stopped and snapshotted.
+_SEAL = r"""
+set -eu
+state=$1 name=$2 record=$3 identity=$4
+mkdir -p "$state"
+units=$(systemctl list-unit-files --no-legend --no-pager --state=enabled 'devstack@*' | awk '{print $1}')
+if [ -n "$units" ]; then
+    printf '%s\n' $units >"$record.new"
+    mv "$record.new" "$record"
+    systemctl disable -q $units
+    echo "disabled until each node has its own identity: $(echo $units)"
+fi
+[ -f "$identity" ] || printf '%s\n' "$name" >"$identity"
+"""
+
+NOVA_CONF_DIR = "/etc/nova"
+
+# Run as root in every node of an LxcEngine group (python3 is one of devstack's prerequisites). Arguments: the
+# node's name, nova's default state path, the identity record, nova's config folder. Prints one line per change.
+IDENTIFY = r'''
+import glob, os, shutil, sys, uuid
+
+name, default_state, record, conf_dir = sys.argv[1:5]
+
+
+def lines_of(path):
+    with open(path) as handle:
+        return handle.read().splitlines()
+
+
+def option(lines, key, section="DEFAULT"):
+    current = None
+    for line in lines:
+        text = line.strip()
+        if text.startswith("[") and text.endswith("]"):
+            current = text[1:-1].strip()
+        elif current == section and "=" in text and not text.startswith(("#", ";")):
+            found, value = text.split("=", 1)
+            if found.strip() == key:
+                return value.strip()
+    return None
+
+
+def set_option(path, key, value, section="DEFAULT"):
+    out, current, done = [], None, False
+    for line in lines_of(path):
+        text = line.strip()
+        if text.startswith("[") and text.endswith("]"):
+            if current == section and not done:
+                out.append(f"{key} = {value}")
+                done = True
+            current = text[1:-1].strip()
+        elif (current == section and not done and "=" in text and not text.startswith(("#", ";"))
+              and text.split("=", 1)[0].strip() == key):
+            out.append(f"{key} = {value}")
+            done = True
+            continue
+        out.append(line)
+    if not done:
+        if current != section:
+            out.append(f"[{section}]")
+        out.append(f"{key} = {value}")
+    status = os.stat(path)
+    with open(path + ".new", "w") as handle:
+        handle.write("\n".join(out) + "\n")
+    os.chown(path + ".new", status.st_uid, status.st_gid)
+    os.chmod(path + ".new", status.st_mode & 0o7777)
+    os.replace(path + ".new", path)
+
+
+def new_state(state, like):
+    status = os.stat(like)
+    os.makedirs(state, exist_ok=True)
+    os.chown(state, status.st_uid, status.st_gid)
+    with open(os.path.join(state, "compute_id"), "w") as handle:
+        handle.write(f"{uuid.uuid4()}\n")
+
+
+try:
+    with open(record) as handle:
+        previous = handle.read().strip()
+except FileNotFoundError:
+    previous = None
+
+fakes = sorted((path for path in glob.glob(f"{conf_dir}/nova-fake.conf-*") if path.rsplit("-", 1)[1].isdigit()),
+               key=lambda path: int(path.rsplit("-", 1)[1]))
+for conf in fakes:
+    host = name + conf.rsplit("-", 1)[1]
+    lines = lines_of(conf)
+    old_state = option(lines, "state_path")
+    root = os.path.dirname(old_state) if old_state else default_state
+    state = os.path.join(root, host)
+    if option(lines, "host") == host and old_state == state and os.path.exists(os.path.join(state, "compute_id")):
+        continue
+    new_state(state, old_state if old_state and os.path.isdir(old_state) else root)
+    set_option(conf, "host", host)
+    set_option(conf, "state_path", state)
+    if old_state and os.path.normpath(old_state) != os.path.normpath(state) and os.path.isdir(old_state):
+        shutil.rmtree(old_state)
+    print(f"nova identity: {conf}: host {host}, state_path {state}, a new compute_id")
+
+cpu = f"{conf_dir}/nova-cpu.conf"
+if not fakes and os.path.exists(cpu) and previous != name:
+    lines = lines_of(cpu)
+    if option(lines, "host") not in (None, name):
+        set_option(cpu, "host", name)
+        print(f"nova identity: {cpu}: host {name}")
+    compute_id = os.path.join(option(lines, "state_path") or default_state, "compute_id")
+    if os.path.exists(compute_id):
+        os.unlink(compute_id)       # nova-compute makes a new one for a new host
+        print(f"nova identity: removed {compute_id} (it was {previous}'s)")
+
+if previous != name:
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    with open(record + ".new", "w") as handle:
+        handle.write(name + "\n")
+    os.replace(record + ".new", record)
+'''
+
+_START_UNITS = r"""
+set -eu
+record=$1
+[ -s "$record" ] || { echo "no devstack units were recorded"; exit 0; }
+units=$(cat "$record")
+systemctl daemon-reload
+systemctl enable -q $units
+systemctl restart $units
+echo "started $(echo $units)"
+"""
+
+# Run as stack in the controller: nova's view of its computes, in three parts.
+_STATUS = r"""
+cd "$1" || exit 3
+source ./openrc admin admin >/dev/null 2>&1 || { echo "cannot source $1/openrc admin admin" >&2; exit 4; }
+export PATH=/opt/stack/data/venv/bin:/usr/local/bin:$PATH
+echo "== services"
+openstack compute service list --service nova-compute -f json || exit 5
+echo "== hypervisors"
+openstack hypervisor list -f json || exit 6
+echo "== mapped"
+nova-manage cell_v2 list_hosts 2>/dev/null || exit 7
+"""
+
+_DISCOVER = r"""
+export PATH=/opt/stack/data/venv/bin:/usr/local/bin:$PATH
+nova-manage cell_v2 discover_hosts --verbose
+"""
+
+
+# ---------------------------------------------------------------- pure
+
+
+def parse_status(text):
+    """The status script's output -> {"services": {host: "up"|"down"}, "hypervisors": {name: "up"|"down"},
+    "mapped": set of host names}. A disabled service counts as down: nothing is scheduled there."""
+    parts, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("== "):
+            current = line[3:].strip()
+            parts[current] = []
+        elif current:
+            parts[current].append(line)
+    services = {}
+    for row in json.loads("\n".join(parts.get("services", [])) or "[]"):
+        up = str(row.get("State", "")).lower() == "up" and str(row.get("Status", "enabled")).lower() == "enabled"
+        services[row["Host"]] = "up" if up else "down"
+    hypervisors = {}
+    for row in json.loads("\n".join(parts.get("hypervisors", [])) or "[]"):
+        hypervisors[row["Hypervisor Hostname"]] = "up" if str(row.get("State", "")).lower() == "up" else "down"
+    mapped = set()
+    for line in parts.get("mapped", []):       # nova-manage's table; its log lines around it are skipped
+        if not line.startswith("|"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[2] and cells[2] != "Hostname":
+            mapped.add(cells[2])
+    return {"services": services, "hypervisors": hypervisors, "mapped": mapped}
+
+
+def not_ready(expected, status):
+    """{host: why} for every expected nova host that is not yet an up, mapped service and hypervisor."""
+    waiting = {}
+    for host in expected:
+        state = status["services"].get(host)
+        if state is None:
+            waiting[host] = "no nova-compute service registered"
+        elif state != "up":
+            waiting[host] = "nova-compute service is down"
+        elif status["hypervisors"].get(host) != "up":
+            waiting[host] = ("no hypervisor" if host not in status["hypervisors"] else "hypervisor is down")
+        elif host not in status["mapped"]:
+            waiting[host] = "not mapped to a cell yet"
+    return waiting
+
+
+def duration(seconds):
+    """2m41s, 45s, 1h02m."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def summary(result):
+    """The line a deploy ends with."""
+    return (f"{result['services_up']}/{result['expected']} nova-compute services up as {result['hypervisors_up']} "
+            f"hypervisors (controller {result['controller']}) in {duration(result['seconds'])}")
+
+
+# ---------------------------------------------------------------- in the nodes
+
+
+def seal(agent, node):
+    """Before the first compute of a group is stopped and snapshotted: its devstack units are disabled (so clones
+    boot without them) and recorded, with whose identity the node holds."""
+    result = _run(agent, node, "disabling devstack's units before cloning",
+                  ["sh", "-c", _SEAL, "seal", STACK_STATE_DIR, node.name, UNITS_RECORD, IDENTITY_RECORD])
+    return result["stdout"]
+
+
+def identify_and_start(agent, node):
+    """The node's own nova identity (host names, state paths, compute_id), then its devstack units enabled and
+    (re)started. Idempotent: a node that already has its identity keeps it."""
+    identity = _run(agent, node, "giving the node its own nova identity",
+                    ["python3", "-c", IDENTIFY, node.name, NOVA_STATE_PATH, IDENTITY_RECORD, NOVA_CONF_DIR])
+    started = _run(agent, node, "starting devstack's units", ["sh", "-c", _START_UNITS, "start", UNITS_RECORD])
+    return identity["stdout"] + started["stdout"]
+
+
+def cloud_status(agent, controller):
+    result = _run(agent, controller, "asking nova for its computes",
+                  ["bash", "-c", _STATUS, "status", f"{STACK_HOME}/devstack"], user=STACK_USER, timeout=300)
+    try:
+        return parse_status(result["stdout"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise DevstackError(f"nova's answer on {controller.name} (host {controller.host}) could not be read "
+                            f"({error}):\n{tail(result['stdout'], 15)}", controller.name, controller.host) from None
+
+
+def discover_hosts(agent, controller):
+    """Map computes that registered since the last call into the cell (a compute-only stack.sh does not)."""
+    return _run(agent, controller, "mapping new computes into the cell (nova-manage cell_v2 discover_hosts)",
+                ["bash", "-c", _DISCOVER], user=STACK_USER, timeout=300)["stdout"]
+
+
+def converge(agent, controller, expected, started, timeout=CONVERGE_TIMEOUT, progress=None, interval=POLL_INTERVAL):
+    """Wait until every host in `expected` is an up nova-compute service, an up hypervisor and mapped to a cell,
+    mapping new hosts as they come. `started` is the monotonic time convergence is counted from (the clones'
+    start). Returns {"expected", "services_up", "hypervisors_up", "seconds", "waiting": {host: why}}; `waiting` is
+    empty when it converged within `timeout` seconds of `started`."""
+    expected = list(expected)
+    deadline = started + timeout
+    while True:
+        status = cloud_status(agent, controller)
+        waiting = not_ready(expected, status)
+        if any(why == "not mapped to a cell yet" for why in waiting.values()):
+            discover_hosts(agent, controller)
+            status = cloud_status(agent, controller)
+            waiting = not_ready(expected, status)
+        ready = len(expected) - len(waiting)
+        if progress:
+            progress(ready, len(expected))
+        if not waiting or time.monotonic() > deadline:
+            return {"expected": len(expected),
+                    "services_up": sum(1 for h in expected if status["services"].get(h) == "up"),
+                    "hypervisors_up": sum(1 for h in expected if status["hypervisors"].get(h) == "up"),
+                    "seconds": time.monotonic() - started, "waiting": waiting, "controller": controller.address}
+        time.sleep(interval)
+
+
+def why_not_up(agent, node, hosts, lines=12):
+    """The last journal lines of the node's nova-compute units, for the hosts that never came up."""
+    # devstack's fake driver names host `<node>N` and its unit devstack@n-cpu-N; a plain n-cpu is the node itself.
+    units = ["devstack@n-cpu" if host == node.name else f"devstack@n-cpu-{host[len(node.name):]}" for host in hosts]
+    try:
+        result = agent.run(node.name, ["sh", "-c", 'for u in "$@"; do echo "-- $u: $(systemctl is-active "$u")"; '
+                                                   'journalctl -u "$u" --no-pager -n "$0" 2>&1; done',
+                                       str(lines), *units], timeout=60)
+    except Exception as error:        # the diagnosis must not hide the failure it explains
+        return f"(could not read the journal of {node.name}: {error})"
+    return tail(result["stdout"] + result["stderr"], lines * len(units) + len(units))

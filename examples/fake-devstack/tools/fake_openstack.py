@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""fake-devstack: STAND-INs for the two nova clients a deployer asks on a controller, `openstack` and `nova-manage`,
+installed on the stand-in's controller under those names. They answer from the computes' reports
+($FAKE_DATA/computes/<host>, one per nova host, its time the last report), the way nova would:
+
+  openstack compute service list --service nova-compute -f json   a service per host, up if it reported lately
+  openstack hypervisor list -f json                                a hypervisor per host that has a compute_id
+  nova-manage cell_v2 discover_hosts [--verbose]                   maps the hosts not mapped yet
+  nova-manage cell_v2 list_hosts                                   the mapped hosts, as nova-manage's table
+
+Anything else is refused: this is not OpenStack.
+"""
+
+import json
+import os
+import sys
+import time
+
+DATA = os.environ.get("FAKE_DATA", "/opt/stack/data/fake-devstack")
+COMPUTES = os.path.join(DATA, "computes")
+MAPPED = os.path.join(DATA, "mapped")
+DOWN_AFTER = float(os.environ.get("FAKE_SERVICE_DOWN_TIME", "30"))
+
+
+def computes():
+    """{host: (seconds since its last report, compute_id)}."""
+    found = {}
+    try:
+        names = sorted(os.listdir(COMPUTES))
+    except FileNotFoundError:
+        return found
+    for host in names:
+        if host.endswith(".tmp"):
+            continue
+        path = os.path.join(COMPUTES, host)
+        with open(path) as handle:
+            fields = handle.read().split()
+        found[host] = (time.time() - os.path.getmtime(path), fields[1] if len(fields) > 1 else "-")
+    return found
+
+
+def mapped():
+    try:
+        with open(MAPPED) as handle:
+            return [line.strip() for line in handle if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def openstack(args):
+    if args[:3] == ["compute", "service", "list"]:
+        rows = [{"Binary": "nova-compute", "Host": host, "Zone": "nova", "Status": "enabled",
+                 "State": "up" if age < DOWN_AFTER else "down"} for host, (age, _) in computes().items()]
+        print(json.dumps(rows, indent=2))
+        return 0
+    if args[:2] == ["hypervisor", "list"]:
+        rows = [{"Hypervisor Hostname": host, "Hypervisor Type": "fake", "State": "up" if age < DOWN_AFTER else
+                 "down"} for host, (age, compute_id) in computes().items() if compute_id != "-"]
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"fake-devstack's openstack stand-in cannot do: {' '.join(args)}", file=sys.stderr)
+    return 2
+
+
+def nova_manage(args):
+    if args[:2] == ["cell_v2", "discover_hosts"]:
+        known = mapped()
+        new = [host for host in computes() if host not in known]
+        with open(MAPPED, "a") as handle:
+            for host in new:
+                handle.write(host + "\n")
+        print(f"Found {len(new)} unmapped computes in cell: fake-cell")
+        return 0
+    if args[:2] == ["cell_v2", "list_hosts"]:
+        print("+-----------+-----------+----------+")
+        print("| Cell Name | Cell UUID | Hostname |")
+        print("+-----------+-----------+----------+")
+        for host in mapped():
+            print(f"| cell1 | fake-cell | {host} |")
+        print("+-----------+-----------+----------+")
+        return 0
+    print(f"fake-devstack's nova-manage stand-in cannot do: {' '.join(args)}", file=sys.stderr)
+    return 2
+
+
+def main(argv):
+    command = os.path.basename(argv[0])
+    return nova_manage(argv[1:]) if command == "nova-manage" else openstack(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,151 @@
+"""A real dummy cloud: real devstack (stable/2026.1 from ../shared/openstack) in Debian containers, 1 controller and
+an LxcEngine group of 4 fake computes (the first stacked, 3 clones), deployed through the coordinator CLI.
+
+Asserts what a cloud's user sees: 4 distinct nova-compute services and 4 hypervisors up, 8 servers (no NICs,
+compute API 2.37+) ACTIVE on more than one hypervisor, `openstack server list` answering; then destroy leaves
+nothing. About 12 minutes on 2 cores. The containers need the package registries (apt, PyPI through the host's
+CA), so the agent runs in this machine's own namespace, on a bridge of the test's own with NAT.
+"""
+
+import ipaddress
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from simlab import AgentProcess, loop_btrfs
+from tests.agent.conftest import IMAGE_PACKAGES
+from tests.agent.test_deploy_e2e import coordinator
+from tests.support import sh
+
+pytestmark = [pytest.mark.slow, pytest.mark.devstack, pytest.mark.timeout(3600)]
+
+MIRROR = Path(__file__).resolve().parents[3] / "shared" / "openstack"
+COMPUTES = 4
+SERVERS = 8
+ADMIN = "cd /opt/stack/devstack && source ./openrc admin admin >/dev/null 2>&1 && " \
+        "export PATH=/opt/stack/data/venv/bin:$PATH OS_COMPUTE_API_VERSION=2.37 && "
+
+
+def free_subnet():
+    """A /24 in 10.250.0.0/16 that no route of this machine touches."""
+    used = [ipaddress.ip_network(line.split()[0], strict=False)
+            for line in sh("ip", "-4", "route", "show", "table", "all").splitlines()
+            if line and line.split()[0][0].isdigit()]
+    for candidate in ipaddress.ip_network("10.250.0.0/16").subnets(new_prefix=24):
+        if not any(candidate.overlaps(route) for route in used if route.prefixlen > 0):
+            return str(candidate)
+    pytest.skip("no free /24 in 10.250.0.0/16 on this machine")
+
+
+def cloud_config(port, subnet):
+    credentials = [{"user": "root", "host": "127.0.0.1", "port": port}]
+    devstack = {"git_mirror": str(MIRROR), "devstack_branch": "stable/2026.1"}
+    return {
+        "type": "MultihostEngine",
+        "controller": {
+            "type": "DevstackEngine", **devstack,
+            "localrc": {"DOWNLOAD_DEFAULT_IMAGES": "False", "IMAGE_URLS": "",
+                        "ENABLED_SERVICES": "key,mysql,rabbit,n-api,n-cond,n-sch,placement-api,g-api,q-svc",
+                        "Q_AGENT": "none", "Q_ML2_PLUGIN_TYPE_DRIVERS": "local,flat",
+                        "Q_ML2_TENANT_NETWORK_TYPE": "local", "NEUTRON_CREATE_INITIAL_NETWORKS": "False",
+                        "ENABLE_TENANT_TUNNELS": "False",
+                        "VIRT_DRIVER": "fake"},
+            "meta_sections": {"post-config|/$Q_PLUGIN_CONF_FILE": {"ml2": {"mechanism_drivers": ""}},
+                              "post-config|$NEUTRON_UWSGI_CONF": {"uwsgi": {"add-header": "Connection: close"}}},
+            "provider": {"type": "LxcProvider", "containers_per_host": 1, "container_name_prefix": "rc-ctl",
+                         "distribution": "debian", "release": "bookworm", "start_lxc_network": subnet,
+                         "host_ca_certificates": True,
+                         "host_provider": {"type": "ExistingServers", "credentials": credentials}}},
+        "nodes": [{
+            "type": "LxcEngine", "distribution": "debian", "release": "bookworm", "container_name": "rc-cpu",
+            "nodes_per_server": COMPUTES, "start_lxc_network": subnet, "host_ca_certificates": True,
+            "provider": {"type": "ExistingServers", "credentials": credentials},
+            "engine": {"name": "DevstackEngine", **devstack,
+                       "localrc": {"VIRT_DRIVER": "fake", "DATABASE_TYPE": "mysql", "MYSQL_HOST": "{controller_ip}",
+                                   "RABBIT_HOST": "{controller_ip}", "GLANCE_HOSTPORT": "{controller_ip}:9292",
+                                   "ENABLED_SERVICES": "n-cpu"}}}],
+    }
+
+
+@pytest.fixture
+def host_agent(pki_dir):
+    """An agent in this machine's namespace on a loop btrfs of its own (the controller's tree is a few GiB)."""
+    if not MIRROR.is_dir():
+        pytest.skip(f"no OpenStack sources at {MIRROR} (git bundles of devstack, nova, ...): real devstack needs "
+                    "them on machines that cannot reach opendev.org")
+    with loop_btrfs(size="24G", prefix="lxcagent-cloud-") as mountpoint:
+        lxcpath = os.path.join(mountpoint, "lxc")
+        os.mkdir(lxcpath)
+        process = AgentProcess(lxcpath, pki_dir)
+        try:
+            agent = process.connect()
+            agent.create("image-warmer", "debian", "bookworm", IMAGE_PACKAGES)
+            agent.destroy(["image-warmer"])
+            yield process
+        finally:
+            process.stop()
+
+
+def admin(agent, controller, command, timeout=300):
+    result = agent.run(controller, ["bash", "-c", ADMIN + command], user="stack", timeout=timeout)
+    assert result["exit_code"] == 0, result
+    return result["stdout"]
+
+
+def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(host_agent, pki_dir, tmp_path):
+    subnet = free_subnet()
+    config = tmp_path / "cloud.json"
+    config.write_text(json.dumps(cloud_config(host_agent.port, subnet)))
+    common = ["--store", str(tmp_path / "store.sqlite"), "--pki-dir", pki_dir]
+    plan = json.loads(coordinator("plan", str(config), "--format", "json").stdout)
+    controller = plan["controller"]
+    expected = sorted(host for node in plan["nodes"] for host in node["nova_hosts"])
+    assert len(expected) == COMPUTES and len(set(expected)) == COMPUTES
+
+    try:
+        deployed = coordinator("deploy", str(config), "--name", "cloud", "--log-dir", str(tmp_path / "logs"),
+                               *common)
+        assert f"{COMPUTES}/{COMPUTES} nova-compute services up as {COMPUTES} hypervisors" in deployed.stdout, \
+            deployed.stdout + deployed.stderr
+        agent = host_agent.connect()
+
+        # What nova says, asked independently of the deployer's own check.
+        services = json.loads(admin(agent, controller, "openstack compute service list --service nova-compute "
+                                                       "-f json"))
+        assert sorted(s["Host"] for s in services) == expected
+        assert {s["State"] for s in services} == {"up"}
+        hypervisors = json.loads(admin(agent, controller, "openstack hypervisor list -f json"))
+        assert sorted(h["Hypervisor Hostname"] for h in hypervisors) == expected
+        assert {h["State"] for h in hypervisors} == {"up"}
+        ids = set()
+        for node in plan["nodes"]:
+            if node["nova_hosts"]:
+                ids.add(agent.run(node["name"], ["sh", "-c", "cat /opt/stack/data/nova/*/compute_id"])["stdout"])
+        assert len(ids) == COMPUTES, "every compute has its own compute_id"
+
+        # A client boots servers without networks, and they spread over the hypervisors.
+        admin(agent, controller, "head -c 1048576 /dev/zero > /tmp/dummy.img && openstack image create "
+                                 "--disk-format raw --container-format bare --file /tmp/dummy.img dummy -f json")
+        admin(agent, controller, f"openstack server create --image dummy --flavor m1.tiny --nic none "
+                                 f"--min {SERVERS} --max {SERVERS} load -f json")
+        deadline = time.monotonic() + 300
+        while True:
+            servers = json.loads(admin(agent, controller, "openstack server list --long -f json"))
+            states = [server["Status"] for server in servers]
+            if states.count("ACTIVE") == SERVERS or "ERROR" in states or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        assert states == ["ACTIVE"] * SERVERS, servers
+        used = {server["Host"] for server in servers}
+        assert len(used) > 1 and used <= set(expected), used
+        admin(agent, controller, "openstack server delete --wait $(openstack server list -f value -c ID)")
+        assert json.loads(admin(agent, controller, "openstack server list -f json")) == []
+    finally:
+        destroyed = coordinator("destroy", "cloud", *common, check=False)
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert host_agent.states() == {}
+    assert subnet.rsplit(".", 1)[0] not in sh("ip", "-4", "-br", "addr")
