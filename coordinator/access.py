@@ -19,6 +19,7 @@ HOST_CA_FOLDER = "/usr/local/share/ca-certificates"      # update-ca-certificate
 NODE_CA_FOLDER = "/usr/local/share/ca-certificates/lxc-cloud"
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy")
 MIRROR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_PROXY_VALUE = re.compile(r"[A-Za-z0-9._~:/?#@!&*+,;=%\[\]-]+")
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----")
 
 # Root, in the node: one file per certificate (update-ca-certificates wants one each), then the system store, and
@@ -101,14 +102,27 @@ def host_ca_certificates(folder=HOST_CA_FOLDER):
     return pems
 
 
-def proxy_settings(environ):
-    """`name=value` for the proxy variables set in `environ` (lower- or upper-case), lower-case names."""
-    found = []
+def proxy_settings(environ, exempt=()):
+    """`name=value` for the proxy variables set in `environ` (lower- or upper-case), lower-case names; `no_proxy`
+    gets the `exempt` addresses and subnets too (the cloud's own traffic must not go through the proxy: devstack
+    adds nothing to it), with localhost. DevstackError for a value that is not plain URL or host-list text: these
+    values end up in apt's config and /etc/environment."""
+    found = {}
     for name in PROXY_VARIABLES:
         value = environ.get(name) or environ.get(name.upper())
-        if value and "\n" not in value and "\x00" not in value:
-            found.append(f"{name}={value}")
-    return found
+        if not value:
+            continue
+        if not _PROXY_VALUE.fullmatch(value):
+            raise DevstackError(f"the coordinator's {name} ({value!r}) is not a plain URL or host list; fix it in "
+                                "the environment, or drop host_proxy from the config")
+        found[name] = value
+    if found:
+        hosts = [host for host in found.get("no_proxy", "").split(",") if host]
+        for extra in ("localhost", "127.0.0.1", *(str(item) for item in exempt if item)):
+            if extra not in hosts:
+                hosts.append(extra)
+        found["no_proxy"] = ",".join(hosts)
+    return [f"{name}={value}" for name, value in found.items()]
 
 
 def mirror_entries(folder):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import Pyro5.errors
 
-from agent.errors import CommandTimeout, Conflict
+from agent.errors import AgentError, AuthenticationError, CommandTimeout, Conflict
 
 from coordinator import access, devstack, nova, topology
 
@@ -96,9 +96,12 @@ class Deployer:
         if host.address not in cache:
             try:
                 proxy = self.connect(host)
-            except Pyro5.errors.CommunicationError as error:
+            except AuthenticationError:
+                raise
+            except (AgentError, Pyro5.errors.CommunicationError) as error:
                 raise AgentLost(f"cannot reach the agent on host {host.address}: {error}; check that lxc-agent "
-                                f"runs there and listens on the port the config or --agent-port gives") from None
+                                f"runs there and listens on the port the config or --agent-port gives, then deploy "
+                                f"again under the same name to resume") from None
             cache[host.address] = _HostAgent(proxy, host.address)
             with self._record_lock:
                 self._opened.append(cache[host.address])
@@ -119,8 +122,8 @@ class Deployer:
         self._phase("tunnels", lambda: self._tunnels())
         self._phase("containers", self._each_host(self._base_containers))
         self._phase("controller", lambda: self._devstack([n for n in self.plan.nodes if n.role == "controller"]))
-        self._phase("first computes", lambda: self._devstack(
-            [n for n in self.plan.nodes if n.kind == "first"], stop_after=True))
+        self._phase("computes", lambda: self._devstack(
+            [n for n in self.plan.nodes if n.role != "controller" and n.kind in ("standalone", "first")]))
         self._clones_started = time.monotonic()
         self._phase("clones", self._each_host(self._clones))
         self._phase("cloud", self._converge)
@@ -133,6 +136,19 @@ class Deployer:
         DeployError listing every such problem; nothing is changed on any host. Done once per Deployer."""
         if self._checked:
             return
+        mirrors = []
+        for node in self.plan.nodes:
+            if node.git_mirror:
+                try:
+                    entries = access.mirror_entries(node.git_mirror)
+                except devstack.DevstackError as error:
+                    mirrors.append(f"{node.name}: {error}")
+                    continue
+                if node.devstack_repo is None and "devstack" not in entries:
+                    mirrors.append(f"{node.name}: git_mirror {node.git_mirror} has no devstack (devstack.bundle, "
+                                   f"devstack.git or devstack/); add it there, or give devstack_repo")
+        if mirrors:
+            raise DeployError("nothing was changed: " + "; ".join(dict.fromkeys(mirrors)))
         unsupported = [node.name for node in self.plan.nodes if node.kind == "host"]
         if unsupported:
             raise DeployError(f"devstack straight on a hardware node ({', '.join(unsupported)}) is not offered; "
@@ -312,7 +328,8 @@ class Deployer:
         agent.start(names)
         wait_booted(agent, names, host=host.address)
 
-    def _devstack(self, nodes, stop_after=False):
+    def _devstack(self, nodes):
+        """stack.sh in each node, at once; a first compute is then sealed and stopped for cloning."""
         def one(node):
             with self._step(f"devstack:{node.name}") as todo:
                 if not todo:
@@ -323,20 +340,21 @@ class Deployer:
                 agent.start([node.name])
                 wait_booted(agent, [node.name], host=node.host)
                 self.engine.wait_for_earlier_stack(agent, node, self.settings.stack_timeout)
+                self._lab_network(agent, node)
                 self.engine.prepare(agent, node)
-                self._lab_access(agent, node)
+                if node.git_mirror:
+                    access.push_git_mirror(agent, node, node.git_mirror)
                 if node.devstack_repo is None:       # devstack from the git mirror the node now holds
                     self.engine.fetch_remote(agent, node, access.mirror_devstack_url(), node.devstack_branch)
                 else:
                     self.engine.fetch(agent, node, node.devstack_repo, node.devstack_branch)
                 self.engine.write_local_conf(agent, node)
                 log_path = self._attempt_log(node)
-                env = dict(pair.split("=", 1) for pair in access.proxy_settings(self.settings.environ)) \
-                    if node.host_proxy else None
+                env = dict(pair.split("=", 1) for pair in self._proxy(node)) if node.host_proxy else None
                 with self._watching_stack(node):
                     self.engine.run_stack(agent, node, log_path, self.settings.stack_timeout, env=env)
-                if stop_after:
-                    # No clone may boot into nova under this node's identity: its units wait for identify_and_start.
+                if node.kind == "first":
+                    # No clone may boot into nova under this node's identity: its units wait for start_services.
                     self.nova.seal(agent, node)
                     agent.stop([node.name], 120)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
@@ -354,13 +372,18 @@ class Deployer:
         for first in firsts:
             group = [node for node in clones if node.source == first.name]
             names = [node.name for node in group]
-            stale = self.store.step_state(self.name, f"clones:{first.name}") == "stale"
+            # An earlier run of this step (cut off, or marked stale by a changed config): its clones may be
+            # snapshots of the first compute before it was stacked again, and nova may know computes by these
+            # names with other compute node UUIDs. Both are made anew.
+            again = self.store.step_state(self.name, f"clones:{first.name}") not in (None, "done")
             with self._step(f"clones:{first.name}") as todo:
                 if todo:
                     for name in names:
                         self._record(host.address, "container", name)
-                    if stale and names:     # snapshots of the first compute before it was stacked again
-                        agent.destroy(names)
+                    if again:
+                        if names:
+                            agent.destroy(names)
+                        self._forget([first, *group])
                     agent.stop([first.name], 120)
                     if names:
                         agent.clone(first.name, names)
@@ -373,18 +396,26 @@ class Deployer:
                 if todo:
                     self._start_scripts(host, first, group)
 
+    def _forget(self, nodes):
+        hosts = [host for node in nodes for host in node.nova_hosts]
+        controller = next((n for n in self.plan.nodes if n.name == self.plan.controller), None)
+        if hosts and controller is not None:
+            self.nova.forget(self.agent_for(self.hosts[controller.host]), controller, hosts)
+
     def _start_scripts(self, host, first, clones):
-        """The start script in each clone (re-pointing it at its own address), then each node's own nova identity
-        and its devstack units started: the first compute's too, which seal() left disabled."""
+        """Each node's own nova identity, the start script in each clone (re-pointing it at its own address), then
+        the node's devstack units started: the first compute's too, which seal() left disabled. A start script
+        that restarts a unit itself finds the node's own identity already in place."""
         nodes = [first, *clones]
         done = [0]
         lock = threading.Lock()
 
         def one(node):
             agent = self.agent_for(host)
+            self.nova.identify(agent, node)
             if node is not first:
                 self.engine.run_start_script(agent, node, first.address)
-            self.nova.identify_and_start(agent, node)
+            self.nova.start_services(agent, node)
             with lock:
                 done[0] += 1
                 self._progress("start scripts", done[0], len(nodes))
@@ -410,7 +441,7 @@ class Deployer:
                     seen = proxy.run(node.name, ["sh", "-c", devstack.WATCH_STACK, "watch",
                                                  f"{devstack.STACK_STATE_DIR}/stack.log"], timeout=30)
                     phase = devstack.stack_phase(seen["stdout"])
-                    if phase:
+                    if phase and not stop.is_set():
                         self.settings.status(node.name, phase)
             except Exception:        # only a progress display: the stack.sh call itself reports real failures
                 pass
@@ -432,7 +463,15 @@ class Deployer:
         """A new log file for this stack.sh attempt (`<node>.stack.<time>.log`); `<node>.stack.log` points at the
         newest, so a resumed deploy never overwrites the log of the attempt that failed."""
         folder = os.path.join(self.settings.log_dir, self.name)
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            return self._new_log(folder, node)
+        except OSError as error:
+            raise DeployError(f"cannot write the stack.sh log of {node.name} in {folder}: {error}; give a writable "
+                              f"folder with --log-dir") from None
+
+    @staticmethod
+    def _new_log(folder, node):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = os.path.join(folder, f"{node.name}.stack.{stamp}.log")
         counter = 1
@@ -446,15 +485,18 @@ class Deployer:
         os.symlink(os.path.basename(path), latest)
         return path
 
-    def _lab_access(self, agent, node):
-        """What the lab's network needs before devstack runs: the host's CA certificates and proxy settings (each
-        opt-in) and the git mirror, when the config asks for them."""
+    def _lab_network(self, agent, node):
+        """What the lab's network needs before anything is installed: the host's CA certificates and proxy
+        settings, each when the config asks for it."""
         if node.host_ca_certificates:
             access.trust_host_certificates(agent, node, access.host_ca_certificates())
         if node.host_proxy:
-            access.set_proxy(agent, node, access.proxy_settings(self.settings.environ))
-        if node.git_mirror:
-            access.push_git_mirror(agent, node, node.git_mirror)
+            access.set_proxy(agent, node, self._proxy(node))
+
+    def _proxy(self, node):
+        """The coordinator's proxy settings for a node, with the cloud's own addresses exempt."""
+        return access.proxy_settings(self.settings.environ, [node.address, self.plan.controller_address,
+                                                              node.subnet])
 
     def _converge(self):
         """Map the computes into the cell and wait until every planned nova host is an up service and hypervisor;
@@ -469,19 +511,27 @@ class Deployer:
                                     progress=lambda done, total: self._progress("nova computes up", done, total))
         self.report.convergence = result
         if result["waiting"]:
-            lines = []
-            by_node = {}
-            for host, why in sorted(result["waiting"].items()):
-                lines.append(f"{host} (node {expected[host].name}, host {expected[host].host}): {why}")
-                by_node.setdefault(expected[host].name, []).append(host)
-            logs = []
-            for name, hosts in list(by_node.items())[:3]:
-                node = expected[hosts[0]]
-                logs.append(f"-- {name}:\n" + self.nova.why_not_up(self.agent_for(self.hosts[node.host]), node, hosts))
-            raise DeployError(f"{len(result['waiting'])} of {result['expected']} planned nova computes did not come "
-                              f"up within {nova.duration(self.settings.converge_timeout)} "
-                              f"(controller {controller.name}, {controller.address}):\n  " + "\n  ".join(lines)
-                              + "\nLast log lines:\n" + "\n".join(logs))
+            raise DeployError(self._not_converged(result, expected, controller))
+
+    def _not_converged(self, result, expected, controller, shown=20, logs_of=3):
+        """Which computes never came up and why, at most `shown` of them, with the journals of a few."""
+        lines, by_node = [], {}
+        for host, why in sorted(result["waiting"].items()):
+            lines.append(f"{host} (node {expected[host].name}, host {expected[host].host}): {why}")
+            by_node.setdefault(expected[host].name, []).append(host)
+        if len(lines) > shown:
+            lines[shown:] = [f"... and {len(lines) - shown} more"]
+        logs = []
+        for name, hosts in list(by_node.items())[:logs_of]:
+            node = expected[hosts[0]]
+            logs.append(f"-- {name}:\n" + self.nova.why_not_up(self.agent_for(self.hosts[node.host]), node, hosts))
+        asked = f"\nThe last status call failed: {result['error']}" if result.get("error") else ""
+        return (f"{len(result['waiting'])} of {result['expected']} planned nova computes did not come up within "
+                f"{nova.duration(self.settings.converge_timeout)} of waiting (controller {controller.name}, "
+                f"{controller.address}):\n  " + "\n  ".join(lines) + asked
+                + f"\nLast log lines of {len(logs)} of them:\n" + "\n".join(logs)
+                + f"\nCheck nova-conductor and rabbitmq on {controller.name} (`journalctl -u 'devstack@n-cond*'`) "
+                  f"and the computes' nova-compute journals; deploy again under the same name to keep waiting")
 
     # -- destroy -------------------------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ devstack's fake driver runs `devstack@n-cpu-N` with `host = ${HOSTNAME}N` and a 
 (the compute node's stable UUID) in /etc/nova/nova-fake.conf-N; a plain n-cpu keeps `compute_id` in nova's
 state_path. Nova would see one compute for all the clones. So the first compute's devstack units are disabled
 before it is snapshotted (`seal`): no clone boots into nova under the source's name. Each node is then given its
-own identity and its units are enabled and started (`identify_and_start`). Finally the controller maps the new
+own identity (`identify`), its start script re-points it at its own address, and its units are enabled and
+started (`start_services`). Finally the controller maps the new
 hosts into the cell and the deploy waits until every planned compute is an `up` nova-compute service and an `up`
 hypervisor (`converge`).
 """
@@ -97,6 +98,7 @@ def new_state(state, like):
     os.chown(state, status.st_uid, status.st_gid)
     with open(os.path.join(state, "compute_id"), "w") as handle:
         handle.write(f"{uuid.uuid4()}\n")
+    os.chmod(os.path.join(state, "compute_id"), 0o644)     # nova-compute runs as stack
 
 
 try:
@@ -128,10 +130,13 @@ if not fakes and os.path.exists(cpu) and previous != name:
     if option(lines, "host") not in (None, name):
         set_option(cpu, "host", name)
         print(f"nova identity: {cpu}: host {name}")
-    compute_id = os.path.join(option(lines, "state_path") or default_state, "compute_id")
-    if os.path.exists(compute_id):
-        os.unlink(compute_id)       # nova-compute makes a new one for a new host
-        print(f"nova identity: removed {compute_id} (it was {previous}'s)")
+    # nova reads compute_id from its state path and from its config files' folder (devstack writes that one
+    # when NOVA_CPU_UUID is set); nova-compute makes a new one for a new host.
+    for compute_id in (os.path.join(option(lines, "state_path") or default_state, "compute_id"),
+                       os.path.join(conf_dir, "compute_id")):
+        if os.path.exists(compute_id):
+            os.unlink(compute_id)
+            print(f"nova identity: removed {compute_id} (it was {previous}'s)")
 
 if previous != name:
     os.makedirs(os.path.dirname(record), exist_ok=True)
@@ -164,6 +169,18 @@ echo "== mapped"
 nova-manage cell_v2 list_hosts 2>/dev/null || exit 7
 """
 
+_FORGET = r"""
+cd "$1" || exit 3
+shift
+source ./openrc admin admin >/dev/null 2>&1 || exit 4
+export PATH=/opt/stack/data/venv/bin:/usr/local/bin:$PATH
+for host in "$@"; do
+    for id in $(openstack compute service list --service nova-compute --host "$host" -f value -c ID); do
+        openstack compute service delete "$id" && echo "deleted nova-compute service $id of $host"
+    done
+done
+"""
+
 _DISCOVER = r"""
 export PATH=/opt/stack/data/venv/bin:/usr/local/bin:$PATH
 nova-manage cell_v2 discover_hosts --verbose
@@ -175,7 +192,7 @@ nova-manage cell_v2 discover_hosts --verbose
 
 def parse_status(text):
     """The status script's output -> {"services": {host: "up"|"down"}, "hypervisors": {name: "up"|"down"},
-    "mapped": set of host names}. A disabled service counts as down: nothing is scheduled there."""
+    "mapped": set of host names}. A disabled service is "disabled": nothing is scheduled there."""
     parts, current = {}, None
     for line in text.splitlines():
         if line.startswith("== "):
@@ -185,8 +202,10 @@ def parse_status(text):
             parts[current].append(line)
     services = {}
     for row in json.loads("\n".join(parts.get("services", [])) or "[]"):
-        up = str(row.get("State", "")).lower() == "up" and str(row.get("Status", "enabled")).lower() == "enabled"
-        services[row["Host"]] = "up" if up else "down"
+        if str(row.get("Status", "enabled")).lower() != "enabled":
+            services[row["Host"]] = "disabled"
+        else:
+            services[row["Host"]] = "up" if str(row.get("State", "")).lower() == "up" else "down"
     hypervisors = {}
     for row in json.loads("\n".join(parts.get("hypervisors", [])) or "[]"):
         hypervisors[row["Hypervisor Hostname"]] = "up" if str(row.get("State", "")).lower() == "up" else "down"
@@ -208,11 +227,11 @@ def not_ready(expected, status):
         if state is None:
             waiting[host] = "no nova-compute service registered"
         elif state != "up":
-            waiting[host] = "nova-compute service is down"
-        elif status["hypervisors"].get(host) != "up":
-            waiting[host] = ("no hypervisor" if host not in status["hypervisors"] else "hypervisor is down")
+            waiting[host] = f"nova-compute service is {state}"
         elif host not in status["mapped"]:
             waiting[host] = "not mapped to a cell yet"
+        elif status["hypervisors"].get(host) != "up":
+            waiting[host] = ("no hypervisor" if host not in status["hypervisors"] else "hypervisor is down")
     return waiting
 
 
@@ -243,13 +262,25 @@ def seal(agent, node):
     return result["stdout"]
 
 
-def identify_and_start(agent, node):
-    """The node's own nova identity (host names, state paths, compute_id), then its devstack units enabled and
-    (re)started. Idempotent: a node that already has its identity keeps it."""
-    identity = _run(agent, node, "giving the node its own nova identity",
-                    ["python3", "-c", IDENTIFY, node.name, NOVA_STATE_PATH, IDENTITY_RECORD, NOVA_CONF_DIR])
-    started = _run(agent, node, "starting devstack's units", ["sh", "-c", _START_UNITS, "start", UNITS_RECORD])
-    return identity["stdout"] + started["stdout"]
+def identify(agent, node):
+    """The node's own nova identity (host names, state paths, compute_id), before any nova service in it starts.
+    Idempotent: a node that already has its identity keeps it. Returns what changed, a line each."""
+    return _run(agent, node, "giving the node its own nova identity",
+                ["python3", "-c", IDENTIFY, node.name, NOVA_STATE_PATH, IDENTITY_RECORD, NOVA_CONF_DIR])["stdout"]
+
+
+def start_services(agent, node):
+    """The devstack units seal() disabled, enabled and (re)started."""
+    return _run(agent, node, "starting devstack's units", ["sh", "-c", _START_UNITS, "start", UNITS_RECORD])["stdout"]
+
+
+def forget(agent, controller, hosts):
+    """Delete these hosts' nova-compute services (and so their compute nodes) on the controller: computes made
+    again (their first compute stacked again) register anew, and nova refuses a second compute node for a host
+    whose old one it still has."""
+    return _run(agent, controller, "deleting the old nova-compute services of computes made again",
+                ["bash", "-c", _FORGET, "forget", f"{STACK_HOME}/devstack", *hosts], user=STACK_USER,
+                timeout=600)["stdout"]
 
 
 def cloud_status(agent, controller):
@@ -271,25 +302,33 @@ def discover_hosts(agent, controller):
 def converge(agent, controller, expected, started, timeout=CONVERGE_TIMEOUT, progress=None, interval=POLL_INTERVAL):
     """Wait until every host in `expected` is an up nova-compute service, an up hypervisor and mapped to a cell,
     mapping new hosts as they come. `started` is the monotonic time convergence is counted from (the clones'
-    start). Returns {"expected", "services_up", "hypervisors_up", "seconds", "waiting": {host: why}}; `waiting` is
-    empty when it converged within `timeout` seconds of `started`."""
+    start); the wait itself lasts at most `timeout` seconds, and a failing status call is retried until then.
+    Returns {"expected", "services_up", "hypervisors_up", "seconds", "waiting": {host: why}, "error": the last
+    failed call or None}; `waiting` is empty when it converged."""
     expected = list(expected)
-    deadline = started + timeout
+    deadline = time.monotonic() + timeout
+    status, error = {"services": {}, "hypervisors": {}, "mapped": set()}, None
     while True:
-        status = cloud_status(agent, controller)
-        waiting = not_ready(expected, status)
-        if any(why == "not mapped to a cell yet" for why in waiting.values()):
-            discover_hosts(agent, controller)
+        try:
             status = cloud_status(agent, controller)
             waiting = not_ready(expected, status)
-        ready = len(expected) - len(waiting)
+            # Nova lists a hypervisor only once its host is mapped to a cell: map every registered host first.
+            if any(host in status["services"] and host not in status["mapped"] for host in waiting):
+                discover_hosts(agent, controller)
+                status = cloud_status(agent, controller)
+                waiting = not_ready(expected, status)
+            error = None
+        except DevstackError as failed:     # a busy API (many computes registering at once) answers again later
+            error = str(failed)
+            waiting = not_ready(expected, status)
         if progress:
-            progress(ready, len(expected))
+            progress(len(expected) - len(waiting), len(expected))
         if not waiting or time.monotonic() > deadline:
             return {"expected": len(expected),
                     "services_up": sum(1 for h in expected if status["services"].get(h) == "up"),
                     "hypervisors_up": sum(1 for h in expected if status["hypervisors"].get(h) == "up"),
-                    "seconds": time.monotonic() - started, "waiting": waiting, "controller": controller.address}
+                    "seconds": time.monotonic() - started, "waiting": waiting, "controller": controller.address,
+                    "error": error}
         time.sleep(interval)
 
 

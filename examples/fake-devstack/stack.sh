@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # ============================================================================================================
-#  fake-devstack stack.sh -- a STAND-IN for devstack's stack.sh, for the offline demo and the tests.
+#  fake-devstack stack.sh -- a STAND-IN for devstack's stack.sh, for the tests of the deploy's mechanics.
 #  It installs no OpenStack. It reads local.conf's [[local|localrc]] section the way devstack does (extract,
 #  then source with bash), records what it saw in $DATA_DIR/fake-devstack/, and starts one small process per
 #  role as a systemd unit named like devstack's: devstack@fake-controller.service (a listener on RabbitMQ's
-#  port 5672 that collects reports) and/or devstack@fake-compute.service (reports "<hostname> <address>" to
-#  $RABBIT_HOST:5672 every few seconds).
+#  port 5672 that collects reports, with stand-ins for `openstack` and `nova-manage` that answer from them)
+#  and/or devstack@fake-compute.service (reports "<nova host> <address> <compute_id>" to $RABBIT_HOST:5672
+#  every few seconds, with nova-fake.conf-N identities as devstack's fake driver writes them).
 # ============================================================================================================
 set -o errexit -o pipefail
 

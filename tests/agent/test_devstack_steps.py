@@ -205,7 +205,8 @@ def test_default_start_script_on_a_node_without_devstack_units_is_harmless(agent
     node = replace(plan_node(container, str(tmp_path), {"VIRT_DRIVER": "fake"}), kind="clone", address=CLONE)
     output = devstack.run_start_script(agent, node, FIRST)
     assert "->" not in output and "restarted" not in output, "nothing to re-point, and no unit is touched"
-    assert "no devstack units were recorded" in nova.identify_and_start(agent, node)
+    assert nova.identify(agent, node) == "", "no nova here: nothing to change"
+    assert "no devstack units were recorded" in nova.start_services(agent, node)
 
 
 @pytest.mark.slow
@@ -328,7 +329,7 @@ def test_start_script_repoints_a_clone_at_its_own_address(agent, container, tmp_
     keys = 'cat /etc/ssh/ssh_host_*_key.pub | sort | sha256sum'
     old_keys = sh(agent, container, keys)
 
-    sealed = nova.seal(agent, node)       # as a deploy does before cloning: the units wait for identify_and_start
+    sealed = nova.seal(agent, node)       # as a deploy does before cloning: the units wait for start_services
     assert "devstack@fake-compute.service" in sealed
     assert sh(agent, container, "systemctl is-enabled devstack@fake-compute.service || true").strip() == "disabled"
     clone = replace(node, kind="clone", address=CLONE)
@@ -338,7 +339,7 @@ def test_start_script_repoints_a_clone_at_its_own_address(agent, container, tmp_
     assert f'HOST_IP="{CLONE}"' in conf and FIRST not in conf
     assert sh(agent, container, "stat -c %U /opt/stack/devstack/local.conf").strip() == "stack"
     sh(agent, container, f": > {reports}")
-    started = nova.identify_and_start(agent, clone)
+    started = nova.start_services(agent, clone)
     assert "started devstack@fake-compute.service devstack@fake-controller.service" in started, started
     assert sh(agent, container, "systemctl is-enabled devstack@fake-compute.service").strip() == "enabled"
     units = f"systemctl status --no-pager 'devstack@*'; journalctl --no-pager -n 60 -u 'devstack@*'; cat {reports}"

@@ -3,7 +3,7 @@ an LxcEngine group of 4 fake computes (the first stacked, 3 clones), deployed th
 
 Asserts what a cloud's user sees: 4 distinct nova-compute services and 4 hypervisors up, 8 servers (no NICs,
 compute API 2.37+) ACTIVE on more than one hypervisor, `openstack server list` answering; then destroy leaves
-nothing. About 12 minutes on 2 cores. The containers need the package registries (apt, PyPI through the host's
+nothing. About 15 minutes on 2 cores. The containers need the package registries (apt, PyPI through the host's
 CA), so the agent runs in this machine's own namespace, on a bridge of the test's own with NAT.
 """
 
@@ -118,14 +118,24 @@ def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(
                                                        "-f json"))
         assert sorted(s["Host"] for s in services) == expected
         assert {s["State"] for s in services} == {"up"}
-        hypervisors = json.loads(admin(agent, controller, "openstack hypervisor list -f json"))
+        # 2.53: hypervisor IDs are the compute nodes' UUIDs (the compute_id files).
+        hypervisors = json.loads(admin(agent, controller, "OS_COMPUTE_API_VERSION=2.53 openstack hypervisor list "
+                                                          "-f json"))
         assert sorted(h["Hypervisor Hostname"] for h in hypervisors) == expected
         assert {h["State"] for h in hypervisors} == {"up"}
-        ids = set()
+        ids = {}
         for node in plan["nodes"]:
-            if node["nova_hosts"]:
-                ids.add(agent.run(node["name"], ["sh", "-c", "cat /opt/stack/data/nova/*/compute_id"])["stdout"])
-        assert len(ids) == COMPUTES, "every compute has its own compute_id"
+            for host in node["nova_hosts"]:     # devstack's fake driver: <node>N from nova-fake.conf-N
+                index = host[len(node["name"]):]
+                read = agent.run(node["name"], ["sh", "-c", 'state=$(sed -n "s/^state_path = //p" "$1"); '
+                                                            'cat "$state/compute_id"; ls /opt/stack/data/nova',
+                                                "show", f"/etc/nova/nova-fake.conf-{index}"])
+                assert read["exit_code"] == 0, read
+                compute_id, *folders = read["stdout"].split()
+                ids[host] = compute_id
+                assert host in folders and not [f for f in folders if f.endswith("1") and f != host], folders
+        assert len(set(ids.values())) == COMPUTES, f"every compute has its own compute_id: {ids}"
+        assert {h["ID"] for h in hypervisors} == set(ids.values()), "nova's compute nodes are these UUIDs"
 
         # A client boots servers without networks, and they spread over the hypervisors.
         admin(agent, controller, "head -c 1048576 /dev/zero > /tmp/dummy.img && openstack image create "

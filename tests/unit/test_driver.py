@@ -184,18 +184,26 @@ def test_the_walk_follows_the_seed_engines_in_order(world):
     assert sorted(host for host, _ in clones) == ["198.18.0.10", "198.18.0.11"]
     assert all(len(args[1]) == 3 for _, args in clones), "4 per host: 1 first + 3 clones"
     assert len(calls(journal, "devstack.run_start_script")) == 6
-    # Nova: each first compute sealed before it is stopped for cloning; every compute given its own identity
-    # (the firsts too, whose units seal disabled) after its start script; then the controller waits for all.
+    # Nova: each first compute sealed after its stack.sh and before it is stopped for cloning; every compute given
+    # its own identity before its start script, and its units started after it (the firsts' too, which seal
+    # disabled); then the controller waits for them all.
     sealed = [args[0] for _, args in calls(journal, "nova.seal")]
     assert sorted(sealed) == sorted(n.name for n in plan.nodes if n.kind == "first")
     for first in sealed:
-        assert operations.index("nova.seal") < operations.index("clone")
-    identified = [args[0] for _, args in calls(journal, "nova.identify_and_start")]
-    assert sorted(identified) == sorted(n.name for n in plan.nodes if n.role == "compute")
-    for name in identified:
+        on_it = [(op, args) for _, op, args in journal if args[:1] == [first] or (op == "stop" and first in args[0])]
+        order = [op for op, _ in on_it]
+        assert order.index("devstack.run_stack") < order.index("nova.seal") < order.index("stop")
+    computes = sorted(n.name for n in plan.nodes if n.role == "compute")
+    assert sorted(args[0] for _, args in calls(journal, "nova.identify")) == computes
+    assert sorted(args[0] for _, args in calls(journal, "nova.start_services")) == computes
+    for name in computes:
         steps = [op for _, op, args in journal if args == [name] and op.startswith(("devstack.", "nova."))]
-        if name not in sealed:
-            assert steps.index("devstack.run_start_script") < steps.index("nova.identify_and_start")
+        if name in sealed:
+            assert "devstack.run_start_script" not in steps, "the first compute keeps its address"
+            assert steps.index("nova.identify") < steps.index("nova.start_services")
+        else:
+            assert (steps.index("nova.identify") < steps.index("devstack.run_start_script")
+                    < steps.index("nova.start_services"))
     assert [args[0] for _, args in calls(journal, "nova.converge")] == [plan.controller]
     assert operations[-1] == "nova.converge", "the deploy ends by proving the computes are up"
 
@@ -412,3 +420,45 @@ def test_a_lost_agent_is_named_with_its_host_and_phase_not_a_traceback(world):
                                         "receiving: not enough data; check that lxc-agent runs there")
     assert "deploy again under the same name to resume" in str(caught.value)
     assert isinstance(caught.value, DeployError), "the CLI reports it like every deploy error"
+
+
+def test_computes_of_an_lxc_provider_are_stacked_each_and_never_sealed(tmp_path):
+    config = json.loads(json.dumps(SEED_LIKE))
+    config["nodes"] = [{"type": "DevstackEngine", "localrc": {"RABBIT_HOST": "{controller_ip}",
+                                                              "ENABLED_SERVICES": "n-cpu"},
+                        "provider": {"type": "LxcProvider", "containers_per_host": 2, "container_name_prefix": "cpu",
+                                     "distribution": "debian", "release": "bookworm",
+                                     "host_provider": {"type": "ExistingServers",
+                                                       "credentials": [{"user": "root", "host": "198.18.0.10"}]}}}]
+    plan = topology.plan(validate(config))
+    store = Store(str(tmp_path / "store.sqlite"))
+    store.begin("p", config, plan.to_dict())
+    journal, containers = [], {}
+    deployer = Deployer("p", plan, store, lambda host: FakeAgent(host.address, journal, containers=containers),
+                        Settings(log_dir=str(tmp_path / "logs")), engine=FakeEngine(journal),
+                        nova_engine=FakeEngine(journal, "nova"))
+    deployer.deploy()
+    computes = sorted(n.name for n in plan.nodes if n.role == "compute")
+    assert len(computes) == 2
+    assert sorted(args[0] for _, args in calls(journal, "devstack.run_stack")) == sorted([plan.controller, *computes])
+    assert calls(journal, "nova.seal") == [] and calls(journal, "clone") == []
+    assert [args[0] for _, args in calls(journal, "nova.converge")] == [plan.controller]
+    store.close()
+
+
+def test_clones_made_again_are_destroyed_and_forgotten_by_nova_first(world):
+    """A clones step cut off (or marked stale by a changed config) is redone from scratch: its clones may be
+    snapshots of an older first compute, and nova may know their hosts with other compute node UUIDs."""
+    plan, store, journal, failures, deployer = world
+    failures["fail_on"] = once(lambda host, op, args: op == "start" and host == "198.18.0.11" and len(args[0]) == 3)
+    with pytest.raises(RuntimeError):
+        deployer().deploy()
+    failures.pop("fail_on")
+    journal.clear()
+    deployer().deploy()
+    first = next(n for n in plan.nodes if n.kind == "first" and n.host == "198.18.0.11")
+    clones = sorted(n.name for n in plan.nodes if n.source == first.name)
+    assert [(host, sorted(args[0])) for host, args in calls(journal, "destroy")] == [("198.18.0.11", clones)]
+    assert [args[0] for _, args in calls(journal, "nova.forget")] == [plan.controller]
+    other = next(n for n in plan.nodes if n.kind == "first" and n.host == "198.18.0.10")
+    assert "clones:" + other.name in deployer().deploy().skipped, "the finished host's clones are kept"

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -39,7 +40,7 @@ def status_text(services=SERVICES, hypervisors=HYPERVISORS, mapped=MAPPED):
 
 def test_status_reads_services_hypervisors_and_the_cell_table():
     status = nova.parse_status(status_text())
-    assert status == {"services": {"cpu-0001": "up", "cpu-0011": "down", "cpu-0021": "down", "cpu-0031": "up"},
+    assert status == {"services": {"cpu-0001": "up", "cpu-0011": "down", "cpu-0021": "disabled", "cpu-0031": "up"},
                       "hypervisors": {"cpu-0001": "up", "cpu-0031": "up"}, "mapped": {"cpu-0001"}}
 
 
@@ -52,7 +53,7 @@ def test_an_empty_cloud_reads_as_nothing():
 @pytest.mark.parametrize("host, why", [
     ("cpu-0001", None),
     ("cpu-0011", "nova-compute service is down"),
-    ("cpu-0021", "nova-compute service is down"),
+    ("cpu-0021", "nova-compute service is disabled"),
     ("cpu-0031", "not mapped to a cell yet"),
     ("cpu-0041", "no nova-compute service registered"),
 ], ids=["ready", "down", "disabled", "unmapped", "missing"])
@@ -167,3 +168,55 @@ STACK_LOG = """+ ./stack.sh:main:779                      :   echo_summary 'Inst
 def test_the_devstack_phase_is_the_last_summary_in_the_log(text, phase):
     from coordinator.devstack import stack_phase
     assert stack_phase(text) == phase
+
+
+# ---------------------------------------------------------------- waiting for the cloud, against a scripted controller
+
+class Controller:
+    """Answers nova.converge's calls as a controller would: the status script from `answers` in turn (the last one
+    again when they run out; an int is a failing exit code), and discover_hosts maps every registered host."""
+
+    def __init__(self, answers):
+        self.answers, self.mapped, self.calls = list(answers), set(), []
+
+    def run(self, name, argv, **options):
+        script = argv[2]
+        if script == nova._DISCOVER:
+            self.calls.append("discover")
+            self.mapped |= set(self._current()[0])
+            return {"exit_code": 0, "stdout": "Found 1 unmapped computes\n", "stderr": ""}
+        self.calls.append("status")
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, int):
+            return {"exit_code": answer, "stdout": "", "stderr": "503 Service Unavailable"}
+        self._last = answer
+        services = [{"Host": host, "State": "up", "Status": "enabled"} for host in answer[0]]
+        hypervisors = [{"Hypervisor Hostname": host, "State": "up"} for host in answer[1]]
+        table = "\n".join(f"| cell1 | x | {host} |" for host in sorted(self.mapped))
+        return {"exit_code": 0, "stdout": status_text(services, hypervisors, table), "stderr": ""}
+
+    def _current(self):
+        return getattr(self, "_last", ((), ()))
+
+
+class Node:
+    name, host, address = "ctl-000", "198.18.0.10", "10.100.1.2"
+
+
+def test_converge_maps_new_hosts_and_ends_when_all_are_up():
+    controller = Controller([(["a1"], []), 5, (["a1", "b1"], ["a1", "b1"])])
+    seen = []
+    result = nova.converge(controller, Node(), ["a1", "b1"], started=0.0, timeout=60, interval=0,
+                           progress=lambda done, total: seen.append((done, total)))
+    assert result["waiting"] == {} and result["services_up"] == 2 and result["hypervisors_up"] == 2
+    assert result["error"] is None
+    assert controller.calls.count("discover") >= 1 and controller.mapped == {"a1", "b1"}
+    assert seen[-1] == (2, 2) and seen[0] == (0, 2)
+
+
+def test_converge_gives_up_after_its_own_timeout_and_says_why():
+    controller = Controller([(["a1"], ["a1"]), (["a1"], ["a1"]), 7])
+    result = nova.converge(controller, Node(), ["a1", "b1"], started=0.0, timeout=0.3, interval=0.05)
+    assert result["waiting"] == {"b1": "no nova-compute service registered"}
+    assert "503 Service Unavailable" in result["error"], "the last failed call is kept for the message"
+    assert result["seconds"] >= time.monotonic() - 1, "counted from `started` (the clones' start), not the wait"

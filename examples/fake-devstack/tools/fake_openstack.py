@@ -4,7 +4,7 @@ installed on the stand-in's controller under those names. They answer from the c
 ($FAKE_DATA/computes/<host>, one per nova host, its time the last report), the way nova would:
 
   openstack compute service list --service nova-compute -f json   a service per host, up if it reported lately
-  openstack hypervisor list -f json                                a hypervisor per host that has a compute_id
+  openstack hypervisor list -f json                                a hypervisor per mapped host with a compute_id
   nova-manage cell_v2 discover_hosts [--verbose]                   maps the hosts not mapped yet
   nova-manage cell_v2 list_hosts                                   the mapped hosts, as nova-manage's table
 
@@ -54,8 +54,10 @@ def openstack(args):
         print(json.dumps(rows, indent=2))
         return 0
     if args[:2] == ["hypervisor", "list"]:
+        # As nova: a compute node is listed once its host is mapped to a cell (nova-manage cell_v2 discover_hosts).
+        known = mapped()
         rows = [{"Hypervisor Hostname": host, "Hypervisor Type": "fake", "State": "up" if age < DOWN_AFTER else
-                 "down"} for host, (age, compute_id) in computes().items() if compute_id != "-"]
+                 "down"} for host, (age, compute_id) in computes().items() if compute_id != "-" and host in known]
         print(json.dumps(rows, indent=2))
         return 0
     print(f"fake-devstack's openstack stand-in cannot do: {' '.join(args)}", file=sys.stderr)
