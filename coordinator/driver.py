@@ -506,6 +506,7 @@ class Deployer:
         if controller is None or not expected:
             return
         agent = self.agent_for(self.hosts[controller.host])
+        self.nova.warm_network_api(agent, controller)
         started = getattr(self, "_clones_started", time.monotonic())
         result = self.nova.converge(agent, controller, list(expected), started, self.settings.converge_timeout,
                                     progress=lambda done, total: self._progress("nova computes up", done, total))
