@@ -84,6 +84,29 @@ if ! cmp -s "$rule" "$sudoers" || [ "$(stat -c %a:%U "$sudoers")" != 440:root ];
 fi
 """
 
+# Root, in a container: what a container cannot do is made harmless before devstack asks for it, never by editing
+# devstack. iscsid: devstack's configure_nova restarts it on every compute (for cinder volumes), but without the
+# host's iSCSI kernel support it exits at once, and systemd then fails the restart ("New main PID ... does not
+# exist or is a zombie") or not, by a race: stack.sh stops at random. A fake compute attaches no volume.
+_CONTAINER_SETUP = r"""
+set -e
+dropin=/etc/systemd/system/iscsid.service.d/lxc-cloud.conf
+want='# lxc-cloud: iscsid cannot run in a container without the host'"'"'s iSCSI kernel support
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStartPre=
+ExecStart=
+ExecStart=/bin/true
+'
+if [ "$(cat "$dropin" 2>/dev/null)" != "${want%?}" ]; then   # $(...) drops the last newline: so does ${want%?}
+    mkdir -p "${dropin%/*}"
+    printf '%s' "$want" >"$dropin"
+    systemctl daemon-reload 2>/dev/null || true
+    echo "wrote $dropin"
+fi
+"""
+
 _HEAD = 'git -C "$1" rev-parse --verify -q HEAD 2>/dev/null || true'
 
 # The bundle arrives base64-encoded on stdin; the new checkout replaces the old one only once it is complete.
@@ -300,8 +323,9 @@ def _run(agent, node, what, argv, stdin=None, env=None, user=None, timeout=COMMA
 # ---------------------------------------------------------------- the steps
 
 def prepare(agent, node, timeout=COMMAND_TIMEOUT):
-    """Make sure git, sudo and python3 are there (installing only what is missing) and that user `stack`
-    (home /opt/stack, bash) has passwordless sudo. Returns {"installed": [...], "changed": [...]}."""
+    """Make sure git, sudo and python3 are there (installing only what is missing), that user `stack`
+    (home /opt/stack, bash) has passwordless sudo, and that iscsid (which a container cannot run) is a no-op unit.
+    Returns {"installed": [...], "changed": [...]}."""
     probe = _run(agent, node, "looking for git, sudo and python3", ["sh", "-c", _PROBE, "probe", *REQUIRED_COMMANDS])
     missing, manager = parse_probe(probe["stdout"])
     if missing:
@@ -313,7 +337,8 @@ def prepare(agent, node, timeout=COMMAND_TIMEOUT):
         _run(agent, node, f"installing {' '.join(missing)} with {manager}", argv, env=env, timeout=timeout)
     user = _run(agent, node, f"setting up user {STACK_USER}",
                 ["sh", "-c", _ENSURE_STACK_USER, "ensure-stack-user", STACK_USER, STACK_HOME, SUDOERS_FILE])
-    return {"installed": missing, "changed": user["stdout"].splitlines()}
+    setup = _run(agent, node, "making services a container cannot run harmless", ["sh", "-c", _CONTAINER_SETUP])
+    return {"installed": missing, "changed": user["stdout"].splitlines() + setup["stdout"].splitlines()}
 
 
 def fetch(agent, node, repo, branch, timeout=COMMAND_TIMEOUT):

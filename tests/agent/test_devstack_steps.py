@@ -140,7 +140,20 @@ def test_prepare_makes_stack_user_with_passwordless_sudo_and_twice_changes_nothi
     assert first["installed"] == [], "the image has git, sudo and python3 already"
     assert "created user stack" in first["changed"] and f"wrote {devstack.SUDOERS_FILE}" in first["changed"]
 
+    assert "wrote /etc/systemd/system/iscsid.service.d/lxc-cloud.conf" in first["changed"]
+
     assert devstack.prepare(agent, node) == {"installed": [], "changed": []}
+
+    # devstack's configure_nova restarts iscsid on every compute; in a container iscsid exits at once. A unit that
+    # fails like it (installed where open-iscsi puts its own) restarts fine under the drop-in, and fails without.
+    sh(agent, container, "printf '[Service]\\nType=forking\\nPIDFile=/run/iscsid.pid\\nExecStart=/bin/false\\n' "
+                         ">/etc/systemd/system/iscsid.service && systemctl daemon-reload")
+    for _ in range(3):
+        sh(agent, container, "systemctl restart iscsid")
+    sh(agent, container, "mv /etc/systemd/system/iscsid.service.d/lxc-cloud.conf /root/ && systemctl daemon-reload")
+    assert agent.run(container, ["systemctl", "restart", "iscsid"])["exit_code"] != 0, "the unit fails without it"
+    assert devstack.prepare(agent, node)["changed"] == ["wrote /etc/systemd/system/iscsid.service.d/lxc-cloud.conf"]
+    sh(agent, container, "systemctl restart iscsid")
     entry = sh(agent, container, "getent passwd stack").strip().split(":")
     assert (entry[5], entry[6]) == ("/opt/stack", "/bin/bash")
     assert sh(agent, container, 'stat -c "%a %U %G" "$1"', devstack.SUDOERS_FILE).strip() == "440 root root"
