@@ -83,6 +83,7 @@ class Deployer:
         self.name, self.plan, self.store, self.connect, self.settings = name, plan, store, connect, settings
         self.engine = engine      # what runs devstack inside a node (a recording fake in the driver's tests)
         self.nova = nova_engine   # nova identities and convergence (likewise)
+        self._clones_started = None      # when the clones began to start: convergence is counted from there
         self.hosts = {host.address: host for host in plan.hosts}
         self.report = Report()
         self._record_lock = threading.Lock()
@@ -507,7 +508,7 @@ class Deployer:
             return
         agent = self.agent_for(self.hosts[controller.host])
         self.nova.warm_network_api(agent, controller)
-        started = getattr(self, "_clones_started", time.monotonic())
+        started = self._clones_started or time.monotonic()
         result = self.nova.converge(agent, controller, list(expected), started, self.settings.converge_timeout,
                                     progress=lambda done, total: self._progress("nova computes up", done, total))
         self.report.convergence = result
