@@ -7,6 +7,7 @@ installed on the stand-in's controller under those names. They answer from the c
   openstack hypervisor list -f json                                a hypervisor per mapped host with a compute_id
   nova-manage cell_v2 discover_hosts [--verbose]                   maps the hosts not mapped yet
   nova-manage cell_v2 list_hosts                                   the mapped hosts, as nova-manage's table
+  openstack network list | port list | security group list         nothing, as an empty cloud (no neutron here)
 
 Anything else is refused: this is not OpenStack.
 """
@@ -59,6 +60,10 @@ def openstack(args):
         rows = [{"Hypervisor Hostname": host, "Hypervisor Type": "fake", "State": "up" if age < DOWN_AFTER else
                  "down"} for host, (age, compute_id) in computes().items() if compute_id != "-" and host in known]
         print(json.dumps(rows, indent=2))
+        return 0
+    if args[:2] in (["network", "list"], ["port", "list"]) or args[:3] == ["security", "group", "list"]:
+        # The stand-in has no neutron objects; the listing answers, as an empty cloud's does.
+        print("[]" if "json" in args else "", end="\n" if "json" in args else "")
         return 0
     print(f"fake-devstack's openstack stand-in cannot do: {' '.join(args)}", file=sys.stderr)
     return 2
