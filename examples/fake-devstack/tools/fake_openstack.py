@@ -3,7 +3,10 @@
 installed on the stand-in's controller under those names. They answer from the computes' reports
 ($FAKE_DATA/computes/<host>, one per nova host, its time the last report), the way nova would:
 
-  openstack compute service list --service nova-compute -f json   a service per host, up if it reported lately
+  openstack compute service list --service nova-compute [--host H] -f json|value [-c COL]
+                                                                   a service per host (its ID the host's name), up
+                                                                   if it reported lately
+  openstack compute service delete ID...                          forgets the host, its mapping too
   openstack hypervisor list -f json                                a hypervisor per mapped host with a compute_id
   nova-manage cell_v2 discover_hosts [--verbose]                   maps the hosts not mapped yet
   nova-manage cell_v2 list_hosts                                   the mapped hosts, as nova-manage's table
@@ -48,11 +51,40 @@ def mapped():
         return []
 
 
+def option(args, name):
+    return args[args.index(name) + 1] if name in args[:-1] else None
+
+
+def show(rows, args):
+    """As the client prints them: `-f json`, or `-f value` with the `-c` columns."""
+    if option(args, "-f") == "value":
+        columns = [args[i + 1] for i, word in enumerate(args[:-1]) if word == "-c"] or list(rows[0] if rows else [])
+        for row in rows:
+            print(" ".join(str(row[column]) for column in columns))
+    else:
+        print(json.dumps(rows, indent=2))
+
+
 def openstack(args):
     if args[:3] == ["compute", "service", "list"]:
-        rows = [{"Binary": "nova-compute", "Host": host, "Zone": "nova", "Status": "enabled",
-                 "State": "up" if age < DOWN_AFTER else "down"} for host, (age, _) in computes().items()]
-        print(json.dumps(rows, indent=2))
+        host = option(args, "--host")
+        rows = [{"ID": name, "Binary": "nova-compute", "Host": name, "Zone": "nova", "Status": "enabled",
+                 "State": "up" if age < DOWN_AFTER else "down"} for name, (age, _) in computes().items()
+                if host in (None, name)]
+        show(rows, args)
+        return 0
+    if args[:3] == ["compute", "service", "delete"]:
+        # As nova: the service goes with its compute node and host mapping (the stand-in's IDs are host names).
+        for name in args[3:]:
+            path = os.path.join(COMPUTES, name)
+            if "/" in name or not os.path.exists(path):
+                print(f"Failed to delete compute service with ID '{name}'", file=sys.stderr)
+                return 1
+            os.unlink(path)
+            left = [host for host in mapped() if host != name]
+            with open(MAPPED + ".tmp", "w") as handle:
+                handle.writelines(host + "\n" for host in left)
+            os.replace(MAPPED + ".tmp", MAPPED)
         return 0
     if args[:2] == ["hypervisor", "list"]:
         # As nova: a compute node is listed once its host is mapped to a cell (nova-manage cell_v2 discover_hosts).
