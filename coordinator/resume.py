@@ -25,25 +25,21 @@ class Changes:
 
 
 def step_inputs(plan):
-    """[(step key, inputs)] in the order the driver walks them (see driver.Deployer.deploy)."""
+    """[(step key, inputs)] of the steps a changed config can redo, in the order the driver walks them (see
+    driver.Deployer.deploy)."""
     nodes = plan["nodes"]
-    by_name = {node["name"]: node for node in nodes}
 
     def devstack(node):
         return {field: node.get(field) for field in DEVSTACK_FIELDS}
 
-    steps = [(f"networks:{host['address']}", host["networks"]) for host in plan["hosts"]]
-    steps.append(("tunnels", plan["tunnels"]))
-    steps += [(f"containers:{host['address']}",
-               [[node.get(field) for field in LAYOUT_FIELDS] for node in nodes
-                if node["host"] == host["address"] and node["kind"] in ("standalone", "first")])
-              for host in plan["hosts"]]
+    # Networks, tunnels and containers follow from the layout alone, which a resume keeps: only the steps that
+    # take what devstack is told can differ.
     ordered = ([node for node in nodes if node["role"] == "controller"]
                + [node for node in nodes if node["role"] != "controller" and node["kind"] == "standalone"]
                + [node for node in nodes if node["kind"] == "first"])
-    steps += [(f"devstack:{node['name']}", devstack(node)) for node in ordered]
+    steps = [(f"devstack:{node['name']}", devstack(node)) for node in ordered]
     firsts = [node for node in nodes if node["kind"] == "first"]
-    steps += [(f"clones:{first['name']}", devstack(by_name[first["name"]])) for first in firsts]
+    steps += [(f"clones:{first['name']}", devstack(first)) for first in firsts]
     steps += [(f"start-scripts:{first['name']}",
                [node.get("start_script") for node in nodes if node["name"] == first["name"]
                 or node.get("source") == first["name"]]) for first in firsts]
