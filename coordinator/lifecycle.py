@@ -40,7 +40,7 @@ def add_arguments(commands):
     deploy.add_argument("config", metavar="CONFIG")
     deploy.add_argument("--name", help="deployment name (default: the config's name and the time)")
     deploy.add_argument("--log-dir", default=DEFAULT_LOG_DIR,
-                        help=f"full stack.sh logs, one per node (default {DEFAULT_LOG_DIR})")
+                        help=f"full stack.sh logs, one per node and attempt (default {DEFAULT_LOG_DIR})")
     deploy.set_defaults(run=deploy_command)
     listing = with_shared(commands.add_parser("list", help="the deployments on record"))
     listing.set_defaults(run=list_command)
