@@ -12,7 +12,7 @@ import Pyro5.errors
 from Pyro5 import protocol, serializers, socketutil
 
 from agent import errors, pki  # noqa: F401  (importing errors registers them with Pyro5)
-from agent.daemon import DEFAULT_PKI, DEFAULT_PORT, OBJECT_ID
+from agent.endpoint import DEFAULT_PKI, DEFAULT_PORT, OBJECT_ID
 
 
 class AgentProxy(Pyro5.api.Proxy):

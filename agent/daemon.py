@@ -18,12 +18,10 @@ import Pyro5.socketutil
 import agent
 from agent import pki, storage
 from agent.errors import AgentError, InvalidArgument
+from agent.endpoint import DEFAULT_PKI, DEFAULT_PORT, OBJECT_ID
 from agent.service import AgentService
 
-OBJECT_ID = "lxc.agent"
-DEFAULT_PORT = 7643
 DEFAULT_CONFIG = "/etc/lxc-agent/agent.toml"
-DEFAULT_PKI = "/etc/lxc-agent/pki"
 SETTINGS = {  # option -> default; the config file uses the same names with '_' for '-'
     "listen": f"127.0.0.1:{DEFAULT_PORT}", "lxcpath": "/var/lib/lxc", "storage": "auto",
     "tls_cert": f"{DEFAULT_PKI}/agent.crt", "tls_key": f"{DEFAULT_PKI}/agent.key",
