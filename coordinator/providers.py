@@ -8,10 +8,13 @@ import math
 import re
 from dataclasses import dataclass
 
+from agent import addressing
 from coordinator import plugins
 from coordinator.config import Problem, kept
 
 DEFAULT_DISTRIBUTION = "ubuntu"
+# The distributions a container can be made of: distribution -> the LXC template (lxc-templates) that builds it.
+TEMPLATES = {"ubuntu": "ubuntu", "debian": "debian"}
 # A release devstack stable/2026.1 supports (SUPPORTED_DISTROS in its stack.sh), for a group that names none.
 DEFAULT_RELEASES = {"ubuntu": "noble", "debian": "bookworm"}
 TUNNEL_TYPES = ("ipip", "vxlan")
@@ -32,8 +35,8 @@ NETWORK_SCHEMA = {"type": "string", "x-expected": "an IPv4 network such as 10.10
 TUNNEL_TO_SCHEMA = {"type": "array", "items": {"type": "string", "x-expected": "an IPv4 address"},
                     "x-expected": "a list of IPv4 addresses"}
 TUNNEL_TYPE_SCHEMA = {"enum": list(TUNNEL_TYPES)}
-DISTRIBUTION_SCHEMA = {"type": "string", "pattern": r"^[a-z][a-z0-9._-]*\Z",
-                       "x-expected": "a distribution name such as ubuntu or debian"}
+DISTRIBUTION_SCHEMA = {"enum": list(TEMPLATES),
+                       "x-expected": "a distribution an LXC template here makes: " + " or ".join(TEMPLATES)}
 RELEASE_SCHEMA = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z",
                   "x-expected": "a release name such as jammy or bookworm"}
 # No host runs more containers than this; a larger number is a slip (and would make the arithmetic absurd).
@@ -98,8 +101,8 @@ class Containers:
 # ------------------------------------------------------------- network arithmetic shared with the planner
 
 def capacity(network):
-    """Containers a subnet holds: all of it but the network, gateway (first) and broadcast addresses."""
-    return max(network.num_addresses - 3, 0)
+    """Containers a subnet holds (agent.addressing's rule, which the agents apply too)."""
+    return addressing.capacity(network)
 
 
 def prefix_for(count):

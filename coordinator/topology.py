@@ -12,7 +12,13 @@ node's address. A tunnel record carries both ends: the local host and subnet, th
 on it (when the remote is a host of this plan), so the deploy can route both ways.
 
 Names: `<prefix>-<subnet tag>-<index>` like Rally's engines (`devstack-compute-10-100-1-007`), the index three
-digits or more and counted on across groups with the same prefix and subnet, so names are unique everywhere.
+digits or more and counted within the group. A name is a stable key: it depends only on the group's own prefix,
+subnet and position, never on the size of another group. When several groups share a prefix and a subnet, the
+first keeps that form and each later one adds its group index (`compute-10-100-1-g2-000`). Addresses are handed out
+in order, each group after the ones before it on the same subnet; given the deployment's previous plan, every node
+that is still planned keeps its address and new nodes take the lowest free ones, so growing or shrinking one group
+never renames or re-addresses another node. Tunnels are named from their ends (`lxt-` and a hash of host, remote
+and subnet), so the plan shows them and no other tunnel's name depends on their order.
 
 Devstack: each node's localrc and meta-sections are the config's plus the defaults a cloud of containers needs
 (`plan_localrc`, `plan_meta_sections`; a configured key always wins), and from them the services it enables, the
@@ -20,17 +26,22 @@ nova-compute hosts it registers and what it needs from the host's kernel.
 """
 
 import bisect
+import hashlib
 import ipaddress
 import json
 import os
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
+from agent import addressing
 from coordinator import localconf
 from coordinator.config import ConfigError, Problem
-from coordinator.providers import DEFAULT_RELEASES, SPECIAL_RANGES, Credential, capacity, special_range, too_small
+from coordinator.providers import (
+    DEFAULT_RELEASES, SPECIAL_RANGES, TEMPLATES, Credential, capacity, special_range, too_small,
+)
 
-PLAN_VERSION = 3
+PLAN_VERSION = 4
+READABLE_VERSIONS = (3, 4)      # a version 3 plan is read with the names version 4 gives its tunnels and templates
 DEFAULT_NETWORK = ipaddress.IPv4Network("10.100.1.0/24")
 NAME_MAX = 63
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
@@ -82,6 +93,7 @@ class Node:
     subnet: str | None
     bridge: str | None
     distribution: str | None
+    template: str | None    # the LXC template that makes the container (None for a hardware node)
     release: str | None     # the config's, else one devstack supports for the distribution (DEFAULT_RELEASES)
     devstack_repo: str | None   # None: devstack from the git mirror
     devstack_branch: str
@@ -103,8 +115,10 @@ class Tunnel:
     the container subnets on the remote (`remote_subnets`); the remote routes `subnet` back through it.
 
     `remote_host` is the plan's host at the far end (whose agent sets up that end), or None when the remote is
-    not a host of this plan (then only this end is set up, and `remote_subnets` is empty)."""
+    not a host of this plan (then only this end is set up, and `remote_subnets` is empty). Both ends carry
+    `name` (tunnel_name)."""
 
+    name: str
     kind: str
     host: str
     remote: str
@@ -148,33 +162,58 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data):
-        """The inverse of to_dict, for a plan read back from a store; PlanVersionError for another version's."""
+        """The inverse of to_dict, for a plan read back from a store; PlanVersionError for a version it cannot read.
+        A version 3 plan (before tunnels and templates were named in the plan) is read with the names this
+        version gives them, which are what its deploy used for templates; its recorded tunnels are destroyed by
+        the names the store holds."""
         version = data.get("version") if isinstance(data, dict) else None
-        if version != PLAN_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise PlanVersionError(version)
         hosts = tuple(Host(**{**host, "networks": tuple(Network(**n) for n in host["networks"])})
                       for host in data["hosts"])
         groups = tuple(Group(**{**group, "hosts": tuple(group["hosts"])}) for group in data["groups"])
-        nodes = tuple(Node(**{**node, "plugins": tuple(tuple(p) for p in node["plugins"]),
+        nodes = tuple(Node(**{"template": TEMPLATES.get(node.get("distribution")) if node["kind"] != "host"
+                              else None,
+                              **node, "plugins": tuple(tuple(p) for p in node["plugins"]),
                               "services": tuple(node["services"]), "nova_hosts": tuple(node["nova_hosts"])})
                       for node in data["nodes"])
-        tunnels = tuple(Tunnel(**{**tunnel, "remote_subnets": tuple(tunnel["remote_subnets"])})
+        tunnels = tuple(Tunnel(**{"name": tunnel_name(tunnel["host"], tunnel["remote"], tunnel["subnet"]),
+                                  **tunnel, "remote_subnets": tuple(tunnel["remote_subnets"])})
                         for tunnel in data["tunnels"])
-        return cls(version=data["version"], type=data["type"], controller=data["controller"],
+        return cls(version=PLAN_VERSION, type=data["type"], controller=data["controller"],
                    controller_address=data["controller_address"], hosts=hosts, groups=groups, nodes=nodes,
                    tunnels=tunnels)
 
     def host(self, address):
+        """The host at `address`; KeyError naming it when the plan has none."""
         for host in self.hosts:
             if host.address == address:
                 return host
         raise KeyError(f"no host {address!r} in this plan")
 
-    def nodes_on(self, address):
-        return tuple(node for node in self.nodes if node.host == address)
+    def nodes_on(self, address, *kinds):
+        """The nodes on one host, in plan order; only those of `kinds` when given."""
+        return tuple(node for node in self.nodes if node.host == address and (not kinds or node.kind in kinds))
 
     def tunnels_from(self, address):
+        """The tunnels whose near end is on one host, in plan order."""
         return tuple(tunnel for tunnel in self.tunnels if tunnel.host == address)
+
+    def node(self, name):
+        """The node called `name`; KeyError naming it when the plan has none."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"no node {name!r} in this plan")
+
+    @property
+    def controller_node(self):
+        """The controller node, or None when the plan has no single controller."""
+        return next((node for node in self.nodes if node.name == self.controller), None)
+
+    def nova_hosts(self):
+        """Every planned nova-compute host name -> the node that registers it."""
+        return {host: node for node in self.nodes for host in node.nova_hosts}
 
 
 class PlanVersionError(ConfigError):
@@ -182,16 +221,17 @@ class PlanVersionError(ConfigError):
 
     def __init__(self, version):
         self.version = version
+        reads = " and ".join(str(known) for known in READABLE_VERSIONS)
         if isinstance(version, int) and not isinstance(version, bool) and version < PLAN_VERSION:
-            message = (f"deployment made by an older coordinator (plan version {version}; this one reads version "
-                       f"{PLAN_VERSION}); destroy it with the coordinator that made it, or remove its containers, "
+            message = (f"deployment made by an older coordinator (plan version {version}; this one reads versions "
+                       f"{reads}); destroy it with the coordinator that made it, or remove its containers, "
                        f"bridges and tunnels with each host's lxc-agent and then its record from the store")
-        elif isinstance(version, int) and not isinstance(version, bool):
-            message = (f"deployment made by a newer coordinator (plan version {version}; this one reads version "
-                       f"{PLAN_VERSION}); use that coordinator for it")
+        elif isinstance(version, int) and not isinstance(version, bool) and version > PLAN_VERSION:
+            message = (f"deployment made by a newer coordinator (plan version {version}; this one reads versions "
+                       f"{reads}); use that coordinator for it")
         else:
-            message = (f"not a plan this coordinator can read (version {version!r}; it reads version "
-                       f"{PLAN_VERSION}): the record is damaged or not a deployment's")
+            message = (f"not a plan this coordinator can read (version {version!r}; it reads versions "
+                       f"{reads}): the record is damaged or not a deployment's")
         super().__init__([Problem(None, message)])
 
 
@@ -256,8 +296,12 @@ def bridge_name(network):
     return f"lxcbr-{int(network.network_address):08x}"
 
 
-def container_name(prefix, network, index):
-    return f"{prefix}-{subnet_tag(network)}-{index:03d}"
+def tunnel_name(host, remote, subnet):
+    """`lxt-` and 11 hex digits of a hash of the tunnel's ends and subnet: 15 characters (Linux's limit), the same
+    name at both ends and on every run (resume, destroy), and independent of the other tunnels. Two deployments
+    never share a (host, subnet), so never a tunnel name."""
+    digest = hashlib.sha256(f"{host} {remote} {subnet}".encode()).hexdigest()
+    return f"lxt-{digest[:11]}"
 
 
 # ---------------------------------------------------------------- the planner
@@ -290,8 +334,11 @@ class _Ranges:
         return index > 0 and self._max_end[index - 1] >= start
 
 
-def plan(config):
-    """The plan for a validated config (coordinator.config.Config); ConfigError for what only the whole shows."""
+def plan(config, previous=None):
+    """The plan for a validated config (coordinator.config.Config); ConfigError for what only the whole shows.
+
+    `previous` is the plan this deployment was made with, when there is one: each node still planned under its name
+    on the same host and subnet keeps its address from it, and new nodes take the lowest free addresses."""
     specs = config.groups()
     problems = []
     hosts = _plan_hosts(specs, problems)
@@ -303,7 +350,7 @@ def plan(config):
     pools = _plan_pools(specs, subnets, problems)
     if problems:
         raise ConfigError(problems, config.source)
-    drafts = _plan_nodes(specs, subnets, pools, problems)
+    drafts = _plan_nodes(specs, subnets, pools, problems, _previous_addresses(previous))
     controller = _find_controller(config, specs, drafts, problems)
     tunnels = _plan_tunnels(specs, hosts, subnets, problems)
     if problems:
@@ -483,29 +530,47 @@ class _Draft:
     source: str | None
     group: int
     host: str
-    address: str
+    address: str | None     # decided by _address once every name is known
     network: ipaddress.IPv4Network | None
 
 
-def _plan_nodes(specs, subnets, pools, problems):
-    """Names and addresses, group by group in order, host by host."""
-    drafts = []
-    counters = {}
+def _previous_addresses(previous):
+    """(node name, host, subnet) -> address from an earlier plan of the deployment."""
+    if previous is None:
+        return {}
+    return {(node.name, node.host, node.subnet): node.address for node in previous.nodes if node.subnet}
+
+
+def _stems(specs, subnets):
+    """Each container group's name stem on each host: `<prefix>-<subnet tag>`, with `-g<group>` added for every
+    group after the first that would share it, so a group's names never depend on another group's size."""
+    owners = {}
+    stems = {}
     for index, spec in enumerate(specs):
-        default_prefix = spec.prefix or spec.role
+        if spec.kind == "host":
+            continue
+        for credential in spec.hosts:
+            network = subnets[(index, credential.host)]
+            stem = f"{spec.prefix or spec.role}-{subnet_tag(network)}"
+            owner = owners.setdefault(stem, index)
+            stems[(index, credential.host)] = stem if owner == index else f"{stem}-g{index}"
+    return stems
+
+
+def _plan_nodes(specs, subnets, pools, problems, previous):
+    """Names from stable keys (stem, position in the group), then addresses: kept from the previous plan where
+    the node is still there, else the lowest free one of its subnet, group by group in order, host by host."""
+    drafts = []
+    stems = _stems(specs, subnets)
+    for index, spec in enumerate(specs):
         for credential in spec.hosts:
             if spec.kind == "host":
                 drafts.append(_Draft(name=credential.host, kind="host", source=None, group=index,
                                      host=credential.host, address=credential.host, network=None))
                 continue
             network = subnets[(index, credential.host)]
-            pool = pools[(credential.host, network)]
-            base = int(network.network_address) + 2 + pool.used
-            pool.used += spec.per_host
-            stem = f"{default_prefix}-{subnet_tag(network)}"
-            start = counters.get(stem, 0)
-            counters[stem] = start + spec.per_host
-            first = f"{stem}-{start:03d}"
+            stem = stems[(index, credential.host)]
+            first = f"{stem}-000"
             for offset in range(spec.per_host):
                 if spec.kind == "standalone":
                     kind, source = "standalone", None
@@ -513,9 +578,9 @@ def _plan_nodes(specs, subnets, pools, problems):
                     kind, source = "first", None
                 else:
                     kind, source = "clone", first
-                drafts.append(_Draft(name=f"{stem}-{start + offset:03d}", kind=kind, source=source, group=index,
-                                     host=credential.host, address=str(ipaddress.IPv4Address(base + offset)),
-                                     network=network))
+                drafts.append(_Draft(name=f"{stem}-{offset:03d}", kind=kind, source=source, group=index,
+                                     host=credential.host, address=None, network=network))
+    _address(drafts, pools, previous)
     seen = {}
     for draft in drafts:
         other = seen.setdefault(draft.name, draft)
@@ -530,6 +595,34 @@ def _plan_nodes(specs, subnets, pools, problems):
                                     f"container name '{draft.name}' is longer than {NAME_MAX} characters; "
                                     f"use a shorter container_name_prefix"))
     return drafts
+
+
+def _address(drafts, pools, previous):
+    """Give every container draft an address of its pool: its previous one when that is still free and usable,
+    else the lowest free address after the gateway. Capacity was checked by _plan_pools."""
+    taken = {}
+    for draft in drafts:
+        if draft.network is None:
+            continue
+        kept = previous.get((draft.name, draft.host, str(draft.network)))
+        if kept is None:
+            continue
+        address = ipaddress.IPv4Address(kept)
+        held = taken.setdefault((draft.host, draft.network), set())
+        if address in draft.network and address not in addressing.reserved(draft.network) and address not in held:
+            held.add(address)
+            draft.address = kept
+    for draft in drafts:
+        if draft.network is None or draft.address is not None:
+            continue
+        pool = pools[(draft.host, draft.network)]
+        held = taken.setdefault((draft.host, draft.network), set())
+        candidate = int(addressing.gateway(draft.network)) + 1 + pool.used
+        while ipaddress.IPv4Address(candidate) in held:
+            candidate += 1
+        pool.used = candidate - int(addressing.gateway(draft.network))
+        held.add(ipaddress.IPv4Address(candidate))
+        draft.address = str(ipaddress.IPv4Address(candidate))
 
 
 def _find_controller(config, specs, drafts, problems):
@@ -590,7 +683,7 @@ def _plan_tunnels(specs, hosts, subnets, problems):
                 remote_host = remote if remote in hosts else None
                 far = sorted(on_host.get(remote, ()), key=lambda n: (int(n.network_address), n.prefixlen))
                 tunnels.setdefault((credential.host, remote, subnet),
-                                   Tunnel(kind=spec.tunnel_type, host=credential.host, remote=remote,
+                                   Tunnel(name=tunnel_name(credential.host, remote, subnet), kind=spec.tunnel_type, host=credential.host, remote=remote,
                                           subnet=subnet, remote_host=remote_host,
                                           remote_subnets=tuple(str(network) for network in far)))
     return tuple(tunnels.values())
@@ -615,10 +708,11 @@ def _finish_nodes(config, specs, drafts, values):
             name=draft.name, role=spec.role, kind=draft.kind, source=draft.source, group=draft.group,
             host=draft.host, address=draft.address,
             prefixlen=network.prefixlen if network else None,
-            gateway=str(network.network_address + 1) if network else None,
+            gateway=str(addressing.gateway(network)) if network else None,
             subnet=str(network) if network else None,
             bridge=bridge_name(network) if network else None,
             distribution=spec.distribution,
+            template=TEMPLATES.get(spec.distribution) if draft.kind != "host" else None,
             release=spec.release or DEFAULT_RELEASES.get(spec.distribution),
             devstack_repo=spec.devstack.repo, devstack_branch=spec.devstack.branch,
             start_script=spec.start_script, localrc=dict(localrc), plugins=plugins, local_conf=text,
@@ -796,7 +890,7 @@ def _finish_hosts(hosts, pools, nodes):
     networks = {}
     for (host, network), pool in pools.items():
         networks.setdefault(host, []).append(Network(
-            subnet=str(network), gateway=str(network.network_address + 1), prefixlen=network.prefixlen,
+            subnet=str(network), gateway=str(addressing.gateway(network)), prefixlen=network.prefixlen,
             bridge=bridge_name(network), containers=pool.needed))
     counts = {}
     for node in nodes:
