@@ -13,6 +13,7 @@ import tempfile
 import urllib.parse
 
 from agent.errors import CommandTimeout
+from coordinator.errors import CoordinatorError
 
 STACK_USER = "stack"
 STACK_HOME = "/opt/stack"
@@ -32,7 +33,7 @@ LOG_TAIL = 20
 ERROR_TAIL = 15
 
 
-class DevstackError(Exception):
+class DevstackError(CoordinatorError):
     """A devstack step failed inside a node; the message names the node, its host, the step and how it ended."""
 
     def __init__(self, message, node=None, host=None, exit_code=None):

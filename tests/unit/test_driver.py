@@ -1,15 +1,19 @@
 """The driver's walk over a plan, with a recording fake agent per host (the real agents have their own tests)."""
 
+import ast
 import json
 import threading
+from pathlib import Path
 
 import pytest
 import Pyro5.errors
 
 from agent.errors import CommandTimeout, Conflict
-from coordinator import topology
+from coordinator import devstack, nova, topology
 from coordinator.config import validate
-from coordinator.driver import AgentLost, Deployer, DeployError, Settings, tunnel_name, wait_booted
+from coordinator.devstack_engine import Devstack
+from coordinator.engine import Engine, Phase
+from coordinator.driver import AgentLost, Deployer, DeployError, Settings, wait_booted
 from coordinator.store import Store
 
 SEED_LIKE = {
@@ -29,6 +33,25 @@ SEED_LIKE = {
 }
 
 
+def _agent_methods():
+    """The methods the real agent exposes (AgentService's public methods), read from its source: importing it
+    would load liblxc, which the pure tests do without."""
+    tree = ast.parse((Path(__file__).parents[2] / "agent" / "service.py").read_text())
+    service = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "AgentService")
+    return frozenset(item.name for item in service.body
+                     if isinstance(item, ast.FunctionDef) and not item.name.startswith("_"))
+
+
+AGENT_METHODS = _agent_methods()
+
+
+def test_the_fake_agent_answers_only_what_the_real_agent_exposes():
+    assert {"create", "clone", "set_addresses", "start", "stop", "destroy", "run", "ensure_network",
+            "ensure_tunnel", "list_tunnels", "list_networks", "info"} <= AGENT_METHODS
+    with pytest.raises(AttributeError, match="no method 'clone_all'"):
+        FakeAgent("h", []).clone_all
+
+
 class FakeAgent:
     """Records every call with its host and keeps containers (state, address) just enough to answer like the
     agent: run() needs a running container, and set_addresses() changes only stopped ones (the same address
@@ -42,8 +65,8 @@ class FakeAgent:
         self.features = features or {"vxlan": True, "ipip": True, "openvswitch": True, "loop": True}
 
     def __getattr__(self, operation):
-        if operation.startswith("_"):
-            raise AttributeError(operation)
+        if operation.startswith("_") or operation not in AGENT_METHODS:
+            raise AttributeError(f"the agent has no method {operation!r}")
         effect = getattr(type(self), f"_{operation}", lambda self, *args: None)
 
         def call(*args, **options):
@@ -110,16 +133,18 @@ class FakeAgent:
         self.networks.pop(bridge, None)
 
 
-class FakeEngine:
-    """Records each devstack (or nova) step; like the real one, it needs the node's container running. Nova's
-    convergence answers that every expected host came up at once."""
+class FakeSteps:
+    """Records each devstack (or nova) step; like the real one, it needs the node's container running, and it
+    answers only the steps the real module has. Nova's convergence answers that every expected host came up at
+    once."""
 
     def __init__(self, journal, prefix="devstack"):
         self.journal, self.prefix = journal, prefix
+        self.real = {"devstack": devstack, "nova": nova}[prefix]
 
     def __getattr__(self, step):
-        if step.startswith("_"):
-            raise AttributeError(step)
+        if step.startswith("_") or not callable(getattr(self.real, step, None)):
+            raise AttributeError(f"coordinator.{self.prefix} has no step {step!r}")
 
         def call(agent, node, *args, **options):
             self.journal.append((agent.host, f"{self.prefix}.{step}", [node.name]))
@@ -151,8 +176,8 @@ def world(tmp_path):
                              networks.setdefault(host.address, {}), features.get(host.address))
 
     def deployer():
-        return Deployer("t", plan, store, connect, Settings(log_dir=str(tmp_path / "logs")), engine=FakeEngine(journal),
-                        nova_engine=FakeEngine(journal, "nova"))
+        return Deployer("t", plan, store, connect, Settings(log_dir=str(tmp_path / "logs")), engine=Devstack(FakeSteps(journal),
+                                                                                         FakeSteps(journal, "nova")))
 
     failures["networks"], failures["features"] = networks, features
     yield plan, store, journal, failures, deployer
@@ -313,7 +338,7 @@ def test_a_kernel_without_ipip_is_refused_on_every_host_before_anything_changes(
     journal = []
     deployer = Deployer("t", plan, store, lambda host: FakeAgent(host.address, journal,
                                                                  features={"vxlan": True, "ipip": False}),
-                        Settings(log_dir=str(tmp_path)), engine=FakeEngine(journal))
+                        Settings(log_dir=str(tmp_path)), engine=Devstack(FakeSteps(journal), FakeSteps(journal, "nova")))
     with pytest.raises(DeployError) as caught:
         deployer.deploy()
     message = str(caught.value)
@@ -376,11 +401,13 @@ def test_destroy_forgets_a_recorded_bridge_that_another_deployment_holds(world):
     assert failures["networks"]["198.18.0.11"] == {"lxcbr-0a640200": held}
 
 
-def test_tunnel_names_fit_linux_and_differ_for_deployments_whose_names_begin_alike():
-    names = {tunnel_name(name, 0) for name in ("deploy-a", "deploy-b", "deploy", "deploy-a-long-name")}
-    assert len(names) == 4
-    assert all(len(name) <= 15 for name in names | {tunnel_name("x", 9999)})
-    assert tunnel_name("deploy-a", 1) == tunnel_name("deploy-a", 1), "the same on every run (resume, destroy)"
+def test_tunnels_are_made_under_the_plans_names_at_both_ends_and_recorded_for_destroy(world):
+    plan, store, journal, _, deployer = world
+    deployer().deploy()
+    made = sorted((host, args[0]) for host, args in calls(journal, "ensure_tunnel"))
+    assert made == sorted((end, tunnel.name) for tunnel in plan.tunnels for end in (tunnel.host, tunnel.remote_host))
+    recorded = sorted((r["host"], r["name"]) for r in store.resources("t") if r["kind"] == "tunnel")
+    assert recorded == made
 
 
 def test_a_boot_wait_that_times_out_names_the_container_and_what_to_check():
@@ -435,8 +462,8 @@ def test_computes_of_an_lxc_provider_are_stacked_each_and_never_sealed(tmp_path)
     store.begin("p", config, plan.to_dict())
     journal, containers = [], {}
     deployer = Deployer("p", plan, store, lambda host: FakeAgent(host.address, journal, containers=containers),
-                        Settings(log_dir=str(tmp_path / "logs")), engine=FakeEngine(journal),
-                        nova_engine=FakeEngine(journal, "nova"))
+                        Settings(log_dir=str(tmp_path / "logs")), engine=Devstack(FakeSteps(journal),
+                                                                                         FakeSteps(journal, "nova")))
     deployer.deploy()
     computes = sorted(n.name for n in plan.nodes if n.role == "compute")
     assert len(computes) == 2
@@ -462,3 +489,55 @@ def test_clones_made_again_are_destroyed_and_forgotten_by_nova_first(world):
     assert [args[0] for _, args in calls(journal, "nova.forget")] == [plan.controller]
     other = next(n for n in plan.nodes if n.kind == "first" and n.host == "198.18.0.10")
     assert "clones:" + other.name in deployer().deploy().skipped, "the finished host's clones are kept"
+
+
+class RecordingEngine(Engine):
+    """Another engine than devstack: it records what the driver and the provider ask of it."""
+
+    def __init__(self, journal):
+        self.journal = journal
+
+    def phases(self):
+        return (Phase("ready", "install", lambda d: self.journal.append(("engine", "ready", []))),
+                Phase("prove", "join", lambda d: self.journal.append(("engine", "prove", []))))
+
+    def preflight(self, plan):
+        return []
+
+    def preflight_host(self, deployer, host, agent):
+        return []
+
+    def seal(self, agent, node):
+        self.journal.append((agent.host, "engine.seal", [node.name]))
+
+    def personalize(self, agent, node, source):
+        self.journal.append((agent.host, "engine.personalize", [node.name, source.name]))
+
+    def forget(self, agent, controller, nodes):
+        self.journal.append((agent.host, "engine.forget", [node.name for node in nodes]))
+
+
+def test_the_walk_is_the_phases_the_provider_and_the_engine_declare_stage_by_stage(world, tmp_path):
+    plan, store, journal, failures, _ = world
+    hosts = {}
+
+    def connect(host):
+        return FakeAgent(host.address, journal, containers=hosts.setdefault(host.address, {}))
+
+    report = Deployer("t", plan, store, connect, Settings(log_dir=str(tmp_path)),
+                      engine=RecordingEngine(journal)).deploy()
+    assert list(report.phases) == ["networks", "tunnels", "containers", "ready", "clones", "prove"]
+    personalized = [args for _, op, args in journal if op == "engine.personalize"]
+    assert sorted(name for name, _ in personalized) == sorted(n.name for n in plan.nodes if n.role == "compute")
+    assert all(source == plan.node(name).source or source == name for name, source in personalized)
+    assert not [op for _, op, _ in journal if op.startswith(("devstack.", "nova."))]
+
+
+def test_an_engine_must_say_how_it_does_everything_the_walk_asks_of_it():
+    class Incomplete(Engine):
+        def phases(self):
+            return ()
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()
+    with pytest.raises(ValueError, match="unknown stage 'later'"):
+        Phase("x", "later", lambda d: None)

@@ -1,0 +1,208 @@
+"""Devstack as the engine (engine.Engine): stack.sh makes a node ready, nova gives every compute its own identity,
+and the deploy ends when nova shows every planned compute up.
+
+Install: stack.sh in the controller, then in each compute made from a template, each in its own step; a first
+compute (the source of clones) is then sealed (its devstack units disabled) and stopped. Replicate asks for
+`personalize` on every node of a cloned group: its own nova identity, the start script in a clone, its units
+started. Join: the computes mapped into the cell, and a wait until every planned nova host is an up service and
+hypervisor. What runs inside a node is in devstack.py (stack.sh) and nova.py (identities, convergence); this
+module decides when.
+"""
+
+import concurrent.futures
+import contextlib
+import threading
+
+from coordinator import access, devstack, nova, topology
+from coordinator.engine import Engine, Phase
+
+
+class Devstack(Engine):
+    """devstack and nova; `steps` and `nova` are the modules that act inside nodes (recording fakes in the
+    driver's tests)."""
+
+    def __init__(self, steps=devstack, nova_steps=nova):
+        self.steps, self.nova = steps, nova_steps
+
+    def phases(self):
+        def install(*roles):
+            return lambda d: self._install(d, [node for node in d.plan.nodes if node.role in roles
+                                               and node.kind in ("standalone", "first")])
+        return (Phase("controller", "install", install("controller")),
+                Phase("computes", "install", install("compute")),
+                Phase("cloud", "join", self._converge))
+
+    # -- before anything changes ---------------------------------------------------------------------------------
+
+    def preflight(self, plan):
+        """Devstack on a hardware node (not offered), and git mirrors that are missing or lack devstack."""
+        problems = []
+        for node in plan.nodes:
+            if node.git_mirror:
+                try:
+                    entries = access.mirror_entries(node.git_mirror)
+                except devstack.DevstackError as error:
+                    problems.append(f"{node.name}: {error}")
+                    continue
+                if node.devstack_repo is None and "devstack" not in entries:
+                    problems.append(f"{node.name}: git_mirror {node.git_mirror} has no devstack (devstack.bundle, "
+                                    f"devstack.git or devstack/); add it there, or give devstack_repo")
+        unsupported = [node.name for node in plan.nodes if node.kind == "host"]
+        if unsupported:
+            problems.append(f"devstack straight on a hardware node ({', '.join(unsupported)}) is not offered; "
+                            "put the node in a container with an LxcProvider")
+        return list(dict.fromkeys(problems))
+
+    def preflight_host(self, deployer, host, agent):
+        """Services the host's kernel cannot carry (Open vSwitch for OVN, loop devices for cinder volumes)."""
+        needs = [requirement for requirement in topology.kernel_requirements(deployer.plan)
+                 if requirement.host == host.address]
+        if not needs:
+            return []
+        features = agent.info()["kernel_features"]
+        return [f"host {host.address}: {advice}" for advice in
+                dict.fromkeys(requirement.advice for requirement in needs if not features.get(requirement.feature))]
+
+    # -- install -----------------------------------------------------------------------------------------------
+
+    def _install(self, d, nodes):
+        """stack.sh in each node, at once; a first compute is then sealed and stopped for cloning."""
+        def one(node):
+            with d.step(f"devstack:{node.name}") as todo:
+                if not todo:
+                    return
+                agent = d.agent_for(d.plan.host(node.host))
+                # A first compute is stopped at the end of this step: a run cut off just after that left it
+                # stopped. Starting a running container is a no-op.
+                agent.start([node.name])
+                d.wait_booted(agent, [node.name], host=node.host)
+                self._stack(d, agent, node)
+                if node.kind == "first":
+                    # No clone may boot into nova under this node's identity: its units wait for personalize.
+                    self.seal(agent, node)
+                    agent.stop([node.name], 120)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+            for future in [pool.submit(one, node) for node in nodes]:
+                future.result()
+
+    def _stack(self, d, agent, node):
+        steps = self.steps
+        steps.wait_for_earlier_stack(agent, node, d.settings.stack_timeout)
+        self._lab_network(d, agent, node)
+        steps.prepare(agent, node)
+        if node.git_mirror:
+            access.push_git_mirror(agent, node, node.git_mirror)
+        if node.devstack_repo is None:       # devstack from the git mirror the node now holds
+            steps.fetch_remote(agent, node, access.mirror_devstack_url(), node.devstack_branch)
+        else:
+            steps.fetch(agent, node, node.devstack_repo, node.devstack_branch)
+        steps.write_local_conf(agent, node)
+        log_path = d.attempt_log(node, "stack")
+        env = dict(pair.split("=", 1) for pair in self._proxy(d, node)) if node.host_proxy else None
+        with self._watching_stack(d, node):
+            steps.run_stack(agent, node, log_path, d.settings.stack_timeout, env=env)
+
+    def _lab_network(self, d, agent, node):
+        """What the lab's network needs before anything is installed: the host's CA certificates and proxy
+        settings, each when the config asks for it."""
+        if node.host_ca_certificates:
+            access.trust_host_certificates(agent, node, access.host_ca_certificates())
+        if node.host_proxy:
+            access.set_proxy(agent, node, self._proxy(d, node))
+
+    @staticmethod
+    def _proxy(d, node):
+        """The coordinator's proxy settings for a node, with the cloud's own addresses exempt."""
+        return access.proxy_settings(d.settings.environ, [node.address, d.plan.controller_address, node.subnet])
+
+    @contextlib.contextmanager
+    def _watching_stack(self, d, node):
+        """While stack.sh runs (run() answers only when it ends), ask the node every few seconds which devstack
+        phase it is in, over a connection of its own, and pass that to settings.status."""
+        if not d.settings.status:
+            yield
+            return
+        stop = threading.Event()
+
+        def watch():
+            proxy = None
+            try:
+                proxy = d.connect(d.plan.host(node.host))
+                while not stop.wait(d.settings.watch_interval):
+                    seen = proxy.run(node.name, ["sh", "-c", devstack.WATCH_STACK, "watch",
+                                                 f"{devstack.STACK_STATE_DIR}/stack.log"], timeout=30)
+                    phase = devstack.stack_phase(seen["stdout"])
+                    if phase and not stop.is_set():
+                        d.settings.status(node.name, phase)
+            except Exception:        # only a progress display: the stack.sh call itself reports real failures
+                pass
+            finally:
+                if proxy is not None:
+                    with contextlib.suppress(Exception):
+                        proxy._pyroRelease()
+
+        watcher = threading.Thread(target=watch, name=f"watch-{node.name}", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join(timeout=5)
+            d.settings.status(node.name, None)
+
+    # -- replicate: asked by the provider ------------------------------------------------------------------------
+
+    def seal(self, agent, node):
+        self.nova.seal(agent, node)
+
+    def personalize(self, agent, node, source):
+        """Its own nova identity first, then the start script in a clone (re-pointing it at its own address),
+        then its devstack units started: the source's too, which seal() left disabled. A start script that
+        restarts a unit itself finds the node's own identity already in place."""
+        self.nova.identify(agent, node)
+        if node is not source:
+            self.steps.run_start_script(agent, node, source.address)
+        self.nova.start_services(agent, node)
+
+    def forget(self, agent, controller, nodes):
+        hosts = [host for node in nodes for host in node.nova_hosts]
+        if hosts:
+            self.nova.forget(agent, controller, hosts)
+
+    # -- join --------------------------------------------------------------------------------------------------
+
+    def _converge(self, d):
+        """Map the computes into the cell and wait until every planned nova host is an up service and hypervisor;
+        the deployer's error naming those that never came up, with their logs."""
+        expected = d.plan.nova_hosts()
+        controller = d.plan.controller_node
+        if controller is None or not expected:
+            return
+        agent = d.agent_for(d.plan.host(controller.host))
+        self.nova.warm_network_api(agent, controller)
+        started = d.replicate_started or d.started
+        result = self.nova.converge(agent, controller, list(expected), started, d.settings.converge_timeout,
+                                    progress=lambda done, total: d.progress("nova computes up", done, total))
+        d.report.convergence = result
+        if result["waiting"]:
+            raise d.error(self._not_converged(d, result, expected, controller))
+
+    def _not_converged(self, d, result, expected, controller, shown=20, logs_of=3):
+        """Which computes never came up and why, at most `shown` of them, with the journals of a few."""
+        lines, by_node = [], {}
+        for host, why in sorted(result["waiting"].items()):
+            lines.append(f"{host} (node {expected[host].name}, host {expected[host].host}): {why}")
+            by_node.setdefault(expected[host].name, []).append(host)
+        if len(lines) > shown:
+            lines[shown:] = [f"... and {len(lines) - shown} more"]
+        logs = []
+        for name, hosts in list(by_node.items())[:logs_of]:
+            node = expected[hosts[0]]
+            logs.append(f"-- {name}:\n" + self.nova.why_not_up(d.agent_for(d.plan.host(node.host)), node, hosts))
+        asked = f"\nThe last status call failed: {result['error']}" if result.get("error") else ""
+        return (f"{len(result['waiting'])} of {result['expected']} planned nova computes did not come up within "
+                f"{nova.duration(d.settings.converge_timeout)} of waiting (controller {controller.name}, "
+                f"{controller.address}):\n  " + "\n  ".join(lines) + asked
+                + f"\nLast log lines of {len(logs)} of them:\n" + "\n".join(logs)
+                + f"\nCheck nova-conductor and rabbitmq on {controller.name} (`journalctl -u 'devstack@n-cond*'`) "
+                  f"and the computes' nova-compute journals; deploy again under the same name to keep waiting")
