@@ -21,7 +21,7 @@ apt:
 	fi
 
 # liblxc, btrfsutil and nftables bindings exist for Debian's own interpreter only: the venv is made from it.
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
