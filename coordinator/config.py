@@ -7,7 +7,7 @@ string. Every problem found is reported at once, in the config's order, each wit
 """
 
 import copy
-import difflib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +15,11 @@ from pathlib import Path
 import jsonschema
 
 from coordinator import plugins, syntax
-# Re-exported: the plugins, the planner and the CLI take these from here.
-from coordinator.problems import ConfigError, Problem, describe, format_path
+# Re-exported for callers of the config API (tests, scripts): the plugins and the planner take them from
+# coordinator.problems, so that importing this module's plugins never comes back here.
+from coordinator.problems import PRUNED, ConfigError, Problem, describe, format_path, kept, nearest  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 # The seed's (and Rally's) spellings of one setting: spelling -> the name used everywhere after loading.
 # Applied to the keys of a typed config (engine or provider) only, where the type has the canonical key.
@@ -68,6 +71,8 @@ def _read(path):
     except UnicodeDecodeError as error:
         raise ConfigError([Problem(None, f"the config is not UTF-8 text ({error.reason} at byte {error.start})")],
                           source)
+    log.debug("read config %s (%s, %d characters)", os.path.abspath(path), syntax.guess_format(source, text),
+              len(text))
     return _parse(text, source, None)
 
 
@@ -78,7 +83,9 @@ def load(path):
 
 def load_config(path):
     """Read, parse and validate one config file: the usual way in. Every problem is reported at once."""
-    return validate(_read(path), source=str(path), folder=os.path.dirname(os.path.abspath(path)))
+    config = validate(_read(path), source=str(path), folder=os.path.dirname(os.path.abspath(path)))
+    log.debug("config %s: a valid %s", path, config.type)
+    return config
 
 
 def parse(text, source=None, fmt=None):
@@ -177,21 +184,6 @@ def _in_order(problems, data):
     return sorted(problems, key=position)
 
 
-class _Pruned:
-    """Stands in a list for an item the schema refused, so the items after it keep their index."""
-
-    def __repr__(self):
-        return "PRUNED"
-
-
-PRUNED = _Pruned()
-
-
-def kept(items):
-    """(index, item) for the items of a list the schema accepted (see PRUNED)."""
-    return [(index, item) for index, item in enumerate(items) if item is not PRUNED]
-
-
 # Keys that stand for the type when the type key itself is misspelled ('tpye'), so the rest can still be checked.
 _TYPE_KEYS = ("type", "name")
 
@@ -207,12 +199,12 @@ def _walk(value, path, slot, ctx, problems):
     renamed = {}
     type_keys = [key for key in _TYPE_KEYS if key in value]
     if not type_keys:
-        slip = next((key for key in value if _nearest(key, _TYPE_KEYS)), None)
+        slip = next((key for key in value if nearest(key, _TYPE_KEYS)), None)
         if slip is None:
             problems.append(Problem(where, f"missing 'type': which {slot.kind} this is; "
                                            f"here {_one_of(slot.allowed)}"))
             return None
-        canonical = _nearest(slip, _TYPE_KEYS)
+        canonical = nearest(slip, _TYPE_KEYS)
         problems.append(Problem(format_path(path + (slip,)), f"unknown key; did you mean '{canonical}'?"))
         # Read on as if it were spelled right, so one run reports the rest too.
         value = {(canonical if key == slip else key): item for key, item in value.items()}
@@ -372,7 +364,7 @@ def _explain_schema(error, base, cls, site):
         missing = [key for key in error.validator_value if key not in error.instance]
         # A misspelled required key is one slip: the unknown key's "did you mean" says it all.
         known = set(schema.get("properties", {}))
-        guesses = {_nearest(key, known) for key in error.instance if key not in known}
+        guesses = {nearest(key, known) for key in error.instance if key not in known}
         out = []
         for key in missing:
             if key in guesses:
@@ -412,32 +404,18 @@ def _unknown_key(key, known, cls):
     if cls is not None:
         spellings |= {alias for alias, canonical in KEY_ALIASES.items() if canonical in known}
     owner = f" for {cls.NAME}" if cls is not None else ""
-    nearest = _nearest(key, spellings)
-    if nearest:
-        return f"unknown key{owner}; did you mean '{nearest}'?"
+    guess = nearest(key, spellings)
+    if guess:
+        return f"unknown key{owner}; did you mean '{guess}'?"
     return f"unknown key{owner}; known keys: {', '.join(sorted(spellings))}"
 
 
 def _unknown_type(name, slot, registry):
     message = f"unknown {slot.kind} type '{name}'; known {slot.kind} types: {registry.describe()}"
-    nearest = _nearest(name, registry.spellings())
-    if nearest:
-        message += f"; did you mean '{nearest}'?"
+    guess = nearest(name, registry.spellings())
+    if guess:
+        message += f"; did you mean '{guess}'?"
     return message
-
-
-def _nearest(word, candidates):
-    """The closest known spelling (case first, then edit similarity), or None."""
-    for candidate in sorted(candidates):
-        if candidate.lower() == word.lower():
-            return candidate
-    close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
-def nearest(word, candidates):
-    """Public for the plugins' own checks (placeholders)."""
-    return _nearest(word, candidates)
 
 
 def _one_of(items, quote=True):

@@ -1,8 +1,16 @@
-"""What is wrong with a config, and where: one Problem per finding, all of them in one ConfigError."""
+"""What is wrong with a config, and where: one Problem per finding, all of them in one ConfigError; and the small
+helpers every check shares (how a value or a path is written, the nearest known spelling, the items the schema kept).
 
+The config loader and the plugins' own checks both use these, so they live here, below both: `coordinator.config`
+imports the plugins, and the plugins never import it back.
+"""
+
+import difflib
 import json
 import re
 from dataclasses import dataclass
+
+from coordinator.errors import CoordinatorError
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,7 @@ def _printable(text):
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-class ConfigError(Exception):
+class ConfigError(CoordinatorError):
     """The config cannot be used; `problems` lists everything found, not only the first."""
 
     def __init__(self, problems, source=None):
@@ -80,3 +88,28 @@ def describe(value):
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def nearest(word, candidates):
+    """The closest known spelling (case first, then edit similarity), or None: the "did you mean" of a message."""
+    for candidate in sorted(candidates):
+        if candidate.lower() == word.lower():
+            return candidate
+    close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+class _Pruned:
+    """Stands in a list for an item the schema refused, so the items after it keep their index."""
+
+    def __repr__(self):
+        return "PRUNED"
+
+
+PRUNED = _Pruned()
+
+
+def kept(items):
+    """(index, item) for the items of a list the schema accepted (see PRUNED): a plugin's checks skip the refused
+    ones, already reported, and still name the others by their index as written."""
+    return [(index, item) for index, item in enumerate(items) if item is not PRUNED]

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from coordinator.errors import CoordinatorError
 from coordinator.problems import Problem, describe, format_path
 
 # Longer numbers are refused before Python converts them (it refuses over 4300 digits with a bare ValueError).
@@ -22,7 +23,7 @@ MAX_VALUES = 100_000
 _MERGE = "tag:yaml.org,2002:merge"
 
 
-class SyntaxProblem(Exception):
+class SyntaxProblem(CoordinatorError):
     """The text is not a config at all; the message says where and why."""
 
 
@@ -307,7 +308,7 @@ MAX_DEPTH = 32
 _TOO_LARGE = 10 ** MAX_DIGITS
 
 
-class TooBig(Exception):
+class TooBig(CoordinatorError):
     """More values than any config holds (a YAML alias or merge repeating a large part)."""
 
 

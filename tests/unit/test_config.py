@@ -2,6 +2,8 @@
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -393,7 +395,7 @@ SCHEMA_ERRORS = [
     ("bad-prefix", ("nodes", 0, "container_name"), "-compute",
      "nodes[0].container_name", "expected a container name prefix"),
     ("bad-distribution", ("nodes", 0, "distribution"), "Ubuntu 22.04",
-     "nodes[0].distribution", "expected a distribution name"),
+     "nodes[0].distribution", "expected 'ubuntu' or 'debian'"),
     ("bad-localrc-key", ("controller", "localrc", "BAD KEY"), "1",
      'controller.localrc["BAD KEY"]', "expected a shell variable name"),
     ("nodes-not-a-list", ("nodes",), {"type": "LxcEngine"}, "nodes", "expected a list of engines, got an object"),
@@ -1039,3 +1041,48 @@ PATHS = [
 @pytest.mark.parametrize("parts,text", [case[1:] for case in PATHS], ids=[case[0] for case in PATHS])
 def test_paths_quote_keys_that_would_blur_them(parts, text):
     assert format_path(parts) == text
+
+
+# ---------------------------------------------------------------- where the shared helpers live
+
+def modules_after(code):
+    """The coordinator modules a fresh interpreter has loaded after running `code`."""
+    result = subprocess.run([sys.executable, "-c", code + "\nimport sys\n"
+                             "print(' '.join(sorted(m for m in sys.modules if m.startswith('coordinator'))))"],
+                            cwd=ROOT, capture_output=True, text=True, check=True)
+    return set(result.stdout.split())
+
+
+def test_the_shared_helpers_import_neither_the_loader_nor_the_registry():
+    loaded = modules_after("import coordinator.problems")
+    assert not loaded & {"coordinator.config", "coordinator.plugins"}, loaded
+
+
+@pytest.mark.xfail(reason="engines.py and providers.py still take Problem, describe, kept and nearest from "
+                          "coordinator.config instead of coordinator.problems (issue #12)", strict=False)
+def test_the_registry_loads_its_types_without_the_config_loader():
+    loaded = modules_after("from coordinator import plugins\nplugins.load()")
+    assert {"coordinator.engines", "coordinator.providers"} <= loaded
+    assert "coordinator.config" not in loaded, loaded
+
+
+def test_the_config_module_still_offers_the_helpers_it_used_to():
+    import coordinator.config as config
+    import coordinator.problems as problems
+    for name in ("ConfigError", "Problem", "describe", "format_path", "kept", "nearest", "PRUNED"):
+        assert getattr(config, name) is getattr(problems, name), name
+
+
+@pytest.mark.parametrize("word,candidates,expected", [
+    ("Type", ("type", "name"), "type"),
+    ("tpye", ("type", "name"), "type"),
+    ("zzz", ("type", "name"), None),
+], ids=["case", "slip", "none"])
+def test_nearest_known_spelling(word, candidates, expected):
+    from coordinator.problems import nearest
+    assert nearest(word, candidates) == expected
+
+
+def test_kept_skips_what_the_schema_refused_and_keeps_the_indexes():
+    from coordinator.problems import PRUNED, kept
+    assert kept(["a", PRUNED, "c"]) == [(0, "a"), (2, "c")]
