@@ -8,10 +8,15 @@ kernel when its process dies) keeps two coordinators off the same deployment.
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
+
+from coordinator.errors import CoordinatorError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/var/lib/lxc-coordinator/deployments.sqlite"
 ENVIRONMENT_VARIABLE = "LXC_COORDINATOR_STORE"
@@ -45,8 +50,8 @@ CREATE TABLE IF NOT EXISTS resources (
 """
 
 
-class StoreError(Exception):
-    """A deployment record is missing, conflicting or locked."""
+class StoreError(CoordinatorError):
+    """A deployment record is missing, conflicting, locked or damaged."""
 
 
 def default_path():
@@ -65,10 +70,17 @@ class Store:
             raise StoreError(f"cannot open the deployment store {self.path}: {error}; choose another with "
                              f"--store or {ENVIRONMENT_VARIABLE}") from error
         self._lock = threading.Lock()
-        self._sql("PRAGMA foreign_keys = ON")
-        self._sql("PRAGMA journal_mode = WAL")
-        with self._lock:
-            self._db.executescript(SCHEMA)
+        try:
+            self._sql("PRAGMA foreign_keys = ON")
+            self._sql("PRAGMA journal_mode = WAL")
+            with self._lock:
+                self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            # SQLite opens any file lazily: a file that is no database shows only at the first statement.
+            self._db.close()
+            raise StoreError(f"cannot use the deployment store {self.path}: {error}; is it the coordinator's store? "
+                             f"Choose another with --store or {ENVIRONMENT_VARIABLE}") from error
+        log.debug("deployment store %s", self.path)
 
     def _sql(self, query, parameters=()):
         with self._lock:
@@ -99,6 +111,7 @@ class Store:
             handle.truncate()
             handle.write(f"coordinator pid {os.getpid()}")
             handle.flush()
+            log.debug("locked deployment %r (%s)", name, self._lock_path(name))
             yield
         finally:
             handle.close()
@@ -137,11 +150,13 @@ class Store:
             now = time.time()
             self._sql("INSERT INTO deployments VALUES (?, ?, ?, 'deploying', ?, ?)",
                              (name, now, now, config_text, plan_text))
+            log.info("recorded new deployment %r in %s", name, self.path)
             return False
         if _dump(existing["config"]) != config_text:
             raise StoreError(f"deployment {name!r} exists with a different config; destroy it first "
                              f"(coordinator destroy {name}) or deploy under another --name")
         self.set_status(name, "deploying")
+        log.info("deployment %r is on record with this config: resuming", name)
         return True
 
     def replace_config(self, name, config, plan, stale=()):
@@ -150,6 +165,8 @@ class Store:
         its earlier run made, as clones of a first compute that is stacked again)."""
         self._sql("UPDATE deployments SET config = ?, plan = ?, updated = ? WHERE name = ?",
                   (_dump(config), _dump(plan), time.time(), name))
+        log.info("deployment %r: config and plan replaced; %d step(s) to redo: %s", name, len(stale),
+                 ", ".join(stale) or "none")
         for key in stale:
             self._sql("UPDATE steps SET state = 'stale', updated = ? WHERE deployment = ? AND key = ? "
                       "AND state = 'done'", (time.time(), name, key))
@@ -163,7 +180,15 @@ class Store:
                 return None
             raise StoreError(f"no deployment named {name!r} in {self.path}; `coordinator list` shows them")
         return {"name": row[0], "created": row[1], "updated": row[2], "status": row[3],
-                "config": json.loads(row[4]), "plan": json.loads(row[5])}
+                "config": self._load(name, "config", row[4]), "plan": self._load(name, "plan", row[5])}
+
+    def _load(self, name, column, text):
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError) as error:
+            raise StoreError(f"deployment {name!r} in {self.path}: its recorded {column} is damaged (not JSON: "
+                             f"{error}); remove what it made with each host's lxc-agent, then its record: "
+                             f"sqlite3 {self.path} \"DELETE FROM deployments WHERE name = '{name}'\"") from None
 
     def list(self):
         rows = self._sql("SELECT name, created, updated, status FROM deployments ORDER BY created")
@@ -172,9 +197,11 @@ class Store:
     def set_status(self, name, status):
         self._sql("UPDATE deployments SET status = ?, updated = ? WHERE name = ?",
                          (status, time.time(), name))
+        log.debug("deployment %r: status %s", name, status)
 
     def delete(self, name):
         self._sql("DELETE FROM deployments WHERE name = ?", (name,))
+        log.info("deployment %r: record removed from %s", name, self.path)
 
     # -- steps ---------------------------------------------------------------------------------------------------
 
@@ -192,6 +219,7 @@ class Store:
         self._sql("INSERT INTO steps VALUES (?, ?, ?, ?, ?) ON CONFLICT (deployment, key) DO UPDATE "
                          "SET state = excluded.state, detail = excluded.detail, updated = excluded.updated",
                          (name, key, state, detail, time.time()))
+        log.debug("deployment %r: step %s %s%s", name, key, state, f" ({detail})" if detail else "")
 
     def steps(self, name):
         rows = self._sql("SELECT key, state, detail, updated FROM steps WHERE deployment = ? "
@@ -205,6 +233,7 @@ class Store:
         self._sql("INSERT INTO resources (deployment, host, kind, name, detail) VALUES (?, ?, ?, ?, ?) "
                          "ON CONFLICT (deployment, host, kind, name) DO NOTHING",
                          (name, host, kind, resource, _dump(detail or {})))
+        log.debug("deployment %r: recorded %s %s on %s", name, kind, resource, host)
 
     def resources(self, name):
         """In the order they were recorded; destroy walks it backwards."""
@@ -215,6 +244,7 @@ class Store:
     def remove_resource(self, name, host, kind, resource):
         self._sql("DELETE FROM resources WHERE deployment = ? AND host = ? AND kind = ? AND name = ?",
                          (name, host, kind, resource))
+        log.debug("deployment %r: forgot %s %s on %s", name, kind, resource, host)
 
 
 def _has_open(pid, path):

@@ -110,3 +110,30 @@ def test_an_unwritable_store_location_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(StoreError, match="cannot open the deployment store"):
         Store(str(blocker / "deployments.sqlite"))
+
+
+def test_a_record_that_is_not_json_names_the_deployment_and_how_to_remove_it(store):
+    store.begin("demo", CONFIG, PLAN)
+    store._sql("UPDATE deployments SET plan = '{' WHERE name = 'demo'")
+    with pytest.raises(StoreError, match=r"deployment 'demo' in .*: its recorded plan is damaged \(not JSON: "
+                                         r".*DELETE FROM deployments WHERE name = 'demo'"):
+        store.get("demo")
+    assert [entry["name"] for entry in store.list()] == ["demo"], "list reads no plan"
+
+
+def test_a_file_that_is_no_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "deployments.sqlite"
+    path.write_bytes(b"\x00not sqlite\x00" * 200)
+    with pytest.raises(StoreError, match=rf"cannot use the deployment store {path}: file is not a database; is it "
+                                         r"the coordinator's store\?"):
+        Store(str(path))
+
+
+def test_store_writes_are_logged(store, caplog):
+    caplog.set_level("DEBUG", logger="coordinator.store")
+    store.begin("demo", CONFIG, PLAN)
+    store.mark_step("demo", "devstack:c", "done")
+    store.begin("demo", CONFIG, PLAN)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"recorded new deployment 'demo' in {store.path}", "deployment 'demo': step devstack:c done",
+        "deployment 'demo': status deploying", "deployment 'demo' is on record with this config: resuming"]
