@@ -7,6 +7,7 @@ Each is opt-in per config. Everything is read on the coordinator's machine and s
 
 import base64
 import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -14,6 +15,8 @@ import tempfile
 
 from coordinator.devstack import STACK_USER, DevstackError, _run
 from coordinator.localconf import NODE_GIT_MIRROR
+
+log = logging.getLogger(__name__)
 
 HOST_CA_FOLDER = "/usr/local/share/ca-certificates"      # update-ca-certificates' input on Debian and Ubuntu
 NODE_CA_FOLDER = "/usr/local/share/ca-certificates/lxc-cloud"
@@ -99,6 +102,7 @@ def host_ca_certificates(folder=HOST_CA_FOLDER):
             if name.endswith(".crt"):
                 with open(os.path.join(root, name), encoding="ascii", errors="replace") as handle:
                     pems += _PEM.findall(handle.read())
+    log.debug("%d CA certificate(s) in %s", len(pems), folder)
     return pems
 
 
@@ -122,6 +126,7 @@ def proxy_settings(environ, exempt=()):
             if extra not in hosts:
                 hosts.append(extra)
         found["no_proxy"] = ",".join(hosts)
+    log.debug("proxy settings for the nodes: %s", ", ".join(found) or "none in the environment")
     return [f"{name}={value}" for name, value in found.items()]
 
 
@@ -193,7 +198,9 @@ def push_git_mirror(agent, node, folder):
         data = _bundle_bytes(name, path)
         digest = hashlib.sha256(data).hexdigest()
         if have.get(name) == digest:
+            log.debug("%s: git mirror %s is there from the same bundle", node.name, name)
             continue
+        log.debug("%s: sending git mirror %s (%d bytes)", node.name, name, len(data))
         _run(agent, node, f"copying {name} into the node's git mirror",
              ["bash", "-c", _MIRROR_ONE, "mirror", NODE_GIT_MIRROR, name, digest],
              stdin=base64.b64encode(data).decode("ascii"), user=STACK_USER)

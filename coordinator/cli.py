@@ -1,9 +1,12 @@
 """The `coordinator` command: validate a config, print its plan, deploy it, list, show and destroy deployments.
 
-Only the project's own errors become a message and exit code 1; anything else keeps its traceback.
+Only the project's own errors become a message and exit status 1; anything else keeps its traceback, since it is
+a bug to fix rather than something the user can act on. EXIT_STATUS says what each status means.
 """
 
 import argparse
+import contextlib
+import logging
 import sys
 
 from agent.errors import AgentError
@@ -11,25 +14,88 @@ from coordinator import lifecycle, topology
 from coordinator.config import ConfigError, load_config
 from coordinator.devstack import DevstackError
 from coordinator.driver import DeployError
-from coordinator.store import StoreError
+from coordinator.errors import CoordinatorError
+
+log = logging.getLogger(__name__)
+
+EXIT_STATUS = """\
+exit status:
+  0    done
+  1    refused or failed, and said why on stderr: a config problem (each
+       with its path in the config), a deployment record (missing, locked,
+       of another coordinator version, damaged), an agent, devstack on a node
+  2    the command line is wrong (usage)
+  130  interrupted (Ctrl-C); deploying again under the same name resumes
+"""
+
+# What main turns into a message and status 1: the coordinator's root error and the agent package's.
+# DeployError (driver.py) and DevstackError (devstack.py) are named until they derive from CoordinatorError.
+EXPLAINED = (CoordinatorError, AgentError, DeployError, DevstackError)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
+    with _logging(args.verbose):
+        try:
+            log.debug("coordinator %s: %s", args.command,
+                      {key: value for key, value in vars(args).items() if key not in ("run", "command")})
+            return args.run(args)
+        except ConfigError as error:
+            config = getattr(args, "config", None)
+            if error.source in (None, config):
+                print(_errors(error, config), file=sys.stderr)
+            else:  # not about the config file: a stored plan's error names its deployment as its source
+                print(f"coordinator {args.command}: {error}", file=sys.stderr)
+            return 1
+        except EXPLAINED as error:
+            print(f"coordinator {args.command}: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            again = "; deploying again under the same name resumes it" if args.command == "deploy" else ""
+            print(f"coordinator {args.command}: interrupted{again}", file=sys.stderr)
+            return 130
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time: while rich's progress display runs on a terminal that is its
+    proxy, which prints each line above the bars instead of through them."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+@contextlib.contextmanager
+def _logging(verbose):
+    """Log records to stderr for one run of main: everything with -v, else warnings and worse. Undone after, so
+    main can be called again in one process (tests, scripts) without a second handler."""
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     try:
-        return args.run(args)
-    except ConfigError as error:
-        print(_errors(error, getattr(args, "config", None)), file=sys.stderr)
-        return 1
-    except (StoreError, DeployError, DevstackError, AgentError) as error:
-        print(f"coordinator {args.command}: {error}", file=sys.stderr)
-        return 1
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def _parser():
     parser = argparse.ArgumentParser(prog="coordinator",
-                                     description="Plan and deploy dummy OpenStack clouds in LXC containers.")
+                                     description="Plan and deploy dummy OpenStack clouds in LXC containers.",
+                                     epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbose = dict(action="store_true", help="log what the coordinator does (config read, store writes, deploy "
+                                              "and destroy steps, resume decisions) on stderr, with times")
+    parser.add_argument("-v", "--verbose", **verbose)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = commands.add_parser("validate", help="check a config; print every problem found",
@@ -48,6 +114,9 @@ def _parser():
                       help="table: only these nodes for --nodes and --local-conf (repeatable)")
     plan.set_defaults(run=_plan)
     lifecycle.add_arguments(commands)
+    for command in commands.choices.values():
+        # After the command too; SUPPRESS keeps a -v given before it (a subparser's default would overwrite it).
+        command.add_argument("-v", "--verbose", **verbose, default=argparse.SUPPRESS)
     return parser
 
 

@@ -1,6 +1,7 @@
 """The CLI's deployment commands: deploy (or resume), list, show and destroy, over the store and the driver."""
 
 import json
+import logging
 import os
 import re
 import sys
@@ -13,7 +14,9 @@ from rich.table import Table
 from coordinator import nova, resume, topology
 from coordinator.config import load_config
 from coordinator.driver import Deployer, DeployError, Settings
-from coordinator.store import Store
+from coordinator.store import Store, StoreError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PKI = "/etc/lxc-agent/pki"
 DEFAULT_PORT = 7643
@@ -37,19 +40,19 @@ def add_arguments(commands):
 
     deploy = with_shared(commands.add_parser(
         "deploy", help="deploy a config (again under the same --name: resume after a failure)"))
-    deploy.add_argument("config", metavar="CONFIG")
-    deploy.add_argument("--name", help="deployment name (default: the config's name and the time)")
+    deploy.add_argument("config", metavar="CONFIG", help="the deployment config (JSON or YAML)")
+    deploy.add_argument("--name", help="deployment name (default: the config file's name and the time)")
     deploy.add_argument("--log-dir", default=DEFAULT_LOG_DIR,
                         help=f"full stack.sh logs, one per node and attempt (default {DEFAULT_LOG_DIR})")
     deploy.set_defaults(run=deploy_command)
     listing = with_shared(commands.add_parser("list", help="the deployments on record"))
     listing.set_defaults(run=list_command)
     show = with_shared(commands.add_parser("show", help="a deployment's nodes and their live state"))
-    show.add_argument("name", metavar="NAME")
+    show.add_argument("name", metavar="NAME", help="the deployment's name (`coordinator list` shows them)")
     show.add_argument("--json", action="store_true", help="for scripts")
     show.set_defaults(run=show_command)
     destroy = with_shared(commands.add_parser("destroy", help="remove everything a deployment made"))
-    destroy.add_argument("name", metavar="NAME")
+    destroy.add_argument("name", metavar="NAME", help="the deployment's name (`coordinator list` shows them)")
     destroy.set_defaults(run=destroy_command)
 
 
@@ -85,6 +88,23 @@ def check_name(name):
     return name
 
 
+def stored_plan(store, record):
+    """The plan a deployment was recorded with, as a Plan. A plan of another coordinator version, or one that is
+    not a plan at all, is refused with words naming the deployment and its store (the PlanVersionError itself, so
+    its advice stays whole); a record that claims this version but lacks its parts is a StoreError."""
+    name = record["name"]
+    where = f"deployment {name!r} in {store.path}"
+    try:
+        return topology.Plan.from_dict(record["plan"])
+    except topology.PlanVersionError as error:
+        error.source = where
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise StoreError(f"{where}: its recorded plan is damaged ({type(error).__name__}: {error}); remove what it "
+                         f"made with each host's lxc-agent, then its record: sqlite3 {store.path} "
+                         f"\"DELETE FROM deployments WHERE name = '{name}'\"") from error
+
+
 def deploy_command(args):
     config = load_config(args.config)
     plan = topology.plan(config)
@@ -94,11 +114,18 @@ def deploy_command(args):
     for warning in topology.warnings(plan):
         console.print(f"warning: {warning}", markup=False, highlight=False)
     with store.lock(name):
+        existing = store.get(name, missing_ok=True)
+        if existing is not None:
+            # Resuming walks the steps recorded against the stored plan: one this coordinator cannot read (another
+            # version's, a damaged record) is refused before any agent is asked or anything recorded.
+            stored_plan(store, existing)
+        log.info("deploy %r from %s: %d node(s) on %d host(s); %s", name, args.config, len(plan.nodes),
+                 len(plan.hosts), "on record, resuming" if existing else "new")
         deployer = Deployer(name, plan, store, connector(args), Settings(log_dir=os.path.abspath(args.log_dir)))
         try:
             # Before the deployment is recorded: a refused config can be fixed and deployed under the same name.
             deployer.preflight()
-            _accept_changed_config(store, name, config, plan, console)
+            _accept_changed_config(store, name, existing, config, plan, console)
             resumed = store.begin(name, config.data, plan.to_dict())
             console.print(f"{'Resuming' if resumed else 'Deploying'} [bold]{name}[/bold]: {len(plan.nodes)} "
                           f"node(s) on {len(plan.hosts)} host(s)")
@@ -126,10 +153,13 @@ def deploy_command(args):
                 deployer.settings.status = status
                 try:
                     result = deployer.deploy()
-                except BaseException:
+                except BaseException as error:
                     store.set_status(name, "failed")
+                    log.info("deploy %r failed: %s", name, type(error).__name__)
                     raise
             store.set_status(name, "deployed")
+            log.info("deploy %r done: %s", name,
+                     ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.phases.items()))
             print_nodes(plan, live_state(plan, deployer), console=stdout_console())
             for phase, seconds in result.phases.items():
                 console.print(f"{phase:16} {seconds:8.1f} s")
@@ -140,13 +170,14 @@ def deploy_command(args):
     return 0
 
 
-def _accept_changed_config(store, name, config, plan, console):
+def _accept_changed_config(store, name, existing, config, plan, console):
     """Deploying a changed config under an existing name: the same layout, and the steps from the first one
     whose inputs changed are redone (coordinator.resume); another layout is refused with what differs."""
-    existing = store.get(name, missing_ok=True)
     if existing is None or existing["config"] == config.data:
         return
     changes = resume.plan_changes(existing["plan"], plan.to_dict())
+    log.info("deployment %r: the config changed; layout differences: %s; steps to redo: %s", name,
+             "; ".join(changes.layout) or "none", ", ".join(changes.redo) or "none")
     if changes.layout:
         raise DeployError(f"deployment {name!r} exists with another layout:\n  " + "\n  ".join(changes.layout)
                           + f"\nDestroy it first (coordinator destroy {name}) or deploy under another --name; a "
@@ -201,24 +232,33 @@ def shown_status(store, record):
 
 
 def list_command(args):
+    """Every deployment on record, even one this coordinator cannot read (its NODES is "?"): those are then said
+    on stderr, each with what to do, and the exit status is 1."""
     store = Store(args.store)
     deployments = store.list()
     if not deployments:
         print(f"no deployments in {store.path}")
         return 0
     table = Table("NAME", "STATUS", "NODES", "CREATED")
+    unreadable = []
     for entry in deployments:
-        plan = store.get(entry["name"])["plan"]
-        table.add_row(entry["name"], shown_status(store, entry), str(len(plan["nodes"])),
+        try:
+            nodes = str(len(stored_plan(store, store.get(entry["name"])).nodes))
+        except (StoreError, topology.PlanVersionError) as error:
+            unreadable.append(error)
+            nodes = "?"
+        table.add_row(entry["name"], shown_status(store, entry), nodes,
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created"])))
     stdout_console().print(table)
-    return 0
+    for error in unreadable:
+        print(f"coordinator list: {error}", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def show_command(args):
     store = Store(args.store)
     record = store.get(args.name)
-    plan = topology.Plan.from_dict(record["plan"])
+    plan = stored_plan(store, record)
     deployer = Deployer(args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR))
     try:
         state = live_state(plan, deployer)
@@ -240,13 +280,16 @@ def show_command(args):
 def destroy_command(args):
     store = Store(args.store)
     record = store.get(args.name)
-    plan = topology.Plan.from_dict(record["plan"])
+    plan = stored_plan(store, record)
     with store.lock(args.name):
+        log.info("destroy %r: %d node(s) on %d host(s), %d resource(s) on record", args.name, len(plan.nodes),
+                 len(plan.hosts), len(store.resources(args.name)))
         deployer = Deployer(args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR))
         try:
             deployer.destroy()
         finally:
             deployer.close()
         store.delete(args.name)
+        log.info("destroy %r done", args.name)
     print(f"destroyed {args.name}")
     return 0
