@@ -93,9 +93,7 @@ def _parser():
     parser = argparse.ArgumentParser(prog="coordinator",
                                      description="Plan and deploy dummy OpenStack clouds in LXC containers.",
                                      epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    verbose = dict(action="store_true", help="log what the coordinator does (config read, store writes, deploy "
-                                              "and destroy steps, resume decisions) on stderr, with times")
-    parser.add_argument("-v", "--verbose", **verbose)
+    _add_verbose(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = commands.add_parser("validate", help="check a config; print every problem found",
@@ -116,8 +114,14 @@ def _parser():
     lifecycle.add_arguments(commands)
     for command in commands.choices.values():
         # After the command too; SUPPRESS keeps a -v given before it (a subparser's default would overwrite it).
-        command.add_argument("-v", "--verbose", **verbose, default=argparse.SUPPRESS)
+        _add_verbose(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_verbose(parser, default):
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log what the coordinator does (config read, store writes, deploy and destroy steps, "
+                             "resume decisions) on stderr, with times")
 
 
 def _errors(error, source):

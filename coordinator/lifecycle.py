@@ -250,8 +250,8 @@ def list_command(args):
         table.add_row(entry["name"], shown_status(store, entry), nodes,
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created"])))
     stdout_console().print(table)
-    for error in unreadable:
-        print(f"coordinator list: {error}", file=sys.stderr)
+    for refusal in unreadable:
+        print(f"coordinator list: {refusal}", file=sys.stderr)
     return 1 if unreadable else 0
 
 

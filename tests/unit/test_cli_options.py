@@ -44,7 +44,8 @@ def test_verbose_logs_on_stderr_with_times_and_logger_names(capsys, argv):
 
 def test_without_verbose_no_log_lines(capsys):
     code, out, err = run(capsys, "validate", SEED)
-    assert code == 0 and not LOG_LINE.search(err), err
+    assert code == 0 and out.startswith(f"{SEED}: valid ")
+    assert not LOG_LINE.search(err), err
 
 
 def test_verbose_logs_the_store_commands(capsys, tmp_path):

@@ -106,6 +106,7 @@ def test_deploying_again_under_the_name_of_such_a_record_is_refused_before_anyth
     code, out, err = run(capsys, "deploy", config, "--name", "old", "--store", store_path,
                          "--log-dir", tmp_path / "logs")
     assert_refused(code, err, "deploy", "old", store_path, words)
+    assert out == ""
     assert "Resuming" not in err and "Deploying" not in err
     with sqlite3.connect(store_path) as db:
         assert db.execute("SELECT status FROM deployments WHERE name = 'old'").fetchone() == ("failed",)
@@ -138,6 +139,7 @@ def test_a_damaged_config_in_the_record_is_named_too(capsys, store_path):
     db.close()
     code, out, err = run(capsys, "show", "old", "--store", store_path)
     assert_refused(code, err, "show", "old", store_path, "its recorded config is damaged (not JSON:")
+    assert out == ""
     assert "DELETE FROM deployments WHERE name = 'old'" in err, "says how to remove the record"
 
 
@@ -145,5 +147,5 @@ def test_a_store_file_that_is_no_database_is_an_error_not_a_traceback(capsys, tm
     path = tmp_path / "deployments.sqlite"
     path.write_text("not a database, " * 100)
     code, out, err = run(capsys, "list", "--store", path)
-    assert code == 1 and "Traceback" not in err
+    assert (code, out) == (1, "") and "Traceback" not in err
     assert err.startswith(f"coordinator list: cannot use the deployment store {path}: file is not a database"), err
