@@ -12,8 +12,6 @@ import sys
 from agent.errors import AgentError
 from coordinator import lifecycle, topology
 from coordinator.config import ConfigError, load_config
-from coordinator.devstack import DevstackError
-from coordinator.driver import DeployError
 from coordinator.errors import CoordinatorError
 
 log = logging.getLogger(__name__)
@@ -29,8 +27,7 @@ exit status:
 """
 
 # What main turns into a message and status 1: the coordinator's root error and the agent package's.
-# DeployError (driver.py) and DevstackError (devstack.py) are named until they derive from CoordinatorError.
-EXPLAINED = (CoordinatorError, AgentError, DeployError, DevstackError)
+EXPLAINED = (CoordinatorError, AgentError)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from agent.errors import AgentError
 from coordinator import cli
+from coordinator.devstack import DevstackError
+from coordinator.driver import DeployError
 from coordinator.errors import CoordinatorError
 from coordinator.problems import ConfigError
 from coordinator.store import StoreError
 from coordinator.syntax import SyntaxProblem, TooBig
+from coordinator.topology import PlanVersionError
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "configs" / "seed.json"
@@ -81,9 +85,16 @@ def test_every_command_takes_verbose(capsys, command):
     assert "-v, --verbose" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("cls", [ConfigError, StoreError, SyntaxProblem, TooBig])
+@pytest.mark.parametrize("cls", [ConfigError, StoreError, SyntaxProblem, TooBig, PlanVersionError, DeployError,
+                                 DevstackError])
 def test_the_coordinators_errors_share_one_root(cls):
     assert issubclass(cls, CoordinatorError)
+
+
+def test_main_explains_the_root_errors_only():
+    """CoordinatorError and the agent package's AgentError; anything else keeps its traceback."""
+    explained = set(cli.EXPLAINED)
+    assert explained == {CoordinatorError, AgentError}
 
 
 def test_interrupted_is_status_130_with_a_line_not_a_traceback(tmp_path):
