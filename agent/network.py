@@ -10,21 +10,16 @@ bridges go (reboot, or deletion behind the agent's back).
 
 import errno
 import ipaddress
+import logging
 import re
 
-import nftables
 from pyroute2 import IPRoute, NetlinkError
 
+from agent import addressing, firewall
 from agent.errors import Conflict, InvalidArgument, NetworkError
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 TAG = "lxc-agent"
-NFT_FAMILY = "ip"
-NFT_TABLE = "lxc_agent"
-NFT_CHAIN = "postrouting"
-
-# No forward-accept chain: in nftables a packet must pass every base chain on the hook, so an accept in our
-# table cannot undo a drop policy in someone else's; that policy is the administrator's to open.
 
 _BRIDGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 _ALIAS = re.compile(rf"^{TAG}(?: ip_forward=([01]))?(?: owner=(\S+))?$")
@@ -32,6 +27,8 @@ _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
 _IFF_UP = 0x1
 _RT_TABLE_LOCAL = 255
 _TABLE_NAMES = {253: "default", 254: "main", 255: "local"}
+
+log = logging.getLogger(__name__)
 
 
 def ensure_host_network(bridge: str, subnet: str, owner: str | None = None) -> dict:
@@ -42,7 +39,7 @@ def ensure_host_network(bridge: str, subnet: str, owner: str | None = None) -> d
     _check_bridge_name(bridge)
     network = _parse_subnet(subnet)
     _check_owner(owner)
-    gateway = next(network.hosts())
+    gateway = addressing.gateway(network)
     with IPRoute() as ipr:
         link = _find_link(ipr, bridge)
         if link is not None:
@@ -57,10 +54,12 @@ def ensure_host_network(bridge: str, subnet: str, owner: str | None = None) -> d
         if not _ipv4_addresses(ipr, index, bridge):
             _netlink(f"give bridge {bridge} the address {gateway}/{network.prefixlen}", bridge,
                      lambda: ipr.addr("add", index=index, address=str(gateway), prefixlen=network.prefixlen))
+            log.info("bridge %s: address %s/%d", bridge, gateway, network.prefixlen)
         if not link["flags"] & _IFF_UP:
             _netlink(f"bring bridge {bridge} up", bridge, lambda: ipr.link("set", index=index, state="up"))
+            log.info("bridge %s: up", bridge)
     _write_ip_forward("1", bridge)
-    _ensure_nat(bridge, network)
+    firewall.ensure_masquerade(bridge, network)
     return _shape(bridge, network, owner)
 
 
@@ -82,7 +81,7 @@ def destroy_host_network(bridge: str, owner: str | None = None) -> None:
                                f"{_whose(owner)}; only its owner removes it: destroy_network({bridge!r}, "
                                f"owner={held!r})", bridge=bridge, subnet=subnet, owner=held)
             remembered = _alias_ip_forward(link)
-        _remove_nat(bridge)
+        firewall.remove_masquerade(bridge)
         if link is not None:
             try:
                 ipr.link("del", index=link["index"])
@@ -90,6 +89,7 @@ def destroy_host_network(bridge: str, owner: str | None = None) -> None:
                 if error.code != errno.ENODEV:
                     raise NetworkError(f"cannot delete bridge {bridge}: {error.args[-1]} (errno {error.code}); "
                                        f"check `ip link show {bridge}` and retry", bridge=bridge) from error
+            log.info("bridge %s: removed", bridge)
         others = [other for other in _agent_bridges(ipr) if other.get_attr("IFLA_IFNAME") != bridge]
     if remembered is not None and not others:
         _write_ip_forward(remembered, bridge)
@@ -129,7 +129,7 @@ def _parse_subnet(subnet):
     if network.version != 4:
         raise InvalidArgument(f"subnet {subnet} is not IPv4: container subnets are IPv4, like 10.100.1.0/24",
                               subnet=subnet)
-    if network.prefixlen > 30:
+    if addressing.capacity(network) < 1:
         raise InvalidArgument(f"subnet {subnet} has no room for a gateway and containers: use a prefix of /30 "
                               f"or shorter", subnet=subnet)
     return network
@@ -262,10 +262,13 @@ def _create_bridge(ipr, bridge, remembered, owner):
     except NetlinkError as error:
         try:
             ipr.link("del", index=link["index"])
-        except NetlinkError:
-            pass  # the error below already says what went wrong first
+        except NetlinkError as cleanup_error:
+            # The error below says what went wrong first; this one only that the untagged bridge stayed.
+            log.warning("bridge %s: could not remove it again after failing to tag it (%s); delete it with "
+                        "`ip link del %s`", bridge, cleanup_error.args[-1], bridge)
         raise NetworkError(f"cannot tag bridge {bridge} as the agent's: {error.args[-1]} (errno {error.code}); "
                            f"the bridge was removed again, retry", bridge=bridge) from error
+    log.info("bridge %s: created (%s)", bridge, alias)
     return _find_link(ipr, bridge)
 
 
@@ -286,7 +289,7 @@ def _describe(ipr, link):
 
 
 def _shape(bridge, network, owner):
-    return {"bridge": bridge, "subnet": str(network), "gateway": str(next(network.hosts())),
+    return {"bridge": bridge, "subnet": str(network), "gateway": str(addressing.gateway(network)),
             "prefixlen": network.prefixlen, "owner": owner}
 
 
@@ -330,6 +333,7 @@ def write_sysctl(path, value, subject, **details):
     except OSError as error:
         raise NetworkError(f"cannot set {path} to {value} for {subject}: {error.strerror}; check that the agent "
                            "runs as root with /proc/sys writable", **details) from error
+    log.info("%s: set %s to %s", subject, path, value)
 
 
 def _read_ip_forward(bridge):
@@ -338,80 +342,3 @@ def _read_ip_forward(bridge):
 
 def _write_ip_forward(value, bridge):
     write_sysctl(IP_FORWARD, value, f"bridge {bridge}", bridge=bridge)
-
-
-# --- NAT (libnftables, JSON commands) ---
-
-def _comment(bridge):
-    return f"{TAG}:{bridge}"
-
-
-def _nat_expr(bridge, network):
-    prefix = {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
-    return [
-        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": prefix}},
-        {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": prefix}},
-        {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": bridge}},
-        {"masquerade": None},
-    ]
-
-
-def nat_chain_commands():
-    """nftables JSON commands adding the agent's nat table and postrouting chain (no-ops when they exist).
-
-    tunnels.py puts its NAT exemptions in the same chain, ahead of the masquerade rules.
-    """
-    return [
-        {"add": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}},
-        {"add": {"chain": {"family": NFT_FAMILY, "table": NFT_TABLE, "name": NFT_CHAIN, "type": "nat",
-                           "hook": "postrouting", "prio": 100, "policy": "accept"}}},
-    ]
-
-
-def _nft(commands, bridge, what):
-    nft = nftables.Nftables()
-    nft.set_handle_output(True)
-    rc, output, error = nft.json_cmd({"nftables": commands})
-    if rc != 0:
-        raise NetworkError(f"nftables refused to {what} for bridge {bridge}: {error.strip() or f'rc {rc}'}; check "
-                           f"`nft list table {NFT_FAMILY} {NFT_TABLE}` and that the kernel has nf_tables "
-                           f"with nat", bridge=bridge)
-    return output["nftables"] if output else []
-
-
-def _agent_rules(bridge):
-    """The rules in the agent's table, or None when the table does not exist."""
-    tables = _nft([{"list": {"tables": {"family": NFT_FAMILY}}}], bridge, "list tables")
-    if not any(item.get("table", {}).get("name") == NFT_TABLE for item in tables):
-        return None
-    listing = _nft([{"list": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}}], bridge,
-                   f"list table {NFT_TABLE}")
-    return [item["rule"] for item in listing if "rule" in item]
-
-
-def _ensure_nat(bridge, network):
-    rules = _agent_rules(bridge) or []
-    expr = _nat_expr(bridge, network)
-    tagged = [rule for rule in rules if rule.get("comment") == _comment(bridge)]
-    if len(tagged) == 1 and tagged[0]["chain"] == NFT_CHAIN and tagged[0]["expr"] == expr:
-        return
-    # One transaction: stale rules for this bridge (an older subnet) go as the right one arrives.
-    commands = nat_chain_commands()
-    commands += [{"delete": {"rule": {"family": NFT_FAMILY, "table": NFT_TABLE, "chain": rule["chain"],
-                                      "handle": rule["handle"]}}} for rule in tagged]
-    commands.append({"add": {"rule": {"family": NFT_FAMILY, "table": NFT_TABLE, "chain": NFT_CHAIN,
-                                      "expr": expr, "comment": _comment(bridge)}}})
-    _nft(commands, bridge, f"add masquerade for {network}")
-
-
-def _remove_nat(bridge):
-    rules = _agent_rules(bridge)
-    if rules is None:
-        return
-    tagged = [rule for rule in rules if rule.get("comment") == _comment(bridge)]
-    commands = [{"delete": {"rule": {"family": NFT_FAMILY, "table": NFT_TABLE, "chain": rule["chain"],
-                                     "handle": rule["handle"]}}} for rule in tagged]
-    if len(tagged) == len(rules):
-        commands = [{"delete": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}}]
-    if commands:
-        _nft(commands, bridge, "remove its masquerade rule")

@@ -10,15 +10,16 @@ plan_table(NAME), so nothing needs remembering: no state file.
 
 import errno
 import ipaddress
+import logging
 import re
 import types
 import zlib
 
-import nftables
 from pyroute2 import IPRoute, NetlinkError
 
+from agent import firewall
 from agent.errors import AgentError, Conflict, InvalidArgument, NetworkError
-from agent.network import NFT_CHAIN, NFT_FAMILY, NFT_TABLE, nat_chain_commands, write_sysctl
+from agent.network import write_sysctl
 
 TAG = "lxc-agent-tunnel"
 KINDS = ("ipip", "vxlan")
@@ -40,6 +41,8 @@ _TRANSIT_SLOTS = len(_TRANSIT_OCTETS) * 128
 _IFF_UP = 0x1
 _RT_SCOPE_UNIVERSE, _RT_SCOPE_LINK = 0, 253
 _RT_TABLE_MAIN = 254
+
+log = logging.getLogger(__name__)
 
 
 # --- pure planning: both ends compute the same numbers ---
@@ -99,7 +102,7 @@ def ensure_tunnel(name: str, kind: str, local: str, remote: str, local_subnets: 
             # Loose on the tunnel link only: the kernel uses max(conf.all, conf.<link>) and 2 is the highest, so
             # conf.all (strict on many hosts) is left as it is.
             write_sysctl(RP_FILTER.format(name), LOOSE, f"tunnel {name}", tunnel=name)
-            _ensure_exemption(name)
+            firewall.ensure_exemption(name)
             _converge_routes(ipr, spec, link["index"])
             _converge_rules(ipr, spec)
         except AgentError:
@@ -124,7 +127,7 @@ def destroy_tunnel(name: str) -> None:
             _remove_routes(ipr, name, table)
         if link is not None:
             _delete_link(ipr, name, link["index"])
-    _remove_exemption(name)
+    firewall.remove_exemption(name)
 
 
 def get_tunnel(name: str) -> dict | None:
@@ -364,27 +367,32 @@ def _create_link(ipr, spec):
         _delete_link(ipr, spec.name, link["index"])
         raise NetworkError(f"cannot tag tunnel {spec.name} as the agent's: {error.args[-1]} (errno {error.code}); "
                            f"the link was removed again, retry", tunnel=spec.name) from error
+    log.info("tunnel %s: created, %s from %s to %s%s", spec.name, spec.kind, spec.local, spec.remote,
+             f" (vni {spec.vni})" if spec.vni else "")
     return _dump(lambda: ipr.get_links(ifname=spec.name), spec.name)[0]
 
 
 def _converge_link(ipr, spec, link, mtu):
     index, name = link["index"], spec.name
     if link.get_attr("IFLA_MTU") != mtu:
-        _netlink(f"set the MTU of tunnel {name} to {mtu}", name, lambda: ipr.link("set", index=index, mtu=mtu))
+        _netlink(f"set the MTU of tunnel {name} to {mtu}", name, lambda: ipr.link("set", index=index, mtu=mtu),
+                 done=f"MTU {mtu}")
     wanted = [spec.transit] if spec.transit else []
     held = [f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
             for addr in _dump(lambda: ipr.get_addr(family=2, index=index), name)]
     for stray in sorted(set(held) - set(wanted)):
         address, prefixlen = stray.split("/")
         _netlink(f"remove {stray} from tunnel {name}", name,
-                 lambda: ipr.addr("del", index=index, address=address, prefixlen=int(prefixlen)))
+                 lambda: ipr.addr("del", index=index, address=address, prefixlen=int(prefixlen)),
+                 done=f"removed the address {stray}")
     for missing in wanted:
         if missing not in held:
             address, prefixlen = missing.split("/")
             _netlink(f"give tunnel {name} the transit address {missing}", name,
-                     lambda: ipr.addr("add", index=index, address=address, prefixlen=int(prefixlen)))
+                     lambda: ipr.addr("add", index=index, address=address, prefixlen=int(prefixlen)),
+                     done=f"transit address {missing}")
     if not link["flags"] & _IFF_UP:
-        _netlink(f"bring tunnel {name} up", name, lambda: ipr.link("set", index=index, state="up"))
+        _netlink(f"bring tunnel {name} up", name, lambda: ipr.link("set", index=index, state="up"), done="up")
 
 
 def _wanted_routes(spec, index):
@@ -404,12 +412,15 @@ def _converge_routes(ipr, spec, index):
     wanted = _wanted_routes(spec, index)
     for key in sorted(set(held) - wanted, key=str):
         _netlink(f"remove the stale route to {key[0]}/{key[1]} from table {spec.table}", spec.name,
-                 lambda: ipr.route("del", table=spec.table, dst=f"{key[0]}/{key[1]}", oif=key[2], proto=RTPROT))
+                 lambda: ipr.route("del", table=spec.table, dst=f"{key[0]}/{key[1]}", oif=key[2], proto=RTPROT),
+                 done=f"removed the stale route to {key[0]}/{key[1]} from table {spec.table}")
     for dst, dst_len, oif, gateway, prefsrc in sorted(wanted - set(held), key=str):
         options = dict(gateway=gateway) if gateway else dict(scope=_RT_SCOPE_LINK)
         _netlink(f"route {dst}/{dst_len} through tunnel {spec.name} in table {spec.table}", spec.name,
                  lambda: ipr.route("add", table=spec.table, dst=f"{dst}/{dst_len}", oif=oif, prefsrc=prefsrc,
-                                   proto=RTPROT, **options))
+                                   proto=RTPROT, **options),
+                 done=f"route to {dst}/{dst_len}" + (f" via {gateway}" if gateway else "")
+                      + f" in table {spec.table}")
 
 
 def _rule_key(rule):
@@ -431,10 +442,12 @@ def _converge_rules(ipr, spec):
     wanted = _wanted_rules(spec)
     for key in sorted(held - wanted, key=str):
         _netlink(f"remove the stale rule {_key_text(key)} lookup {spec.table}", spec.name,
-                 lambda: ipr.rule("del", **_rule_fields(spec.table, key)))
+                 lambda: ipr.rule("del", **_rule_fields(spec.table, key)),
+                 done=f"removed the stale rule {_key_text(key)} lookup {spec.table}")
     for key in sorted(wanted - held, key=str):
         _netlink(f"add the rule {_key_text(key)} lookup {spec.table}", spec.name,
-                 lambda: ipr.rule("add", **_rule_fields(spec.table, key)))
+                 lambda: ipr.rule("add", **_rule_fields(spec.table, key)),
+                 done=f"rule {_key_text(key)} lookup {spec.table}")
 
 
 def _key_text(key):
@@ -466,7 +479,7 @@ def _remove_rules(ipr, name, table):
         key = _rule_key(rule)
         fields = _rule_fields(table, key, rule.get_attr("FRA_PRIORITY"))
         _netlink(f"remove the rule {_key_text(key)} lookup {table}", name, lambda: ipr.rule("del", **fields),
-                 missing_ok=True)
+                 missing_ok=True, done=f"removed the rule {_key_text(key)} lookup {table}")
 
 
 def _remove_routes(ipr, name, table):
@@ -476,7 +489,7 @@ def _remove_routes(ipr, name, table):
         dst, dst_len, oif = _route_key(route)[:3]
         _netlink(f"remove the route to {dst}/{dst_len} from table {table}", name,
                  lambda: ipr.route("del", table=table, dst=f"{dst}/{dst_len}", oif=oif, proto=RTPROT),
-                 missing_ok=True)
+                 missing_ok=True, done=f"removed the route to {dst}/{dst_len} from table {table}")
 
 
 def _delete_link(ipr, name, index):
@@ -486,6 +499,8 @@ def _delete_link(ipr, name, index):
         if error.code != errno.ENODEV:
             raise NetworkError(f"cannot delete tunnel {name}: {error.args[-1]} (errno {error.code}); check "
                                f"`ip link show {name}` and retry", tunnel=name) from error
+        return
+    log.info("tunnel %s: removed", name)
 
 
 def _undo(ipr, spec):
@@ -496,9 +511,10 @@ def _undo(ipr, spec):
         link = _dump(lambda: ipr.get_links(ifname=spec.name), spec.name, missing_ok=True)
         if link:
             _delete_link(ipr, spec.name, link[0]["index"])
-        _remove_exemption(spec.name)
-    except AgentError:
-        pass
+        firewall.remove_exemption(spec.name)
+    except AgentError as error:
+        log.warning("tunnel %s: could not take away all that a failed ensure_tunnel made (%s); destroy_tunnel(%r) "
+                    "removes the rest", spec.name, error, spec.name)
 
 
 # --- reading back ---
@@ -546,7 +562,8 @@ def _dump(call, name, missing_ok=False):
                            tunnel=name) from error
 
 
-def _netlink(what, name, call, missing_ok=False):
+def _netlink(what, name, call, missing_ok=False, done=None):
+    """Make one change; `done` says what changed, for the log (nothing is logged when missing_ok finds it gone)."""
     try:
         call()
     except NetlinkError as error:
@@ -554,66 +571,5 @@ def _netlink(what, name, call, missing_ok=False):
             return
         raise NetworkError(f"cannot {what}: {error.args[-1]} (errno {error.code}); run ensure_tunnel again or "
                            f"destroy_tunnel({name!r})", tunnel=name) from error
-
-
-# --- NAT exemption (libnftables, JSON commands, in network.py's table and chain) ---
-
-def _comment(name):
-    return f"{TAG}:{name}"
-
-
-def _exemption_expr(name):
-    return [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": name}}, {"accept": None}]
-
-
-def _nft(commands, name, what):
-    nft = nftables.Nftables()
-    nft.set_handle_output(True)
-    rc, output, error = nft.json_cmd({"nftables": commands})
-    if rc != 0:
-        raise NetworkError(f"nftables refused to {what} for tunnel {name}: {error.strip() or f'rc {rc}'}; check "
-                           f"`nft list table {NFT_FAMILY} {NFT_TABLE}` and that the kernel has nf_tables with nat",
-                           tunnel=name)
-    return output["nftables"] if output else []
-
-
-def _table_rules(name):
-    """Rules of the agent's nat table in chain order, or None when the table does not exist."""
-    tables = _nft([{"list": {"tables": {"family": NFT_FAMILY}}}], name, "list tables")
-    if not any(item.get("table", {}).get("name") == NFT_TABLE for item in tables):
-        return None
-    listing = _nft([{"list": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}}], name,
-                   f"list table {NFT_TABLE}")
-    return [item["rule"] for item in listing if "rule" in item]
-
-
-def _delete_rule(rule):
-    return {"delete": {"rule": {"family": NFT_FAMILY, "table": NFT_TABLE, "chain": rule["chain"],
-                                "handle": rule["handle"]}}}
-
-
-def _ensure_exemption(name):
-    rules = _table_rules(name) or []
-    chain = [rule for rule in rules if rule["chain"] == NFT_CHAIN]
-    tagged = [rule for rule in rules if rule.get("comment") == _comment(name)]
-    # Ahead of every masquerade: network.py's rule matches `oifname != <bridge>`, which the tunnel is.
-    first_nat = next((position for position, rule in enumerate(chain)
-                      if any("masquerade" in item or "snat" in item for item in rule["expr"])), len(chain))
-    if len(tagged) == 1 and tagged[0] in chain[:first_nat] and tagged[0]["expr"] == _exemption_expr(name):
-        return
-    commands = nat_chain_commands() + [_delete_rule(rule) for rule in tagged]
-    commands.append({"insert": {"rule": {"family": NFT_FAMILY, "table": NFT_TABLE, "chain": NFT_CHAIN,
-                                         "expr": _exemption_expr(name), "comment": _comment(name)}}})
-    _nft(commands, name, "exempt the tunnel from masquerade")
-
-
-def _remove_exemption(name):
-    rules = _table_rules(name)
-    if rules is None:
-        return
-    tagged = [rule for rule in rules if rule.get("comment") == _comment(name)]
-    commands = [_delete_rule(rule) for rule in tagged]
-    if tagged and len(tagged) == len(rules):
-        commands = [{"delete": {"table": {"family": NFT_FAMILY, "name": NFT_TABLE}}}]
-    if commands:
-        _nft(commands, name, "remove its NAT exemption")
+    if done:
+        log.info("tunnel %s: %s", name, done)
