@@ -21,14 +21,6 @@ def is_subvolume(path):
         return False
 
 
-def create_subvolume(path):
-    try:
-        btrfsutil.create_subvolume(path)
-    except btrfsutil.BtrfsUtilError as error:
-        raise StorageError(f"cannot create btrfs subvolume {path}: {error}; "
-                           "check that the lxcpath is on btrfs and has free space") from error
-
-
 def snapshot(source, destination):
     """A writable snapshot: shares every block with `source` until either side writes."""
     try:
