@@ -9,7 +9,7 @@ still run depend on them.
 import logging
 import os
 
-log = logging.getLogger("lxc-agent")
+log = logging.getLogger(__name__)
 
 MINIMUMS = {
     "fs/inotify/max_user_instances": 1048576,
@@ -23,31 +23,33 @@ MINIMUMS = {
 }
 
 
-def _path(key):
-    return os.path.join("/proc/sys", key)
+PROC_SYS = "/proc/sys"
 
 
-def current():
+def current(proc_sys=PROC_SYS):
     """key -> value for every limit this host exposes (a network namespace lacks the neighbour defaults)."""
     values = {}
     for key in MINIMUMS:
         try:
-            with open(_path(key)) as handle:
+            with open(os.path.join(proc_sys, key)) as handle:
                 values[key.replace("/", ".")] = int(handle.read().split()[0])
         except (OSError, ValueError):
             continue
     return values
 
 
-def ensure_minimums():
-    """Raise each limit below its minimum; returns what changed. A limit that cannot be written is logged."""
+def ensure_minimums(proc_sys=PROC_SYS):
+    """Raise each limit below its minimum; returns what changed. A limit that cannot be written is logged.
+
+    `proc_sys` is where the settings are: /proc/sys, or for tests a folder laid out like it."""
     changed = {}
     for key, minimum in MINIMUMS.items():
+        path = os.path.join(proc_sys, key)
         try:
-            with open(_path(key)) as handle:
+            with open(path) as handle:
                 value = int(handle.read().split()[0])
             if value < minimum:
-                with open(_path(key), "w") as handle:
+                with open(path, "w") as handle:
                     handle.write(str(minimum))
                 changed[key.replace("/", ".")] = (value, minimum)
                 log.info("raised %s from %d to %d for many containers", key.replace("/", "."), value, minimum)
