@@ -8,7 +8,7 @@ the planner for. Names, subnets and addresses are the planner's (topology.py), d
 from dataclasses import dataclass
 
 from coordinator import localconf, plugins
-from coordinator.config import Problem, describe, kept, nearest
+from coordinator.problems import Problem, describe, kept, nearest
 from coordinator.providers import (
     CONTAINER_GROUP_PROPERTIES, DEFAULT_TUNNEL_TYPE, ONE_LINE_SCHEMA, Containers, check_containers,
     container_group_fields,

@@ -117,8 +117,9 @@ def deploy_command(args):
         existing = store.get(name, missing_ok=True)
         if existing is not None:
             # Resuming walks the steps recorded against the stored plan: one this coordinator cannot read (another
-            # version's, a damaged record) is refused before any agent is asked or anything recorded.
-            stored_plan(store, existing)
+            # version's, a damaged record) is refused before any agent is asked or anything recorded. Planned
+            # again against it, every node still planned keeps the address it was deployed with.
+            plan = topology.plan(config, previous=stored_plan(store, existing))
         log.info("deploy %r from %s: %d node(s) on %d host(s); %s", name, args.config, len(plan.nodes),
                  len(plan.hosts), "on record, resuming" if existing else "new")
         deployer = Deployer(name, plan, store, connector(args), Settings(log_dir=os.path.abspath(args.log_dir)))

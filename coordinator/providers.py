@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from agent import addressing
 from coordinator import plugins
-from coordinator.config import Problem, kept
+from coordinator.problems import Problem, kept
 
 DEFAULT_DISTRIBUTION = "ubuntu"
 # The distributions a container can be made of: distribution -> the LXC template (lxc-templates) that builds it.

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 from agent import addressing
 from coordinator import localconf
-from coordinator.config import ConfigError, Problem
+from coordinator.problems import ConfigError, Problem
 from coordinator.providers import (
     DEFAULT_RELEASES, SPECIAL_RANGES, TEMPLATES, Credential, capacity, special_range, too_small,
 )

@@ -1058,8 +1058,6 @@ def test_the_shared_helpers_import_neither_the_loader_nor_the_registry():
     assert not loaded & {"coordinator.config", "coordinator.plugins"}, loaded
 
 
-@pytest.mark.xfail(reason="engines.py and providers.py still take Problem, describe, kept and nearest from "
-                          "coordinator.config instead of coordinator.problems (issue #12)", strict=False)
 def test_the_registry_loads_its_types_without_the_config_loader():
     loaded = modules_after("from coordinator import plugins\nplugins.load()")
     assert {"coordinator.engines", "coordinator.providers"} <= loaded
