@@ -218,8 +218,8 @@ def render_table(result, source, nodes=False, local_conf=False, only=()):
     out.append("")
     if result.tunnels:
         out.append("Tunnels")
-        out += _table(["KIND", "HOST", "SUBNET", "REMOTE", "REMOTE SUBNETS"],
-                      [[t.kind, t.host, t.subnet, t.remote, ", ".join(t.remote_subnets) or "-"]
+        out += _table(["NAME", "KIND", "HOST", "SUBNET", "REMOTE", "REMOTE SUBNETS"],
+                      [[t.name, t.kind, t.host, t.subnet, t.remote, ", ".join(t.remote_subnets) or "-"]
                        for t in result.tunnels])
     else:
         out.append("Tunnels: none")

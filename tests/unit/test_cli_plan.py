@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coordinator import cli
+from coordinator import cli, topology
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "configs" / "seed.json"
@@ -119,7 +119,9 @@ def test_plan_table_shows_hosts_subnets_roles_counts_controller_and_tunnels(caps
     assert any(line.split()[:4] == ["1", "192.168.10.1", "root", "10.100.2.0/24"] for line in lines)
     assert any("1 first, 63 clone" in line and "devstack-compute-10-100-2-000 .. devstack-compute-10-100-2-063"
                in line for line in lines)
-    assert any(line.split() == ["ipip", "192.168.10.1", "10.100.2.0/24", "192.168.1.13", "-"] for line in lines)
+    name = topology.tunnel_name("192.168.10.1", "192.168.1.13", "10.100.2.0/24")
+    assert any(line.split() == [name, "ipip", "192.168.10.1", "10.100.2.0/24", "192.168.1.13", "-"]
+               for line in lines)
     assert "[[local|localrc]]" not in out
 
 
@@ -164,7 +166,7 @@ def test_plan_table_shows_the_subnets_behind_a_tunnel(capsys, tmp_path):
     data["nodes"][0]["tunnel_to"] = ["192.168.1.13"]
     code, out, _ = run(capsys, "plan", write(tmp_path, "c.json", data))
     assert code == 0
-    rows = [line.split() for line in out.splitlines() if line.strip().startswith("ipip")]
+    rows = [line.split()[1:] for line in out.splitlines() if line.strip().startswith("lxt-")]
     assert rows == [["ipip", "192.168.10.1", "10.100.2.0/24", "192.168.1.13", "10.100.1.0/24"],
                     ["ipip", "192.168.10.2", "10.100.3.0/24", "192.168.1.13", "10.100.1.0/24"]]
 
