@@ -17,7 +17,7 @@ import Pyro5.socketutil
 
 import agent
 from agent import pki, storage
-from agent.errors import AgentError, InvalidArgument
+from agent.errors import AgentError, InvalidArgument, NetworkError
 from agent.endpoint import DEFAULT_PKI, DEFAULT_PORT, OBJECT_ID
 from agent.service import AgentService
 
@@ -29,7 +29,21 @@ SETTINGS = {  # option -> default; the config file uses the same names with '_' 
     "log_level": "info", "max_clients": 128, "command_workers": 16,
 }
 
-log = logging.getLogger("lxc-agent")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+EXIT_FAILURE = 1
+EXIT_USAGE = 2     # as argparse's own usage errors
+EXIT_CODES = f"""exit codes:
+  0  done (serve: stopped by SIGTERM or SIGINT)
+  {EXIT_FAILURE}  the agent could not do it: TLS material or token missing or unusable, lxcpath or storage unusable,
+     port taken, init-pki refusing to overwrite or given a bad name
+  {EXIT_USAGE}  the command line or config file is wrong: unknown options, a malformed --listen, an unreadable
+     config file or an unknown setting in it, --no-tls on an address other than loopback"""
+
+log = logging.getLogger("agent.daemon")   # not __name__: run as `python -m agent.daemon`, that is __main__
+
+
+class UsageError(InvalidArgument):
+    """The command line or config file is wrong: lxc-agent exits 2, as for argparse's own usage errors."""
 
 
 class _LazyHandshakeSocket(ssl.SSLSocket):
@@ -55,7 +69,8 @@ class AgentDaemon(Pyro5.api.Daemon):
     def validateHandshake(self, conn, data):
         offered = data.encode() if isinstance(data, str) else b""
         if not hmac.compare_digest(offered, self._token):
-            log.warning("refused a client from %s: wrong or missing token", conn.sock.getpeername()[0])
+            log.warning("refused the connection (handshake) of a client from %s: wrong or missing token",
+                        conn.sock.getpeername()[0])
             raise Pyro5.errors.CommunicationError("refused: wrong or missing token")
         return "ok"
 
@@ -63,7 +78,7 @@ class AgentDaemon(Pyro5.api.Daemon):
 def parse_listen(value):
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise InvalidArgument(f"--listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}")
+        raise UsageError(f"--listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}")
     return host.strip("[]"), int(port)
 
 
@@ -85,10 +100,10 @@ def load_settings(args):
             with open(path, "rb") as handle:
                 from_file = tomllib.load(handle)
         except (OSError, tomllib.TOMLDecodeError) as error:
-            raise InvalidArgument(f"cannot read config file {path}: {error}") from error
+            raise UsageError(f"cannot read config file {path}: {error}") from error
         unknown = sorted(set(from_file) - set(SETTINGS))
         if unknown:
-            raise InvalidArgument(f"{path}: unknown setting(s) {unknown}; known: {sorted(SETTINGS)}")
+            raise UsageError(f"{path}: unknown setting(s) {unknown}; known: {sorted(SETTINGS)}")
         settings.update(from_file)
     settings.update({key: value for key, value in vars(args).items()
                      if key in SETTINGS and value is not None})
@@ -112,18 +127,22 @@ def configure_pyro(settings, tls_context):
 
 def serve(args):
     settings = load_settings(args)
-    logging.basicConfig(level=settings["log_level"].upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings["log_level"].upper(), stream=sys.stderr, format=LOG_FORMAT)
     host, port = parse_listen(settings["listen"])
     if settings["no_tls"] and not is_loopback(host):
-        raise InvalidArgument(f"refusing to listen on {host} without TLS: only loopback addresses may go "
-                              "without it; drop --no-tls (see `lxc-agent init-pki`)")
+        raise UsageError(f"refusing to listen on {host} without TLS: only loopback addresses may go "
+                         "without it; drop --no-tls (see `lxc-agent init-pki`)")
     tls_context = None if settings["no_tls"] else pki.server_ssl_context(
         settings["tls_cert"], settings["tls_key"], settings["tls_ca"])
     token = pki.read_token(settings["token_file"])
     configure_pyro(settings, tls_context)
     service = AgentService(settings["lxcpath"], settings["storage"], int(settings["command_workers"]))
-    daemon = AgentDaemon(token, host=host, port=port)
+    try:
+        daemon = AgentDaemon(token, host=host, port=port)
+    except OSError as error:
+        service.close()
+        raise NetworkError(f"cannot listen on {host}:{port}: {error.strerror or error}; is another lxc-agent "
+                           "serving there? pick another --listen") from error
     uri = daemon.register(service, OBJECT_ID)
     stopping = threading.Event()
 
@@ -154,10 +173,12 @@ def init_pki(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="lxc-agent", description=__doc__)
+    parser = argparse.ArgumentParser(prog="lxc-agent", description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"lxc-agent {agent.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("serve", help="run the agent in the foreground (systemd starts this)")
+    run = commands.add_parser("serve", help="run the agent in the foreground (systemd starts this)",
+                              epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", help=f"TOML file with the settings below (default {DEFAULT_CONFIG} if present)")
     run.add_argument("--listen", help=f"HOST:PORT to listen on (default {SETTINGS['listen']})")
     run.add_argument("--lxcpath", help=f"where containers live; btrfs recommended (default {SETTINGS['lxcpath']})")
@@ -175,7 +196,8 @@ def build_parser():
     run.add_argument("--command-workers", type=int,
                      help="commands run in containers at once; more wait (default 16)")
     run.set_defaults(handler=serve)
-    init = commands.add_parser("init-pki", help="create a CA, agent and client certificates and a token")
+    init = commands.add_parser("init-pki", help="create a CA, agent and client certificates and a token",
+                               epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     init.add_argument("--dir", default=DEFAULT_PKI, help=f"where to write them (default {DEFAULT_PKI})")
     init.add_argument("--agent-name", action="append",
                       help="host name or address the agent is reached at (repeatable; localhost is always in)")
@@ -186,15 +208,20 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run one command; its expected failures become one line on stderr and an exit code (see EXIT_CODES)."""
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except AgentError as error:
-        print(f"lxc-agent: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"lxc-agent: {error}", file=sys.stderr)
-        return 1
+    except UsageError as error:
+        print(f"lxc-agent: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (AgentError, OSError) as error:
+        print(f"lxc-agent: {_one_line(error)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _one_line(error):
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":
