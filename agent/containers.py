@@ -8,6 +8,7 @@ Every False from liblxc becomes a ContainerError naming the container. Functions
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import selectors
@@ -33,6 +34,10 @@ PACKAGE_OPTIONS = {"debian": "--packages", "ubuntu": "--packages"}
 # /sys/kernel/mm/ksm/run and stops when that fails) finds nothing to tune instead of failing. `optional`: a
 # kernel without KSM has no such folder.
 HIDDEN_HOST_TUNABLES = ("sys/kernel/mm/ksm",)
+# What set_network records in the metadata; the same values asked again are done already.
+NETWORK_KEYS = ("bridge", "address", "gateway", "mtu")
+
+log = logging.getLogger(__name__)
 
 
 def _container(lxcpath, name):
@@ -102,7 +107,31 @@ def create(lxcpath, name, template, release=None, packages=(), backend="btrfs"):
     key = ensure_image(lxcpath, name, template, release, packages)
     _from_image(lxcpath, name, key, backend,
                 {"template": template, "release": release, "packages": packages, "image": key})
+    log.info("container %s: created from image %s (%s)", name, key, backend)
     return key
+
+
+def already_created(lxcpath, name, template, release, packages):
+    """Whether asking to create `name` from (template, release, packages) is done already: True when it exists
+    made from exactly that, False when there is no such container. Conflict when it exists made otherwise."""
+    if not exists(lxcpath, name):
+        return False
+    made = read_metadata(lxcpath, name)
+    if (made.get("template"), made.get("release"), sorted(made.get("packages") or [])) \
+            == (template, release, sorted(packages)) and not made.get("clone_of"):
+        return True
+    raise Conflict(f"container {name!r} exists but was made from {origin(made)}, not "
+                   f"{describe(template, release, sorted(packages))}; destroy it first or pick another name",
+                   container=name)
+
+
+def origin(metadata):
+    """How a container was made, in words, from its metadata."""
+    if metadata.get("clone_of"):
+        return f"a clone of {metadata['clone_of']!r}"
+    if metadata.get("template"):
+        return describe(metadata["template"], metadata.get("release"), metadata.get("packages") or [])
+    return "something else (not made by lxc-agent)"
 
 
 def describe(template, release, packages):
@@ -143,12 +172,15 @@ def ensure_image(lxcpath, name, template, release, packages):
                                  "template said:\n" + _tail(output[0], 15), container=name)
         _disconnect(image, key)
         _check(image.save_config(), name, f"save the config of image {key} for")
+        size = storage.tree_size(storage.image_rootfs(lxcpath, key))
         storage.seal_image(lxcpath, key, {"template": template, "release": release, "packages": packages,
-                                          "size": storage.tree_size(storage.image_rootfs(lxcpath, key)),
+                                          "size": size,
                                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     except BaseException:
         storage.remove_image_files(lxcpath, key)
         raise
+    log.info("image %s: built from %s for container %s (%d bytes)", key, describe(template, release, packages),
+             name, size)
     return key
 
 
@@ -269,6 +301,26 @@ def clone(lxcpath, name, source, backend="btrfs"):
     except BaseException:
         storage.remove_container_files(lxcpath, name)
         raise
+    log.info("container %s: cloned from %s (%s)", name, source, backend)
+
+
+def clones_to_make(lxcpath, source, names):
+    """(names to clone, name -> why not) for cloning `source` to `names`: a name already cloned from this source
+    is done and in neither. NotFound or Conflict when the source cannot be cloned at all."""
+    if not exists(lxcpath, source):
+        raise NotFound(f"source container {source!r} does not exist on this host", container=source)
+    if is_running(lxcpath, source):
+        raise Conflict(f"source container {source!r} is running; stop it before cloning so the clones get a "
+                       "consistent filesystem", container=source)
+    todo, refused = [], {}
+    for name in names:
+        if not exists(lxcpath, name):
+            todo.append(name)
+            continue
+        made = read_metadata(lxcpath, name)
+        if made.get("clone_of") != source:
+            refused[name] = f"exists already, made from {origin(made)}, not cloned from {source!r}"
+    return todo, refused
 
 
 def _configured_like(lxcpath, name, source):
@@ -310,6 +362,26 @@ def set_network(lxcpath, name, bridge, address, gateway, mtu=None):
     metadata = read_metadata(lxcpath, name)
     metadata.update({"bridge": bridge, "address": address, "gateway": gateway, "mtu": mtu})
     write_metadata(lxcpath, name, metadata)
+    log.info("container %s: address %s on bridge %s via %s%s", name, address, bridge, gateway,
+             f", MTU {mtu}" if mtu else "")
+
+
+def ensure_networks(lxcpath, bridge, addresses, gateway, mtu=None):
+    """Give each container {name: address/prefix} its static address on the bridge; returns name -> reason for
+    those that failed. One that has exactly this already is left alone, running or not; a change needs it
+    stopped (Conflict naming the running ones, before anything changes)."""
+    wanted = {"bridge": bridge, "gateway": gateway, "mtu": mtu}
+    changes = [name for name in addresses
+               if {key: read_metadata(lxcpath, name).get(key) for key in NETWORK_KEYS}
+               != {**wanted, "address": addresses[name]}]
+    running = [name for name in changes if is_running(lxcpath, name)]
+    if running:
+        raise Conflict(f"container(s) {running} are running; stop them before changing addresses")
+    return each(_set_network_from, lxcpath, changes, bridge, addresses, gateway, mtu)
+
+
+def _set_network_from(lxcpath, name, bridge, addresses, gateway, mtu):
+    set_network(lxcpath, name, bridge, addresses[name], gateway, mtu)
 
 
 def _seconds_left(deadline):
@@ -347,6 +419,8 @@ def start_many(lxcpath, names, timeout=30.0):
     for name in started:
         if not _container(lxcpath, name).wait("RUNNING", _seconds_left(deadline)):
             failed[name] = f"did not reach RUNNING within {timeout:.0f} s"
+        else:
+            log.info("container %s: started", name)
     return failed
 
 
@@ -366,9 +440,11 @@ def stop(lxcpath, name, timeout=10.0):
     if not container.running:
         return
     if timeout > 0 and container.shutdown(max(1, round(timeout))):
+        log.info("container %s: stopped (halted)", name)
         return
     _check(container.stop(), name, "stop")
     _check(container.wait("STOPPED", 10), name, "wait for the stop of")
+    log.info("container %s: stopped (killed)", name)
 
 
 def stop_many(lxcpath, names, timeout=10.0):
@@ -378,13 +454,21 @@ def stop_many(lxcpath, names, timeout=10.0):
         _container(lxcpath, name).shutdown(0)
     deadline = time.monotonic() + timeout
     for name in running:
-        _container(lxcpath, name).wait("STOPPED", _seconds_left(deadline))
+        if _container(lxcpath, name).wait("STOPPED", _seconds_left(deadline)):
+            log.info("container %s: stopped (halted)", name)
     return each(stop, lxcpath, running, 0)
 
 
 def destroy(lxcpath, name):
     stop(lxcpath, name, timeout=0)
     storage.remove_container_files(lxcpath, name)
+    log.info("container %s: destroyed", name)
+
+
+def destroy_many(lxcpath, names):
+    """Destroy each that exists (one that does not is done already); returns name -> reason for those that
+    failed."""
+    return each(destroy, lxcpath, [name for name in names if exists(lxcpath, name)])
 
 
 def addresses(lxcpath, name):

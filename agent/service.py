@@ -1,5 +1,6 @@
 """The one object the agent exposes over Pyro5: checks every argument, serialises changes, calls the modules."""
 
+import functools
 import ipaddress
 import logging
 import os
@@ -10,11 +11,11 @@ import threading
 from Pyro5.api import behavior, expose
 
 import agent
-from agent import containers, hostinfo, limits, network, storage, tunnels
-from agent.errors import BatchError, Conflict, InvalidArgument, NotFound
+from agent import addressing, containers, hostinfo, limits, network, storage, tunnels
+from agent.errors import AgentError, BatchError, Conflict, InvalidArgument, NotFound
 from agent.workers import WorkerPool
 
-log = logging.getLogger("lxc-agent")
+log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
 RELEASE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
@@ -60,6 +61,26 @@ def check_packages(template, packages):
     return sorted(set(packages))
 
 
+def reported(method):
+    """Log a call that raises, once, with the method's name: the caller gets the error, the host's log keeps a
+    record of it. Refusals (nothing was changed) and the agent's own failures at WARNING; anything else, a bug,
+    with its traceback."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (InvalidArgument, NotFound, Conflict) as error:
+            log.warning("refused %s: %s", method.__name__, error)
+            raise
+        except AgentError as error:
+            log.warning("%s failed: %s", method.__name__, error)
+            raise
+        except Exception:
+            log.exception("%s failed unexpectedly", method.__name__)
+            raise
+    return call
+
+
 @expose
 @behavior(instance_mode="single")
 class AgentService:
@@ -82,18 +103,22 @@ class AgentService:
 
     # -- reading -----------------------------------------------------------------------------------------------
 
+    @reported
     def info(self):
         images = [{key: image.get(key) for key in ("key", "template", "release", "packages", "size")}
                   for image in storage.list_images(self.lxcpath)]
         return {"version": agent.__version__, "hostname": socket.gethostname(), "lxcpath": self.lxcpath,
                 "storage": self.backend, "kernel_features": dict(self._features),
-                "memory": hostinfo.memory(), "limits": limits.current(), "templates": containers.templates(), "images": images}
+                "memory": hostinfo.memory(), "limits": limits.current(), "templates": containers.templates(),
+                "images": images}
 
+    @reported
     def list_images(self):
         """The cached template images: key, template, release, packages, size (bytes), created, and `used_by`,
         the containers that stack on one as their overlay base (btrfs snapshots and copies do not hold it)."""
         return storage.list_images(self.lxcpath)
 
+    @reported
     def list(self, names=None):
         """State, addresses and memory of the given containers, or of all under lxcpath."""
         names = containers.list_names(self.lxcpath) if names is None else check_names(names)
@@ -101,6 +126,7 @@ class AgentService:
 
     # -- containers ----------------------------------------------------------------------------------------------
 
+    @reported
     def create(self, name, template, release=None, packages=None):
         """A container from an LXC template with extra distribution packages (debian, ubuntu). The template runs
         once per (template, release, packages) into a cached image; every create makes its container from that
@@ -112,20 +138,12 @@ class AgentService:
         release = check_release(release)
         packages = check_packages(template, packages)
         with self._changes:
-            if containers.exists(self.lxcpath, name):
-                made = containers.read_metadata(self.lxcpath, name)
-                if (made.get("template"), made.get("release"), sorted(made.get("packages") or [])) \
-                        == (template, release, packages) and not made.get("clone_of"):
-                    return {"name": name, "created": False}
-                raise Conflict(f"container {name!r} exists but was made from {self._origin(made)}, not "
-                               f"{containers.describe(template, release, packages)}; destroy it first or pick "
-                               "another name", container=name)
-            log.info("create %s from %s", name, containers.describe(template, release, packages))
-            key = self._lifecycle.call(containers.create, self.lxcpath, name, template, release, packages,
-                                       self.backend)
-            log.info("created %s from image %s", name, key)
+            if containers.already_created(self.lxcpath, name, template, release, packages):
+                return {"name": name, "created": False}
+            self._lifecycle.call(containers.create, self.lxcpath, name, template, release, packages, self.backend)
             return {"name": name, "created": True}
 
+    @reported
     def destroy_images(self, keys=None):
         """Remove cached images; containers made from them are not touched. keys=None removes every image no
         container stacks on (an overlay base in use is skipped) and returns the keys removed. Given keys are all
@@ -134,22 +152,9 @@ class AgentService:
         if keys is not None:
             keys = check_names(keys, "image key")
         with self._changes:
-            users = storage.image_users(self.lxcpath)
-            present = storage.image_keys(self.lxcpath)
-            if keys is None:
-                todo = [key for key in present if key not in users]
-            else:
-                busy = {key: users[key] for key in keys if key in users}
-                if busy:
-                    raise Conflict("image(s) in use as the overlay base of containers, destroy those first: "
-                                   + "; ".join(f"{key} by {names}" for key, names in sorted(busy.items())),
-                                   images=busy)
-                todo = [key for key in keys if key in present]
-            for key in todo:
-                log.info("remove image %s", key)
-                storage.remove_image_files(self.lxcpath, key)
-            return todo if keys is None else keys
+            return storage.destroy_images(self.lxcpath, keys)
 
+    @reported
     def clone(self, source, names, snapshot=True):
         """Clone a stopped source to every name; names already cloned from this source are left alone."""
         check_names([source], "source name")
@@ -157,25 +162,13 @@ class AgentService:
         if source in names:
             raise InvalidArgument(f"cannot clone {source!r} onto itself")
         with self._changes:
-            if not containers.exists(self.lxcpath, source):
-                raise NotFound(f"source container {source!r} does not exist on this host", container=source)
-            if containers.is_running(self.lxcpath, source):
-                raise Conflict(f"source container {source!r} is running; stop it before cloning so the clones "
-                               "get a consistent filesystem", container=source)
-            todo, failed = [], {}
-            for name in names:
-                if not containers.exists(self.lxcpath, name):
-                    todo.append(name)
-                    continue
-                made = containers.read_metadata(self.lxcpath, name)
-                if made.get("clone_of") != source:
-                    failed[name] = f"exists already, made from {self._origin(made)}, not cloned from {source!r}"
+            todo, failed = containers.clones_to_make(self.lxcpath, source, names)
             backend = self.backend if snapshot else "copy"
-            log.info("clone %s -> %d container(s) by %s", source, len(todo), backend)
             failed.update(self._lifecycle.call(containers.each, containers.clone, self.lxcpath, todo,
                                                source, backend))
             return self._finish("clone", names, failed)
 
+    @reported
     def set_addresses(self, bridge, addresses, mtu=None):
         """Give each container {name: "10.0.0.5/24"} a static address on this host's bridge.
 
@@ -191,17 +184,10 @@ class AgentService:
             self._check_address(name, address, subnet, host_network["gateway"])
         with self._changes:
             self._require_existing(names)
-            wanted = {"bridge": bridge, "gateway": host_network["gateway"], "mtu": mtu}
-            changes = [name for name in names
-                       if {key: containers.read_metadata(self.lxcpath, name).get(key)
-                           for key in ("bridge", "address", "gateway", "mtu")} != {**wanted, "address": addresses[name]}]
-            running = [name for name in changes if containers.is_running(self.lxcpath, name)]
-            if running:
-                raise Conflict(f"container(s) {running} are running; stop them before changing addresses")
-            failed = containers.each(_set_network_from_table, self.lxcpath, changes, bridge, addresses,
-                                     host_network["gateway"], mtu)
+            failed = containers.ensure_networks(self.lxcpath, bridge, addresses, host_network["gateway"], mtu)
             return self._finish("set_addresses", names, failed)
 
+    @reported
     def start(self, names, timeout=60):
         names = check_names(names)
         with self._changes:
@@ -209,6 +195,7 @@ class AgentService:
             failed = self._lifecycle.call(containers.start_many, self.lxcpath, names, float(timeout))
             return self._finish("start", names, failed)
 
+    @reported
     def stop(self, names, timeout=10):
         """Halt gracefully (all at once), killing what is still running after `timeout` seconds."""
         names = check_names(names)
@@ -217,14 +204,15 @@ class AgentService:
             failed = containers.stop_many(self.lxcpath, names, float(timeout))
             return self._finish("stop", names, failed)
 
+    @reported
     def destroy(self, names):
         """Stop and remove each container with its storage; names that do not exist are already done."""
         names = check_names(names)
         with self._changes:
-            present = [name for name in names if containers.exists(self.lxcpath, name)]
-            failed = containers.each(containers.destroy, self.lxcpath, present)
+            failed = containers.destroy_many(self.lxcpath, names)
             return self._finish("destroy", names, failed)
 
+    @reported
     def run(self, name, argv, stdin=None, env=None, user=None, timeout=None):
         """Run a command in a running container (liblxc attach, no SSH); exit code, stdout and stderr."""
         check_names([name])
@@ -239,6 +227,7 @@ class AgentService:
 
     # -- host network --------------------------------------------------------------------------------------------
 
+    @reported
     def ensure_network(self, bridge, subnet, owner=None):
         """Bridge with the subnet's first address, forwarding and NAT for traffic leaving the host. `owner` (the
         coordinator gives its deployment's name) is recorded on the bridge: another owner asking for that bridge,
@@ -246,26 +235,31 @@ class AgentService:
         with self._changes:
             return network.ensure_host_network(bridge, subnet, owner)
 
+    @reported
     def destroy_network(self, bridge, owner=None):
         """Remove the bridge and its NAT; a bridge with an owner only for that owner (Conflict otherwise)."""
         with self._changes:
             network.destroy_host_network(bridge, owner)
 
+    @reported
     def list_networks(self):
         return network.list_host_networks()
 
     # -- tunnels between hosts -------------------------------------------------------------------------------------
 
+    @reported
     def ensure_tunnel(self, name, kind, local, remote, local_subnets, remote_subnets, vni=None):
         """One end of a tunnel: containers in local_subnets reach remote_subnets (or the remote itself) through
         it, without NAT. The other host's agent is asked for the mirror image. Returns the tunnel's MTU."""
         with self._changes:
             return tunnels.ensure_tunnel(name, kind, local, remote, list(local_subnets), list(remote_subnets), vni)
 
+    @reported
     def destroy_tunnel(self, name):
         with self._changes:
             tunnels.destroy_tunnel(name)
 
+    @reported
     def list_tunnels(self):
         return tunnels.list_tunnels()
 
@@ -282,26 +276,12 @@ class AgentService:
             interface = ipaddress.ip_interface(address)
         except ValueError:
             raise InvalidArgument(f"address {address!r} for {name!r} is not an IPv4 address/prefix") from None
-        reserved = {subnet.network_address, subnet.broadcast_address, ipaddress.ip_address(gateway)}
-        if interface.network != subnet or interface.ip in reserved:
+        if interface.network != subnet or interface.ip in addressing.reserved(subnet):
             raise InvalidArgument(f"address {address!r} for {name!r} must be a host address inside {subnet} "
                                   f"other than the gateway {gateway}")
-
-    @staticmethod
-    def _origin(made):
-        if made.get("clone_of"):
-            return f"a clone of {made['clone_of']!r}"
-        if made.get("template"):
-            return containers.describe(made["template"], made.get("release"), made.get("packages") or [])
-        return "something else (not made by lxc-agent)"
 
     @staticmethod
     def _finish(operation, names, failed):
         if failed:
             raise BatchError(operation, [name for name in names if name not in failed], failed)
         return list(names)
-
-
-def _set_network_from_table(lxcpath, name, bridge, addresses, gateway, mtu):
-    containers.set_network(lxcpath, name, bridge, addresses[name], gateway, mtu)
-

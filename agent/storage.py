@@ -18,6 +18,7 @@ names it; there is no other record that could drift. Bases go with their last us
 import ctypes
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -27,7 +28,7 @@ import subprocess
 import tempfile
 
 from agent import btrfs
-from agent.errors import InvalidArgument, StorageError
+from agent.errors import Conflict, InvalidArgument, StorageError
 
 BACKENDS = ("btrfs", "overlay", "copy")
 AGENT_DIR = ".lxc-agent"
@@ -35,6 +36,8 @@ IMAGE_METADATA = "lxc-agent-image.json"
 # liblxc passes the overlay options to mount(2), which takes one page; keep well below it.
 MAX_OVERLAY_OPTIONS = 3800
 _ROOTFS_LINE = re.compile(r"^\s*lxc\.rootfs\.path\s*=(.*)$", re.M)
+
+log = logging.getLogger(__name__)
 
 
 def choose_backend(lxcpath, requested="auto"):
@@ -244,6 +247,8 @@ def clone_lowers(lxcpath, source):
             os.rmdir(upper)
         os.rename(base, top)
         raise
+    log.info("container %s: its rootfs so far is frozen into the base %s; its own writes go to %s", source, base,
+             upper)
     return [base, *lowers]
 
 
@@ -375,6 +380,25 @@ def copy_tree(source, destination):
                            + (result.stderr.strip().splitlines() or ["(no output)"])[-1])
 
 
+def destroy_images(lxcpath, keys=None):
+    """Remove cached images. keys=None: every image no container stacks on; returns the keys removed. Given
+    keys: all of them, or none if any is an overlay base in use (Conflict naming the users); returns the keys,
+    those that did not exist being removed already."""
+    users = image_users(lxcpath)
+    present = image_keys(lxcpath)
+    if keys is None:
+        todo = [key for key in present if key not in users]
+    else:
+        busy = {key: users[key] for key in keys if key in users}
+        if busy:
+            raise Conflict("image(s) in use as the overlay base of containers, destroy those first: "
+                           + "; ".join(f"{key} by {names}" for key, names in sorted(busy.items())), images=busy)
+        todo = [key for key in keys if key in present]
+    for key in todo:
+        remove_image_files(lxcpath, key)
+    return todo if keys is None else list(keys)
+
+
 def remove_image_files(lxcpath, key):
     """Remove one image folder (unsealing it first, so a removal cut short leaves no usable half image)."""
     folder = image_folder(lxcpath, key)
@@ -383,11 +407,14 @@ def remove_image_files(lxcpath, key):
     except FileNotFoundError:
         pass
     rootfs = image_rootfs(lxcpath, key)
+    existed = os.path.isdir(folder)
     if btrfs.is_subvolume(rootfs):
         btrfs.delete_subvolume(rootfs)
     if os.path.isdir(folder):
         shutil.rmtree(folder)
     _remove_empty_agent_folders(lxcpath)
+    if existed:
+        log.info("image %s: removed", key)
 
 
 def _remove_empty_agent_folders(lxcpath):
@@ -473,4 +500,5 @@ def remove_unused_bases(lxcpath, candidates):
             btrfs.delete_subvolume(base)
         else:
             shutil.rmtree(base)
+        log.info("base %s: removed, no container stacks on it any more", base)
     _remove_empty_agent_folders(lxcpath)

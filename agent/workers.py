@@ -6,7 +6,9 @@ fresh (spawn, not fork) that run one call at a time on their main thread.
 """
 
 import concurrent.futures
+import logging
 import multiprocessing
+import sys
 import threading
 
 from agent.errors import ContainerError
@@ -22,7 +24,8 @@ class WorkerPool:
         with self._lock:
             if self._pool is None:
                 self._pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=self._size, mp_context=multiprocessing.get_context("spawn"))
+                    max_workers=self._size, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_log_like, initargs=_logging_of_this_process())
             return self._pool
 
     def call(self, function, *args, **kwargs):
@@ -41,3 +44,20 @@ class WorkerPool:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
+
+
+def _logging_of_this_process():
+    """The root logger's level and formatter here, for the workers: a spawned process starts unconfigured and
+    would drop the INFO lines that record what the liblxc calls changed."""
+    root = logging.getLogger()
+    formatter = next((handler.formatter for handler in root.handlers if handler.formatter is not None), None)
+    return root.getEffectiveLevel(), formatter
+
+
+def _log_like(level, formatter):
+    """In a worker: log at the agent's level and in its format to the stderr it shares with the agent."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
