@@ -2,16 +2,66 @@
 
 import os
 import shutil
-import subprocess
 import tempfile
+import warnings
 
 import pytest
 
 from agent import pki, storage
 from simlab import AgentProcess, Lab, unique
-from tests.support import sh
+from tests.support import links, sh
 
 IMAGE_PACKAGES = ["git", "sudo", "python3"]   # what coordinator.driver asks the agent to include
+
+
+class Teardown:
+    """Clean-up steps that all run even when one fails; the failures are reported together at the end, as the
+    fixture's error (or as a warning when the fixture is already failing, so that error stays the one shown)."""
+
+    def __init__(self, what):
+        self.what = what
+        self.failures = []
+
+    def step(self, description, function, *args, **kwargs):
+        try:
+            function(*args, **kwargs)
+        except Exception as error:
+            self.failures.append(f"{description}: {type(error).__name__}: {error}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, error_type, error, traceback):
+        if not self.failures:
+            return
+        report = f"clean-up of {self.what} failed; remove what is left by hand:\n  " + "\n  ".join(self.failures)
+        if error_type is not None:
+            warnings.warn(report, stacklevel=2)
+        else:
+            pytest.fail(report, pytrace=False)
+
+
+def _assert_namespaces_gone(names):
+    listed = {line.split()[0] for line in sh("ip", "netns", "list").splitlines() if line.strip()}
+    left = sorted(listed & set(names))
+    assert not left, f"network namespaces still there: {left} (ip netns del NAME)"
+
+
+def _assert_link_gone(name):
+    assert name not in links(), f"link {name} still there (ip link del {name})"
+
+
+def _stop(teardown, process, keep_containers=False):
+    teardown.step(f"stop the agent on {process.lxcpath} (its log: {process.log})", process.stop,
+                  keep_containers=keep_containers)
+    if not keep_containers:
+        teardown.step(f"check that the agent on {process.lxcpath} left no container", _assert_no_containers,
+                      process)
+
+
+def _assert_no_containers(process):
+    left = process.states()
+    assert not left, f"containers still there: {left} (lxc-destroy -P {process.lxcpath} -n NAME -f)"
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +78,11 @@ def lab():
     try:
         yield made
     finally:
-        made.remove()
+        with Teardown("the lab") as teardown:
+            teardown.step("remove the lab", made.remove)
+            teardown.step("check that its namespaces are gone", _assert_namespaces_gone,
+                          [made.switch, *(host.netns for host in made.hosts)])
+            teardown.step("check that its port in this namespace is gone", _assert_link_gone, made.root_link)
 
 
 @pytest.fixture
@@ -41,7 +95,8 @@ def _agent(*args, **kwargs):
     try:
         yield process
     finally:
-        process.stop()
+        with Teardown(f"the agent on {process.lxcpath}") as teardown:
+            _stop(teardown, process)
 
 
 @pytest.fixture
@@ -66,8 +121,9 @@ def start_agent(pki_dir):
         return started[-1]
 
     yield start
-    for process in started:
-        process.stop()
+    with Teardown(f"{len(started)} extra agent(s)") as teardown:
+        for process in started:
+            _stop(teardown, process)
 
 
 def fs_type(path):
@@ -90,9 +146,10 @@ def plain_fs():
             sh("mount", "-o", "loop", os.path.join(workdir, "image"), mountpoint)
         yield mountpoint or workdir
     finally:
-        if mountpoint:
-            subprocess.run(["umount", "-l", mountpoint], check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
+        with Teardown(f"the plain filesystem in {workdir}") as teardown:
+            if mountpoint and os.path.ismount(mountpoint):
+                teardown.step(f"unmount {mountpoint}", sh, "umount", "-l", mountpoint)
+            teardown.step(f"remove {workdir}", shutil.rmtree, workdir)
 
 
 @pytest.fixture
@@ -115,7 +172,8 @@ def node_agent(lab, lxcpath, pki_dir, tmp_path):
         agent.create("image-warmer", "debian", "bookworm", IMAGE_PACKAGES)
         agent.destroy(["image-warmer"])   # the image stays in the agent's cache
     finally:
-        warm.stop(keep_containers=True)
+        with Teardown("the agent that made the image") as teardown:
+            _stop(teardown, warm, keep_containers=True)
     host = lab.add_host()
     node_pki = str(tmp_path / "node-pki")
     pki.create_pki(node_pki, [host.address])
@@ -123,4 +181,5 @@ def node_agent(lab, lxcpath, pki_dir, tmp_path):
     try:
         yield process
     finally:
-        process.stop()
+        with Teardown(f"the agent in node {host.netns}") as teardown:
+            _stop(teardown, process)
