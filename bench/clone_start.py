@@ -18,8 +18,8 @@ import lxc
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agent import pki  # noqa: E402
-from simlab import AgentProcess, force_remove_containers, loop_btrfs  # noqa: E402
+from agent import pki
+from simlab import AgentProcess, force_remove_containers, loop_btrfs
 
 
 def plain_loop(lxcpath, source, names):
@@ -92,15 +92,19 @@ def measure(agent, plain_path, n, rounds):
     for round_number in range(rounds):
         order = ["plain", "agent"] if round_number % 2 == 0 else ["agent", "plain"]
         for side in order:
-            up, down = (timed(plain_loop, plain_path, "src", names) if side == "plain"
-                        else timed(agent_run, agent, "src", names))
+            up, down = (
+                timed(plain_loop, plain_path, "src", names)
+                if side == "plain"
+                else timed(agent_run, agent, "src", names)
+            )
             totals[side][0] += up
             totals[side][1] += down
             print(f"round {round_number + 1} {side:5}: clone+start {up:6.2f} s  destroy {down:6.2f} s", flush=True)
     for side in ("plain", "agent"):
         up, down = totals[side]
-        print(f"{side:5} total for {rounds} x {n}: clone+start {up:6.2f} s, destroy {down:6.2f} s, "
-              f"all {up + down:6.2f} s")
+        print(
+            f"{side:5} total for {rounds} x {n}: clone+start {up:6.2f} s, destroy {down:6.2f} s, all {up + down:6.2f} s"
+        )
     print(f"ratio={sum(totals['agent']) / sum(totals['plain']):.2f}")
     return 0
 

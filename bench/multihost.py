@@ -17,8 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agent import pki  # noqa: E402
-from simlab import AgentProcess, Lab, loop_btrfs  # noqa: E402
+from agent import pki
+from simlab import AgentProcess, Lab, loop_btrfs
 
 
 def deploy_node(process, index, count, tunnel_to=None):
@@ -32,8 +32,9 @@ def deploy_node(process, index, count, tunnel_to=None):
     agent.create("base", "busybox")
     names = [f"n{index}-{i:04d}" for i in range(count)]
     agent.clone("base", names)
-    agent.set_addresses(bridge, {name: f"10.{200 + index}.{1 + i // 250}.{1 + i % 250}/22"
-                                 for i, name in enumerate(names)}, mtu)
+    agent.set_addresses(
+        bridge, {name: f"10.{200 + index}.{1 + i // 250}.{1 + i % 250}/22" for i, name in enumerate(names)}, mtu
+    )
     agent.start(names)
     return names
 
@@ -54,8 +55,7 @@ def timed_run(processes, per_host, joined):
     with concurrent.futures.ThreadPoolExecutor(len(processes)) as pool:
         futures = [pool.submit(deploy_node, p, i, per_host, hub if i else None) for i, p in enumerate(processes)]
         names = [future.result() for future in futures]
-        for future in [pool.submit(teardown_node, p, i, names[i], hub if i else None)
-                       for i, p in enumerate(processes)]:
+        for future in [pool.submit(teardown_node, p, i, names[i], hub if i else None) for i, p in enumerate(processes)]:
             future.result()
     return time.monotonic() - started
 
@@ -74,8 +74,9 @@ def main(argv=None):
             hosts = [lab.add_host() for _ in range(args.hosts)]
             pki.create_pki(f"{scratch}/pki", [host.address for host in hosts])
             for index, host in enumerate(hosts):
-                processes.append(AgentProcess(f"{mountpoint}/node{index}", f"{scratch}/pki", host=host,
-                                              log_level="warning"))
+                processes.append(
+                    AgentProcess(f"{mountpoint}/node{index}", f"{scratch}/pki", host=host, log_level="warning")
+                )
             single = spread = 0.0
             for round_number in range(args.rounds):
                 order = ("single", "spread") if round_number % 2 == 0 else ("spread", "single")
@@ -87,13 +88,18 @@ def main(argv=None):
                         seconds = timed_run(processes, args.per_host, joined=True)
                         spread += seconds
                     count = args.per_host * (1 if side == "single" else args.hosts)
-                    print(f"round {round_number + 1} {side:6}: {count:4} containers in {seconds:6.2f} s, "
-                          f"{1000 * seconds / count:6.1f} ms each", flush=True)
+                    print(
+                        f"round {round_number + 1} {side:6}: {count:4} containers in {seconds:6.2f} s, "
+                        f"{1000 * seconds / count:6.1f} ms each",
+                        flush=True,
+                    )
             per_single = single / (args.rounds * args.per_host)
             per_spread = spread / (args.rounds * args.per_host * args.hosts)
             print(f"one node:  {1000 * per_single:6.1f} ms per container")
-            print(f"{args.hosts} nodes: {1000 * per_spread:6.1f} ms per container (deployed in parallel, "
-                  f"sharing {os.cpu_count()} cores)")
+            print(
+                f"{args.hosts} nodes: {1000 * per_spread:6.1f} ms per container (deployed in parallel, "
+                f"sharing {os.cpu_count()} cores)"
+            )
             print(f"ratio={per_spread / per_single:.2f}")
             for process in processes:
                 process.stop()

@@ -18,7 +18,7 @@ from coordinator.localconf import NODE_GIT_MIRROR
 
 log = logging.getLogger(__name__)
 
-HOST_CA_FOLDER = "/usr/local/share/ca-certificates"      # update-ca-certificates' input on Debian and Ubuntu
+HOST_CA_FOLDER = "/usr/local/share/ca-certificates"  # update-ca-certificates' input on Debian and Ubuntu
 NODE_CA_FOLDER = "/usr/local/share/ca-certificates/lxc-cloud"
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy")
 MIRROR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
@@ -42,7 +42,8 @@ print(len(pems))
 ' "$folder"
 update-ca-certificates >/dev/null 2>&1 || update-ca-certificates
 if [ ! -f /etc/pip.conf ] || grep -q '^# lxc-cloud' /etc/pip.conf; then
-    printf '# lxc-cloud: trust the system store, which holds the host CA certificates\n[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >/etc/pip.conf
+    printf '%s\n' '# lxc-cloud: trust the system store, which holds the host CA certificates' '[global]' \
+        'cert = /etc/ssl/certs/ca-certificates.crt' >/etc/pip.conf
 fi
 """
 
@@ -117,8 +118,10 @@ def proxy_settings(environ, exempt=()):
         if not value:
             continue
         if not _PROXY_VALUE.fullmatch(value):
-            raise DevstackError(f"the coordinator's {name} ({value!r}) is not a plain URL or host list; fix it in "
-                                "the environment, or drop host_proxy from the config")
+            raise DevstackError(
+                f"the coordinator's {name} ({value!r}) is not a plain URL or host list; fix it in "
+                "the environment, or drop host_proxy from the config"
+            )
         found[name] = value
     if found:
         hosts = [host for host in found.get("no_proxy", "").split(",") if host]
@@ -134,22 +137,31 @@ def mirror_entries(folder):
     """{name: path} of the repositories in a mirror folder: NAME.bundle files, NAME.git bare repositories and
     NAME/ checkouts, each served as `$GIT_BASE/openstack/NAME.git`. DevstackError for a folder that holds none."""
     if not os.path.isdir(folder):
-        raise DevstackError(f"git_mirror {folder} is not a folder on this machine (the coordinator's); give the "
-                            "folder of git bundles or repositories (NAME.bundle, NAME.git or NAME/)")
+        raise DevstackError(
+            f"git_mirror {folder} is not a folder on this machine (the coordinator's); give the "
+            "folder of git bundles or repositories (NAME.bundle, NAME.git or NAME/)"
+        )
     entries = {}
     for entry in sorted(os.listdir(folder)):
         path = os.path.join(folder, entry)
-        name = entry[:-len(".bundle")] if entry.endswith(".bundle") else entry[:-len(".git")] \
-            if entry.endswith(".git") else entry
+        name = (
+            entry[: -len(".bundle")]
+            if entry.endswith(".bundle")
+            else entry[: -len(".git")]
+            if entry.endswith(".git")
+            else entry
+        )
         if not MIRROR_NAME.match(name) or name in entries:
             continue
         if (entry.endswith(".bundle") and os.path.isfile(path)) or (
-                os.path.isdir(path) and (os.path.exists(os.path.join(path, "HEAD"))
-                                         or os.path.exists(os.path.join(path, ".git")))):
+            os.path.isdir(path)
+            and (os.path.exists(os.path.join(path, "HEAD")) or os.path.exists(os.path.join(path, ".git")))
+        ):
             entries[name] = path
     if not entries:
-        raise DevstackError(f"git_mirror {folder} holds no git bundle or repository (NAME.bundle, NAME.git or "
-                            "NAME/ with .git)")
+        raise DevstackError(
+            f"git_mirror {folder} holds no git bundle or repository (NAME.bundle, NAME.git or NAME/ with .git)"
+        )
     return entries
 
 
@@ -159,8 +171,7 @@ def _bundle_bytes(name, path):
             return handle.read()
     with tempfile.TemporaryDirectory(prefix="mirror-bundle-") as scratch:
         target = os.path.join(scratch, f"{name}.bundle")
-        made = subprocess.run(["git", "-C", path, "bundle", "create", target, "--all"], capture_output=True,
-                              text=True)
+        made = subprocess.run(["git", "-C", path, "bundle", "create", target, "--all"], capture_output=True, text=True)
         if made.returncode != 0:
             raise DevstackError(f"git bundle create for {path} (git_mirror) failed: {made.stderr.strip()}")
         with open(target, "rb") as handle:
@@ -173,11 +184,19 @@ def _bundle_bytes(name, path):
 def trust_host_certificates(agent, node, pems):
     """Install the given CA certificates in the node's trust store, and point pip at it."""
     if not pems:
-        raise DevstackError(f"host_ca_certificates is set for {node.name}, but {HOST_CA_FOLDER} on the "
-                            "coordinator's machine holds no certificate; add them there or drop the setting",
-                            node.name, node.host)
-    _run(agent, node, "installing the host's CA certificates", ["sh", "-c", _TRUST, "trust", NODE_CA_FOLDER],
-         stdin="\n".join(pems) + "\n")
+        raise DevstackError(
+            f"host_ca_certificates is set for {node.name}, but {HOST_CA_FOLDER} on the "
+            "coordinator's machine holds no certificate; add them there or drop the setting",
+            node.name,
+            node.host,
+        )
+    _run(
+        agent,
+        node,
+        "installing the host's CA certificates",
+        ["sh", "-c", _TRUST, "trust", NODE_CA_FOLDER],
+        stdin="\n".join(pems) + "\n",
+    )
 
 
 def set_proxy(agent, node, settings):
@@ -190,8 +209,13 @@ def push_git_mirror(agent, node, folder):
     stack (devstack's git refuses another user's repository); a repository already there from the same bundle is
     not sent again. Returns the names sent."""
     entries = mirror_entries(folder)
-    listed = _run(agent, node, "reading the node's git mirror", ["sh", "-c", _MIRROR_DIGESTS, "digests",
-                                                                  NODE_GIT_MIRROR], user=STACK_USER)
+    listed = _run(
+        agent,
+        node,
+        "reading the node's git mirror",
+        ["sh", "-c", _MIRROR_DIGESTS, "digests", NODE_GIT_MIRROR],
+        user=STACK_USER,
+    )
     have = dict(line.split(" ", 1) for line in listed["stdout"].splitlines() if " " in line)
     sent = []
     for name, path in entries.items():
@@ -201,9 +225,14 @@ def push_git_mirror(agent, node, folder):
             log.debug("%s: git mirror %s is there from the same bundle", node.name, name)
             continue
         log.debug("%s: sending git mirror %s (%d bytes)", node.name, name, len(data))
-        _run(agent, node, f"copying {name} into the node's git mirror",
-             ["bash", "-c", _MIRROR_ONE, "mirror", NODE_GIT_MIRROR, name, digest],
-             stdin=base64.b64encode(data).decode("ascii"), user=STACK_USER)
+        _run(
+            agent,
+            node,
+            f"copying {name} into the node's git mirror",
+            ["bash", "-c", _MIRROR_ONE, "mirror", NODE_GIT_MIRROR, name, digest],
+            stdin=base64.b64encode(data).decode("ascii"),
+            user=STACK_USER,
+        )
         sent.append(name)
     return sent
 

@@ -37,8 +37,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with _logging(args.verbose):
         try:
-            log.debug("coordinator %s: %s", args.command,
-                      {key: value for key, value in vars(args).items() if key not in ("run", "command")})
+            log.debug(
+                "coordinator %s: %s",
+                args.command,
+                {key: value for key, value in vars(args).items() if key not in ("run", "command")},
+            )
             return args.run(args)
         except ConfigError as error:
             config = getattr(args, "config", None)
@@ -87,26 +90,41 @@ def _logging(verbose):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="coordinator",
-                                     description="Plan and deploy dummy OpenStack clouds in LXC containers.",
-                                     epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="coordinator",
+        description="Plan and deploy dummy OpenStack clouds in LXC containers.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_verbose(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    validate = commands.add_parser("validate", help="check a config; print every problem found",
-                                   description="Check a config (syntax, schemas, networks, placeholders, plan).")
+    validate = commands.add_parser(
+        "validate",
+        help="check a config; print every problem found",
+        description="Check a config (syntax, schemas, networks, placeholders, plan).",
+    )
     validate.add_argument("config", metavar="CONFIG", help="the deployment config (JSON or YAML)")
     validate.set_defaults(run=_validate)
 
-    plan = commands.add_parser("plan", help="print the whole plan: hosts, subnets, nodes, addresses, tunnels",
-                               description="Print the plan the deploy would carry out, without touching anything.")
+    plan = commands.add_parser(
+        "plan",
+        help="print the whole plan: hosts, subnets, nodes, addresses, tunnels",
+        description="Print the plan the deploy would carry out, without touching anything.",
+    )
     plan.add_argument("config", metavar="CONFIG", help="the deployment config (JSON or YAML)")
-    plan.add_argument("--format", choices=("table", "json"), default="table",
-                      help="table for people (default), json for scripts")
+    plan.add_argument(
+        "--format", choices=("table", "json"), default="table", help="table for people (default), json for scripts"
+    )
     plan.add_argument("--nodes", action="store_true", help="table: list every node, one line each")
     plan.add_argument("--local-conf", action="store_true", help="table: print each node's local.conf")
-    plan.add_argument("--node", action="append", metavar="NAME", default=[],
-                      help="table: only these nodes for --nodes and --local-conf (repeatable)")
+    plan.add_argument(
+        "--node",
+        action="append",
+        metavar="NAME",
+        default=[],
+        help="table: only these nodes for --nodes and --local-conf (repeatable)",
+    )
     plan.set_defaults(run=_plan)
     lifecycle.add_arguments(commands)
     for command in commands.choices.values():
@@ -116,9 +134,14 @@ def _parser():
 
 
 def _add_verbose(parser, default):
-    parser.add_argument("-v", "--verbose", action="store_true", default=default,
-                        help="log what the coordinator does (config read, store writes, deploy and destroy steps, "
-                             "resume decisions) on stderr, with times")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="log what the coordinator does (config read, store writes, deploy and destroy steps, "
+        "resume decisions) on stderr, with times",
+    )
 
 
 def _errors(error, source):
@@ -150,15 +173,21 @@ def summary(result):
     kinds = _count(node.kind for node in result.nodes)
     by_role = ", ".join(f"{count} {role}" for role, count in roles.items())
     by_kind = ", ".join(f"{count} {_KIND_WORDS[kind]}" for kind, count in kinds.items())
-    text = (f"{len(result.nodes)} node(s) ({by_role}; {by_kind}) on {len(result.hosts)} host(s), "
-            f"{len(result.tunnels)} tunnel(s)")
+    text = (
+        f"{len(result.nodes)} node(s) ({by_role}; {by_kind}) on {len(result.hosts)} host(s), "
+        f"{len(result.tunnels)} tunnel(s)"
+    )
     if result.controller_address:
         text += f"; controller {result.controller} at {result.controller_address}"
     return text
 
 
-_KIND_WORDS = {"standalone": "standalone container(s)", "first": "first compute(s)", "clone": "clone(s)",
-               "host": "on hardware node(s) directly"}
+_KIND_WORDS = {
+    "standalone": "standalone container(s)",
+    "first": "first compute(s)",
+    "clone": "clone(s)",
+    "host": "on hardware node(s) directly",
+}
 
 
 def _count(items):
@@ -179,8 +208,7 @@ def _plan(args):
     if unknown:
         print(f"coordinator plan: no node named {', '.join(unknown)} in this plan", file=sys.stderr)
         return 1
-    sys.stdout.write(render_table(result, args.config, nodes=args.nodes, local_conf=args.local_conf,
-                                  only=wanted))
+    sys.stdout.write(render_table(result, args.config, nodes=args.nodes, local_conf=args.local_conf, only=wanted))
     return 0
 
 
@@ -196,10 +224,18 @@ def render_table(result, source, nodes=False, local_conf=False, only=()):
         agent = host.address if host.port is None else f"{host.address}:{host.port}"
         networks = host.networks or (None,)
         for network in networks:
-            rows.append([str(host.index), agent, host.user or "-",
-                         network.subnet if network else "-", network.gateway if network else "-",
-                         network.bridge if network else "-", str(network.containers) if network else "0",
-                         str(host.nodes)])
+            rows.append(
+                [
+                    str(host.index),
+                    agent,
+                    host.user or "-",
+                    network.subnet if network else "-",
+                    network.gateway if network else "-",
+                    network.bridge if network else "-",
+                    str(network.containers) if network else "0",
+                    str(host.nodes),
+                ]
+            )
     out += _table(["#", "HOST", "USER", "SUBNET", "GATEWAY", "BRIDGE", "CONTAINERS", "NODES"], rows)
     out.append("")
     out.append("Groups")
@@ -212,24 +248,46 @@ def render_table(result, source, nodes=False, local_conf=False, only=()):
             here = placed.get((group.index, host), [])
             kinds = _count(node.kind for node in here)
             kind = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
-            rows.append([str(group.index), group.path or "(top)", group.role, kind, host, str(len(here)),
-                         _span([node.name for node in here]), _span([node.address for node in here])])
+            rows.append(
+                [
+                    str(group.index),
+                    group.path or "(top)",
+                    group.role,
+                    kind,
+                    host,
+                    str(len(here)),
+                    _span([node.name for node in here]),
+                    _span([node.address for node in here]),
+                ]
+            )
     out += _table(["#", "CONFIG", "ROLE", "KIND", "HOST", "NODES", "NAMES", "ADDRESSES"], rows)
     out.append("")
     if result.tunnels:
         out.append("Tunnels")
-        out += _table(["NAME", "KIND", "HOST", "SUBNET", "REMOTE", "REMOTE SUBNETS"],
-                      [[t.name, t.kind, t.host, t.subnet, t.remote, ", ".join(t.remote_subnets) or "-"]
-                       for t in result.tunnels])
+        out += _table(
+            ["NAME", "KIND", "HOST", "SUBNET", "REMOTE", "REMOTE SUBNETS"],
+            [[t.name, t.kind, t.host, t.subnet, t.remote, ", ".join(t.remote_subnets) or "-"] for t in result.tunnels],
+        )
     else:
         out.append("Tunnels: none")
     shown = [node for node in result.nodes if not only or node.name in only]
     if nodes:
         out.append("")
         out.append("Nodes")
-        out += _table(["NAME", "ROLE", "KIND", "HOST", "ADDRESS", "SOURCE"],
-                      [[n.name, n.role, n.kind, n.host, n.address if n.prefixlen is None
-                        else f"{n.address}/{n.prefixlen}", n.source or "-"] for n in shown])
+        out += _table(
+            ["NAME", "ROLE", "KIND", "HOST", "ADDRESS", "SOURCE"],
+            [
+                [
+                    n.name,
+                    n.role,
+                    n.kind,
+                    n.host,
+                    n.address if n.prefixlen is None else f"{n.address}/{n.prefixlen}",
+                    n.source or "-",
+                ]
+                for n in shown
+            ],
+        )
     if local_conf:
         for node in shown:
             out.append("")
@@ -247,10 +305,10 @@ def _span(values):
 
 
 def _table(header, rows):
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = []
     for row in [header] + rows:
-        lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return lines
 
 

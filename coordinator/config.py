@@ -15,6 +15,7 @@ from pathlib import Path
 import jsonschema
 
 from coordinator import plugins, syntax
+
 # Re-exported for callers of the config API (tests, scripts): the plugins and the planner take them from
 # coordinator.problems, so that importing this module's plugins never comes back here.
 from coordinator.problems import PRUNED, ConfigError, Problem, describe, format_path, kept, nearest  # noqa: F401
@@ -53,7 +54,7 @@ class Config:
     root: object
     data: dict
     source: str | None = None
-    folder: str | None = None   # the config file's folder, absolute: relative paths in it start there
+    folder: str | None = None  # the config file's folder, absolute: relative paths in it start there
 
     def groups(self):
         """The node groups in plan order: the controller first, then the nodes in the order written."""
@@ -62,17 +63,18 @@ class Config:
 
 # ---------------------------------------------------------------- reading
 
+
 def _read(path):
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError([Problem(None, f"cannot read the config: {error.strerror or error}")], source)
+        raise ConfigError([Problem(None, f"cannot read the config: {error.strerror or error}")], source) from None
     except UnicodeDecodeError as error:
-        raise ConfigError([Problem(None, f"the config is not UTF-8 text ({error.reason} at byte {error.start})")],
-                          source)
-    log.debug("read config %s (%s, %d characters)", os.path.abspath(path), syntax.guess_format(source, text),
-              len(text))
+        raise ConfigError(
+            [Problem(None, f"the config is not UTF-8 text ({error.reason} at byte {error.start})")], source
+        ) from None
+    log.debug("read config %s (%s, %d characters)", os.path.abspath(path), syntax.guess_format(source, text), len(text))
     return _parse(text, source, None)
 
 
@@ -117,6 +119,7 @@ def _clean(data, source, problems, blocked):
 
 # ---------------------------------------------------------------- validating
 
+
 def validate(data, source=None, folder=None):
     """Plain data -> Config, or ConfigError listing every problem found. `folder` is where relative paths in the
     config start (load_config gives the file's own folder)."""
@@ -125,8 +128,13 @@ def validate(data, source=None, folder=None):
     data = _clean(data, source, problems, blocked)
     checked_from = len(problems)
     if not isinstance(data, dict):
-        problems.append(Problem("", f"the config must be an object with a 'type' "
-                                    f"(one of {plugins.ENGINES.describe()}), got {_describe(data)}"))
+        problems.append(
+            Problem(
+                "",
+                f"the config must be an object with a 'type' "
+                f"(one of {plugins.ENGINES.describe()}), got {_describe(data)}",
+            )
+        )
         raise ConfigError(_settle(problems, blocked, checked_from), source)
     top = plugins.Slot("engine", tuple(plugins.ENGINES.names()), "the top of the config is an engine")
     model = _walk(data, (), top, plugins.Context(), problems)
@@ -148,8 +156,7 @@ def _settle(problems, blocked, checked_from):
     for index, problem in enumerate(problems):
         if problem in seen:
             continue
-        if index >= checked_from and problem.path is not None and any(_below(problem.path, stop)
-                                                                       for stop in blocked):
+        if index >= checked_from and problem.path is not None and any(_below(problem.path, stop) for stop in blocked):
             continue
         seen.add(problem)
         out.append(problem)
@@ -178,7 +185,7 @@ def _in_order(problems, data):
         if path is None:
             return -1
         while path not in order and path:
-            path = path[:max(path.rfind("."), path.rfind("["), 0)]
+            path = path[: max(path.rfind("."), path.rfind("["), 0)]
         return order.get(path, 0)
 
     return sorted(problems, key=position)
@@ -193,16 +200,18 @@ def _walk(value, path, slot, ctx, problems):
     registry = plugins.registry(slot.kind)
     where = format_path(path)
     if not isinstance(value, dict):
-        problems.append(Problem(where, f"expected an object describing {_article(slot.kind)} "
-                                       f"(with a 'type'), got {_describe(value)}"))
+        problems.append(
+            Problem(
+                where, f"expected an object describing {_article(slot.kind)} (with a 'type'), got {_describe(value)}"
+            )
+        )
         return None
     renamed = {}
     type_keys = [key for key in _TYPE_KEYS if key in value]
     if not type_keys:
         slip = next((key for key in value if nearest(key, _TYPE_KEYS)), None)
         if slip is None:
-            problems.append(Problem(where, f"missing 'type': which {slot.kind} this is; "
-                                           f"here {_one_of(slot.allowed)}"))
+            problems.append(Problem(where, f"missing 'type': which {slot.kind} this is; here {_one_of(slot.allowed)}"))
             return None
         canonical = nearest(slip, _TYPE_KEYS)
         problems.append(Problem(format_path(path + (slip,)), f"unknown key; did you mean '{canonical}'?"))
@@ -220,8 +229,7 @@ def _walk(value, path, slot, ctx, problems):
         problems.append(Problem(type_path, _unknown_type(name, slot, registry)))
         return None
     if cls.NAME not in slot.allowed:
-        problems.append(Problem(type_path, f"{name} cannot be used here ({slot.what}); "
-                                           f"use {_one_of(slot.allowed)}"))
+        problems.append(Problem(type_path, f"{name} cannot be used here ({slot.what}); use {_one_of(slot.allowed)}"))
         return None
     before = len(problems)
     cfg, spelled = _canonical(value, cls, path, problems, renamed)
@@ -245,11 +253,11 @@ def _walk(value, path, slot, ctx, problems):
         if child_slot.many:
             items = cfg[key]
             if not isinstance(items, list):
-                problems.append(Problem(child_where,
-                                        f"expected a list of {child_slot.kind}s, got {_describe(items)}"))
+                problems.append(Problem(child_where, f"expected a list of {child_slot.kind}s, got {_describe(items)}"))
                 continue
-            children[key] = tuple(_walk(item, child_path + (index,), child_slot, child_ctx, problems)
-                                  for index, item in enumerate(items))
+            children[key] = tuple(
+                _walk(item, child_path + (index,), child_slot, child_ctx, problems) for index, item in enumerate(items)
+            )
         else:
             children[key] = _walk(cfg[key], child_path, child_slot, child_ctx, problems)
     if len(problems) != before:
@@ -267,9 +275,12 @@ def _canonical(value, cls, path, problems, renamed):
         if canonical not in known or key in known:
             canonical = key
         if canonical in spelled:
-            problems.append(Problem(format_path(path + (written,)),
-                                    f"'{spelled[canonical]}' and '{written}' are two spellings of one setting; "
-                                    f"give only one"))
+            problems.append(
+                Problem(
+                    format_path(path + (written,)),
+                    f"'{spelled[canonical]}' and '{written}' are two spellings of one setting; give only one",
+                )
+            )
             continue
         cfg[canonical] = item
         spelled[canonical] = written
@@ -340,8 +351,15 @@ def _is_name_error(error):
     return "propertyNames" in error.relative_schema_path
 
 
-_TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number",
-               "boolean": "true or false", "object": "an object", "array": "a list", "null": "null"}
+_TYPE_WORDS = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "an object",
+    "array": "a list",
+    "null": "null",
+}
 
 
 def _explain_schema(error, base, cls, site):
@@ -355,11 +373,10 @@ def _explain_schema(error, base, cls, site):
     if kind == "additionalProperties" and error.validator_value is False:
         known = set(schema.get("properties", {}))
         extras = [key for key in error.instance if key not in known]
-        typed = not base[len(site.parts):]  # the typed config itself, not an object inside it
+        typed = not base[len(site.parts) :]  # the typed config itself, not an object inside it
         if typed:
             extras = [site.spelled.get(key, key) for key in extras]
-        return [Problem(format_path(base + (key,)), _unknown_key(key, known, cls if typed else None))
-                for key in extras]
+        return [Problem(format_path(base + (key,)), _unknown_key(key, known, cls if typed else None)) for key in extras]
     if kind == "required":
         missing = [key for key in error.validator_value if key not in error.instance]
         # A misspelled required key is one slip: the unknown key's "did you mean" says it all.
@@ -370,7 +387,7 @@ def _explain_schema(error, base, cls, site):
             if key in guesses:
                 continue
             also = [alias for alias, canonical in KEY_ALIASES.items() if canonical == key]
-            hint = f" (also spelled '{also[0]}')" if also and not base[len(site.parts):] else ""
+            hint = f" (also spelled '{also[0]}')" if also and not base[len(site.parts) :] else ""
             out.append(Problem(where, f"missing required key '{key}'{hint}"))
         return out
     if _is_name_error(error):
@@ -378,8 +395,9 @@ def _explain_schema(error, base, cls, site):
         return [Problem(where, f"not a valid name: expected {expected or 'a valid key'}")]
     if kind == "type":
         wanted = error.validator_value
-        words = expected or _one_of([_TYPE_WORDS.get(t, t) for t in
-                                     (wanted if isinstance(wanted, list) else [wanted])], quote=False)
+        words = expected or _one_of(
+            [_TYPE_WORDS.get(t, t) for t in (wanted if isinstance(wanted, list) else [wanted])], quote=False
+        )
         return [Problem(where, f"expected {words}, got {_describe(error.instance)}")]
     if kind == "enum":
         return [Problem(where, f"expected {_one_of(error.validator_value)}, got {_describe(error.instance)}")]
@@ -392,8 +410,7 @@ def _explain_schema(error, base, cls, site):
     if kind == "minLength":
         return [Problem(where, "expected a non-empty string")]
     if kind == "maxLength":
-        return [Problem(where, f"expected at most {error.validator_value} characters, "
-                               f"got {len(error.instance)}")]
+        return [Problem(where, f"expected at most {error.validator_value} characters, got {len(error.instance)}")]
     if expected:
         return [Problem(where, f"expected {expected}, got {_describe(error.instance)}")]
     return [Problem(where, error.message)]

@@ -28,7 +28,7 @@ STACK_LOCK = f"{STACK_STATE_DIR}/stack.lock"
 # Debian, Ubuntu and Fedora.
 REQUIRED_COMMANDS = ("git", "sudo", "python3")
 PACKAGE_MANAGERS = ("apt-get", "dnf", "yum")
-COMMAND_TIMEOUT = 1800.0        # package installs and git clones
+COMMAND_TIMEOUT = 1800.0  # package installs and git clones
 LOG_TAIL = 20
 ERROR_TAIL = 15
 
@@ -166,7 +166,8 @@ if [ -f "$state/stack.log" ] && [ -x ./unstack.sh ]; then
     # An earlier stack.sh ran here (it failed, or completed with another local.conf): stop what it started, as
     # devstack asks before stacking again.
     echo "lxc-cloud: an earlier stack.sh ran here; running ./unstack.sh first"
-    ./unstack.sh 9>&- >"$state/unstack.log" 2>&1 || echo "lxc-cloud: ./unstack.sh failed (see $state/unstack.log); stacking anyway"
+    ./unstack.sh 9>&- >"$state/unstack.log" 2>&1 ||
+        echo "lxc-cloud: ./unstack.sh failed (see $state/unstack.log); stacking anyway"
 fi
 ./stack.sh 9>&- 2>&1 | tee "$state/stack.log" 9>&-
 status=${PIPESTATUS[0]}
@@ -232,6 +233,7 @@ fi
 
 # ---------------------------------------------------------------- pure helpers
 
+
 def parse_probe(text):
     """The probe's output -> (missing commands, the package manager or None)."""
     missing, manager = [], None
@@ -247,8 +249,10 @@ def parse_probe(text):
 def plan_install(manager, packages):
     """(argv, env) that installs `packages` without questions with this package manager."""
     if manager == "apt-get":
-        return (["sh", "-c", _APT_INSTALL, "install", *packages],
-                {"DEBIAN_FRONTEND": "noninteractive", "APT_LISTCHANGES_FRONTEND": "none"})
+        return (
+            ["sh", "-c", _APT_INSTALL, "install", *packages],
+            {"DEBIAN_FRONTEND": "noninteractive", "APT_LISTCHANGES_FRONTEND": "none"},
+        )
     if manager in ("dnf", "yum"):
         return [manager, "install", "-y", "-q", *packages], {}
     raise ValueError(f"unknown package manager {manager!r}")
@@ -302,6 +306,7 @@ def tail(text, count=LOG_TAIL):
 
 # ---------------------------------------------------------------- running commands in a node
 
+
 def _where(node):
     return f"node {node.name} (host {node.host})"
 
@@ -312,16 +317,24 @@ def _run(agent, node, what, argv, stdin=None, env=None, user=None, timeout=COMMA
         result = agent.run(node.name, argv, stdin=stdin, env=env, user=user, timeout=timeout)
     except CommandTimeout as error:
         output = getattr(error, "stdout", "") + getattr(error, "stderr", "")
-        raise DevstackError(f"{what} on {_where(node)} did not finish within {timeout:g} s; last output:\n"
-                            f"{tail(output, ERROR_TAIL)}", node.name, node.host) from None
+        raise DevstackError(
+            f"{what} on {_where(node)} did not finish within {timeout:g} s; last output:\n{tail(output, ERROR_TAIL)}",
+            node.name,
+            node.host,
+        ) from None
     if result["exit_code"] != 0:
         output = result["stdout"] + result["stderr"]
-        raise DevstackError(f"{what} on {_where(node)} failed with exit code {result['exit_code']}:\n"
-                            f"{tail(output, ERROR_TAIL)}", node.name, node.host, result["exit_code"])
+        raise DevstackError(
+            f"{what} on {_where(node)} failed with exit code {result['exit_code']}:\n{tail(output, ERROR_TAIL)}",
+            node.name,
+            node.host,
+            result["exit_code"],
+        )
     return result
 
 
 # ---------------------------------------------------------------- the steps
+
 
 def prepare(agent, node, timeout=COMMAND_TIMEOUT):
     """Make sure git, sudo and python3 are there (installing only what is missing), that user `stack`
@@ -331,13 +344,20 @@ def prepare(agent, node, timeout=COMMAND_TIMEOUT):
     missing, manager = parse_probe(probe["stdout"])
     if missing:
         if manager is None:
-            raise DevstackError(f"{_where(node)} lacks {', '.join(missing)} and has none of "
-                                f"{', '.join(PACKAGE_MANAGERS)} to install them; use an image that has them",
-                                node.name, node.host)
+            raise DevstackError(
+                f"{_where(node)} lacks {', '.join(missing)} and has none of "
+                f"{', '.join(PACKAGE_MANAGERS)} to install them; use an image that has them",
+                node.name,
+                node.host,
+            )
         argv, env = plan_install(manager, missing)
         _run(agent, node, f"installing {' '.join(missing)} with {manager}", argv, env=env, timeout=timeout)
-    user = _run(agent, node, f"setting up user {STACK_USER}",
-                ["sh", "-c", _ENSURE_STACK_USER, "ensure-stack-user", STACK_USER, STACK_HOME, SUDOERS_FILE])
+    user = _run(
+        agent,
+        node,
+        f"setting up user {STACK_USER}",
+        ["sh", "-c", _ENSURE_STACK_USER, "ensure-stack-user", STACK_USER, STACK_HOME, SUDOERS_FILE],
+    )
     setup = _run(agent, node, "making services a container cannot run harmless", ["sh", "-c", _CONTAINER_SETUP])
     return {"installed": missing, "changed": user["stdout"].splitlines() + setup["stdout"].splitlines()}
 
@@ -354,37 +374,53 @@ def fetch(agent, node, repo, branch, timeout=COMMAND_TIMEOUT):
     commit, is_branch = _local_commit(path, branch, node)
     if _checked_out(agent, node) == commit:
         return {"commit": commit, "changed": False}
-    _run(agent, node, f"cloning devstack {branch} from a bundle of {path}",
-         ["bash", "-c", _CLONE_BUNDLE, "fetch-devstack", DEVSTACK_DIR, commit, branch if is_branch else "", repo],
-         stdin=_bundle(path, node), user=STACK_USER, timeout=timeout)
+    _run(
+        agent,
+        node,
+        f"cloning devstack {branch} from a bundle of {path}",
+        ["bash", "-c", _CLONE_BUNDLE, "fetch-devstack", DEVSTACK_DIR, commit, branch if is_branch else "", repo],
+        stdin=_bundle(path, node),
+        user=STACK_USER,
+        timeout=timeout,
+    )
     return {"commit": commit, "changed": True}
 
 
 def fetch_remote(agent, node, repo, branch, timeout=COMMAND_TIMEOUT):
     """Devstack cloned by git inside the node from `repo` (a URL the node reaches), at `branch`."""
     if re.fullmatch(r"[0-9a-f]{40}", branch):
-        raise DevstackError(f"devstack_branch {branch!r} for {_where(node)} is a commit; `git clone --branch` "
-                            f"takes a branch or tag of {repo}", node.name, node.host)
+        raise DevstackError(
+            f"devstack_branch {branch!r} for {_where(node)} is a commit; `git clone --branch` "
+            f"takes a branch or tag of {repo}",
+            node.name,
+            node.host,
+        )
     # The peeled `^{}` line of an annotated tag is listed only when asked for by name.
     refs = [f"refs/heads/{branch}", f"refs/tags/{branch}", f"refs/tags/{branch}^{{}}"]
-    listed = _run(agent, node, f"asking {repo} for {branch}", ["git", "ls-remote", repo, *refs], user=STACK_USER,
-                  timeout=timeout)
+    listed = _run(
+        agent, node, f"asking {repo} for {branch}", ["git", "ls-remote", repo, *refs], user=STACK_USER, timeout=timeout
+    )
     commit = pick_remote_commit(listed["stdout"], branch)
     if commit is None:
-        raise DevstackError(f"{repo} has no branch or tag {branch!r} (asked from {_where(node)})",
-                            node.name, node.host)
+        raise DevstackError(f"{repo} has no branch or tag {branch!r} (asked from {_where(node)})", node.name, node.host)
     if _checked_out(agent, node) == commit:
         return {"commit": commit, "changed": False}
-    _run(agent, node, f"cloning devstack {branch} from {repo}",
-         ["bash", "-c", _CLONE_REMOTE, "fetch-devstack", DEVSTACK_DIR, repo, branch], user=STACK_USER,
-         timeout=timeout)
+    _run(
+        agent,
+        node,
+        f"cloning devstack {branch} from {repo}",
+        ["bash", "-c", _CLONE_REMOTE, "fetch-devstack", DEVSTACK_DIR, repo, branch],
+        user=STACK_USER,
+        timeout=timeout,
+    )
     return {"commit": commit, "changed": True}
 
 
 def _checked_out(agent, node):
     """The commit of /opt/stack/devstack in the node, or None when there is no checkout."""
-    head = _run(agent, node, "reading the devstack checkout", ["sh", "-c", _HEAD, "head", DEVSTACK_DIR],
-                user=STACK_USER)
+    head = _run(
+        agent, node, "reading the devstack checkout", ["sh", "-c", _HEAD, "head", DEVSTACK_DIR], user=STACK_USER
+    )
     return head["stdout"].strip() or None
 
 
@@ -395,16 +431,25 @@ def _git(path, *args):
 def _local_commit(path, branch, node):
     """(commit, is a branch) for `branch` in the repository at `path` on this machine."""
     if _git(path, "rev-parse", "--git-dir").returncode != 0:
-        raise DevstackError(f"devstack_repo {path} (for {_where(node)}) is not a git repository on this machine",
-                            node.name, node.host)
-    for ref, is_branch in ((f"refs/heads/{branch}", True), (f"refs/remotes/origin/{branch}", True),
-                           (f"refs/tags/{branch}", False), (branch, False)):
+        raise DevstackError(
+            f"devstack_repo {path} (for {_where(node)}) is not a git repository on this machine", node.name, node.host
+        )
+    for ref, is_branch in (
+        (f"refs/heads/{branch}", True),
+        (f"refs/remotes/origin/{branch}", True),
+        (f"refs/tags/{branch}", False),
+        (branch, False),
+    ):
         found = _git(path, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}")
         if found.returncode == 0:
             return found.stdout.strip(), is_branch
     branches = _git(path, "for-each-ref", "--format=%(refname:short)", "refs/heads").stdout.split()
-    raise DevstackError(f"devstack_repo {path} has no branch, tag or commit {branch!r} (for {_where(node)}); "
-                        f"its branches: {', '.join(branches) or 'none'}", node.name, node.host)
+    raise DevstackError(
+        f"devstack_repo {path} has no branch, tag or commit {branch!r} (for {_where(node)}); "
+        f"its branches: {', '.join(branches) or 'none'}",
+        node.name,
+        node.host,
+    )
 
 
 def _bundle(path, node):
@@ -413,16 +458,23 @@ def _bundle(path, node):
         target = os.path.join(folder, "devstack.bundle")
         made = _git(path, "bundle", "create", target, "--all")
         if made.returncode != 0:
-            raise DevstackError(f"git bundle create for {path} (for {_where(node)}) failed: {made.stderr.strip()}",
-                                node.name, node.host)
+            raise DevstackError(
+                f"git bundle create for {path} (for {_where(node)}) failed: {made.stderr.strip()}", node.name, node.host
+            )
         with open(target, "rb") as handle:
             return base64.b64encode(handle.read()).decode("ascii")
 
 
 def write_local_conf(agent, node):
     """node.local_conf -> /opt/stack/devstack/local.conf, owned by stack (replaced whole, never half-written)."""
-    _run(agent, node, "writing local.conf", ["sh", "-c", _WRITE_FILE, "write-local-conf", LOCAL_CONF],
-         stdin=node.local_conf, user=STACK_USER)
+    _run(
+        agent,
+        node,
+        "writing local.conf",
+        ["sh", "-c", _WRITE_FILE, "write-local-conf", LOCAL_CONF],
+        stdin=node.local_conf,
+        user=STACK_USER,
+    )
 
 
 def wait_for_earlier_stack(agent, node, timeout=None):
@@ -432,13 +484,20 @@ def wait_for_earlier_stack(agent, node, timeout=None):
     try:
         result = agent.run(node.name, ["sh", "-c", _WAIT_FOR_STACK, "wait", STACK_LOCK], timeout=timeout)
     except CommandTimeout:
-        raise DevstackError(f"stack.sh from an earlier deploy still runs on {_where(node)} after {timeout:g} s; "
-                            f"wait for it or stop it (`pkill -f stack.sh` in the node), then deploy again",
-                            node.name, node.host) from None
+        raise DevstackError(
+            f"stack.sh from an earlier deploy still runs on {_where(node)} after {timeout:g} s; "
+            f"wait for it or stop it (`pkill -f stack.sh` in the node), then deploy again",
+            node.name,
+            node.host,
+        ) from None
     if result["exit_code"] != 0:
-        raise DevstackError(f"waiting for an earlier stack.sh on {_where(node)} failed with exit code "
-                            f"{result['exit_code']}:\n{tail(result['stdout'] + result['stderr'], ERROR_TAIL)}",
-                            node.name, node.host, result["exit_code"])
+        raise DevstackError(
+            f"waiting for an earlier stack.sh on {_where(node)} failed with exit code "
+            f"{result['exit_code']}:\n{tail(result['stdout'] + result['stderr'], ERROR_TAIL)}",
+            node.name,
+            node.host,
+            result["exit_code"],
+        )
     return result["stdout"].strip() == "waited"
 
 
@@ -455,14 +514,24 @@ def run_stack(agent, node, log_path, timeout=None, env=None):
         result = agent.run(node.name, argv, env=env, user=STACK_USER, timeout=timeout)
     except CommandTimeout as error:
         _write_log(log_path, getattr(error, "stdout", "") + getattr(error, "stderr", ""))
-        raise StackError(f"stack.sh on {_where(node)} did not finish within {timeout:g} s and was stopped. "
-                         f"Last {LOG_TAIL} lines:\n{tail(_read(log_path))}\nFull log: {log_path}",
-                         node.name, node.host, None, log_path) from None
+        raise StackError(
+            f"stack.sh on {_where(node)} did not finish within {timeout:g} s and was stopped. "
+            f"Last {LOG_TAIL} lines:\n{tail(_read(log_path))}\nFull log: {log_path}",
+            node.name,
+            node.host,
+            None,
+            log_path,
+        ) from None
     _write_log(log_path, result["stdout"] + result["stderr"])
     if result["exit_code"] != 0:
-        raise StackError(f"stack.sh on {_where(node)} failed with exit code {result['exit_code']}. "
-                         f"Last {LOG_TAIL} lines:\n{tail(_read(log_path))}\nFull log: {log_path}",
-                         node.name, node.host, result["exit_code"], log_path)
+        raise StackError(
+            f"stack.sh on {_where(node)} failed with exit code {result['exit_code']}. "
+            f"Last {LOG_TAIL} lines:\n{tail(_read(log_path))}\nFull log: {log_path}",
+            node.name,
+            node.host,
+            result["exit_code"],
+            log_path,
+        )
     return {"exit_code": 0, "log_path": log_path}
 
 
@@ -487,9 +556,23 @@ def run_start_script(agent, node, first_address, timeout=COMMAND_TIMEOUT):
     interpreter = [] if script.startswith("#!") else ["/bin/bash"]
     if not script.endswith("\n"):
         script += "\n"
-    env = {"FIRST_ADDRESS": first_address, "NODE_ADDRESS": node.address, "NODE_NAME": node.name,
-           "DEVSTACK_DIR": DEVSTACK_DIR}
-    argv = ["sh", "-c", _START_SCRIPT, "start-script", START_SCRIPT_FILE, *interpreter, START_SCRIPT_FILE,
-            first_address, node.address, node.name]
+    env = {
+        "FIRST_ADDRESS": first_address,
+        "NODE_ADDRESS": node.address,
+        "NODE_NAME": node.name,
+        "DEVSTACK_DIR": DEVSTACK_DIR,
+    }
+    argv = [
+        "sh",
+        "-c",
+        _START_SCRIPT,
+        "start-script",
+        START_SCRIPT_FILE,
+        *interpreter,
+        START_SCRIPT_FILE,
+        first_address,
+        node.address,
+        node.name,
+    ]
     result = _run(agent, node, "the start script", argv, stdin=script, env=env, timeout=timeout)
     return result["stdout"]

@@ -26,11 +26,15 @@ class Devstack(Engine):
 
     def phases(self):
         def install(*roles):
-            return lambda d: self._install(d, [node for node in d.plan.nodes if node.role in roles
-                                               and node.kind in ("standalone", "first")])
-        return (Phase("controller", "install", install("controller")),
-                Phase("computes", "install", install("compute")),
-                Phase("cloud", "join", self._converge))
+            return lambda d: self._install(
+                d, [node for node in d.plan.nodes if node.role in roles and node.kind in ("standalone", "first")]
+            )
+
+        return (
+            Phase("controller", "install", install("controller")),
+            Phase("computes", "install", install("compute")),
+            Phase("cloud", "join", self._converge),
+        )
 
     # -- before anything changes ---------------------------------------------------------------------------------
 
@@ -45,28 +49,40 @@ class Devstack(Engine):
                     problems.append(f"{node.name}: {error}")
                     continue
                 if node.devstack_repo is None and "devstack" not in entries:
-                    problems.append(f"{node.name}: git_mirror {node.git_mirror} has no devstack (devstack.bundle, "
-                                    f"devstack.git or devstack/); add it there, or give devstack_repo")
+                    problems.append(
+                        f"{node.name}: git_mirror {node.git_mirror} has no devstack (devstack.bundle, "
+                        f"devstack.git or devstack/); add it there, or give devstack_repo"
+                    )
         unsupported = [node.name for node in plan.nodes if node.kind == "host"]
         if unsupported:
-            problems.append(f"devstack straight on a hardware node ({', '.join(unsupported)}) is not offered; "
-                            "put the node in a container with an LxcProvider")
+            problems.append(
+                f"devstack straight on a hardware node ({', '.join(unsupported)}) is not offered; "
+                "put the node in a container with an LxcProvider"
+            )
         return list(dict.fromkeys(problems))
 
     def preflight_host(self, deployer, host, agent):
         """Services the host's kernel cannot carry (Open vSwitch for OVN, loop devices for cinder volumes)."""
-        needs = [requirement for requirement in topology.kernel_requirements(deployer.plan)
-                 if requirement.host == host.address]
+        needs = [
+            requirement
+            for requirement in topology.kernel_requirements(deployer.plan)
+            if requirement.host == host.address
+        ]
         if not needs:
             return []
         features = agent.info()["kernel_features"]
-        return [f"host {host.address}: {advice}" for advice in
-                dict.fromkeys(requirement.advice for requirement in needs if not features.get(requirement.feature))]
+        return [
+            f"host {host.address}: {advice}"
+            for advice in dict.fromkeys(
+                requirement.advice for requirement in needs if not features.get(requirement.feature)
+            )
+        ]
 
     # -- install -----------------------------------------------------------------------------------------------
 
     def _install(self, d, nodes):
         """stack.sh in each node, at once; a first compute is then sealed and stopped for cloning."""
+
         def one(node):
             with d.step(f"devstack:{node.name}") as todo:
                 if not todo:
@@ -81,6 +97,7 @@ class Devstack(Engine):
                     # No clone may boot into nova under this node's identity: its units wait for personalize.
                     self.seal(agent, node)
                     agent.stop([node.name], 120)
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
             for future in [pool.submit(one, node) for node in nodes]:
                 future.result()
@@ -92,7 +109,7 @@ class Devstack(Engine):
         steps.prepare(agent, node)
         if node.git_mirror:
             access.push_git_mirror(agent, node, node.git_mirror)
-        if node.devstack_repo is None:       # devstack from the git mirror the node now holds
+        if node.devstack_repo is None:  # devstack from the git mirror the node now holds
             steps.fetch_remote(agent, node, access.mirror_devstack_url(), node.devstack_branch)
         else:
             steps.fetch(agent, node, node.devstack_repo, node.devstack_branch)
@@ -129,12 +146,15 @@ class Devstack(Engine):
             try:
                 proxy = d.connect(d.plan.host(node.host))
                 while not stop.wait(d.settings.watch_interval):
-                    seen = proxy.run(node.name, ["sh", "-c", devstack.WATCH_STACK, "watch",
-                                                 f"{devstack.STACK_STATE_DIR}/stack.log"], timeout=30)
+                    seen = proxy.run(
+                        node.name,
+                        ["sh", "-c", devstack.WATCH_STACK, "watch", f"{devstack.STACK_STATE_DIR}/stack.log"],
+                        timeout=30,
+                    )
                     phase = devstack.stack_phase(seen["stdout"])
                     if phase and not stop.is_set():
                         d.settings.status(node.name, phase)
-            except Exception:        # only a progress display: the stack.sh call itself reports real failures
+            except Exception:  # only a progress display: the stack.sh call itself reports real failures
                 pass
             finally:
                 if proxy is not None:
@@ -181,8 +201,14 @@ class Devstack(Engine):
         agent = d.agent_for(d.plan.host(controller.host))
         self.nova.warm_network_api(agent, controller)
         started = d.replicate_started or d.started
-        result = self.nova.converge(agent, controller, list(expected), started, d.settings.converge_timeout,
-                                    progress=lambda done, total: d.progress("nova computes up", done, total))
+        result = self.nova.converge(
+            agent,
+            controller,
+            list(expected),
+            started,
+            d.settings.converge_timeout,
+            progress=lambda done, total: d.progress("nova computes up", done, total),
+        )
         d.report.convergence = result
         if result["waiting"]:
             raise d.error(self._not_converged(d, result, expected, controller))
@@ -200,9 +226,14 @@ class Devstack(Engine):
             node = expected[hosts[0]]
             logs.append(f"-- {name}:\n" + self.nova.why_not_up(d.agent_for(d.plan.host(node.host)), node, hosts))
         asked = f"\nThe last status call failed: {result['error']}" if result.get("error") else ""
-        return (f"{len(result['waiting'])} of {result['expected']} planned nova computes did not come up within "
-                f"{nova.duration(d.settings.converge_timeout)} of waiting (controller {controller.name}, "
-                f"{controller.address}):\n  " + "\n  ".join(lines) + asked
-                + f"\nLast log lines of {len(logs)} of them:\n" + "\n".join(logs)
-                + f"\nCheck nova-conductor and rabbitmq on {controller.name} (`journalctl -u 'devstack@n-cond*'`) "
-                  f"and the computes' nova-compute journals; deploy again under the same name to keep waiting")
+        return (
+            f"{len(result['waiting'])} of {result['expected']} planned nova computes did not come up within "
+            f"{nova.duration(d.settings.converge_timeout)} of waiting (controller {controller.name}, "
+            f"{controller.address}):\n  "
+            + "\n  ".join(lines)
+            + asked
+            + f"\nLast log lines of {len(logs)} of them:\n"
+            + "\n".join(logs)
+            + f"\nCheck nova-conductor and rabbitmq on {controller.name} (`journalctl -u 'devstack@n-cond*'`) "
+            f"and the computes' nova-compute journals; deploy again under the same name to keep waiting"
+        )

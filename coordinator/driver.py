@@ -52,9 +52,12 @@ class _HostAgent:
             try:
                 return attribute(*args, **options)
             except Pyro5.errors.CommunicationError as error:
-                raise AgentLost(f"lost the agent on host {self._address} during {name}(): {error}; check that "
-                                f"lxc-agent runs there (`systemctl status lxc-agent`), then deploy again under the "
-                                f"same name to resume") from None
+                raise AgentLost(
+                    f"lost the agent on host {self._address} during {name}(): {error}; check that "
+                    f"lxc-agent runs there (`systemctl status lxc-agent`), then deploy again under the "
+                    f"same name to resume"
+                ) from None
+
         return call
 
 
@@ -62,19 +65,19 @@ class _HostAgent:
 class Settings:
     log_dir: str
     stack_timeout: float = 3 * 3600
-    parallel_commands: int = 16           # start scripts run at once per host
-    progress: object = None               # callable(phase, done, total) or None
-    status: object = None                 # callable(node name, text or None): what a node's stack.sh is doing
+    parallel_commands: int = 16  # start scripts run at once per host
+    progress: object = None  # callable(phase, done, total) or None
+    status: object = None  # callable(node name, text or None): what a node's stack.sh is doing
     watch_interval: float = 10.0
     converge_timeout: float = nova.CONVERGE_TIMEOUT
-    environ: dict = field(default_factory=lambda: dict(os.environ))   # where host_proxy settings come from
+    environ: dict = field(default_factory=lambda: dict(os.environ))  # where host_proxy settings come from
 
 
 @dataclass
 class Report:
-    phases: dict = field(default_factory=dict)        # phase -> seconds
-    skipped: list = field(default_factory=list)       # steps already done by an earlier run
-    convergence: dict | None = None                   # nova.converge's result, when the plan has computes
+    phases: dict = field(default_factory=dict)  # phase -> seconds
+    skipped: list = field(default_factory=list)  # steps already done by an earlier run
+    convergence: dict | None = None  # nova.converge's result, when the plan has computes
 
 
 class Deployer:
@@ -86,7 +89,7 @@ class Deployer:
         self.engine = engine if engine is not None else Devstack()
         self.provider = provider if provider is not None else LxcContainers()
         self.started = time.monotonic()
-        self.replicate_started = None    # when copies of ready nodes began: convergence is counted from there
+        self.replicate_started = None  # when copies of ready nodes began: convergence is counted from there
         self.report = Report()
         self._record_lock = threading.Lock()
         self._local = threading.local()
@@ -104,9 +107,11 @@ class Deployer:
             except AuthenticationError:
                 raise
             except (AgentError, Pyro5.errors.CommunicationError) as error:
-                raise AgentLost(f"cannot reach the agent on host {host.address}: {error}; check that lxc-agent "
-                                f"runs there and listens on the port the config or --agent-port gives, then deploy "
-                                f"again under the same name to resume") from None
+                raise AgentLost(
+                    f"cannot reach the agent on host {host.address}: {error}; check that lxc-agent "
+                    f"runs there and listens on the port the config or --agent-port gives, then deploy "
+                    f"again under the same name to resume"
+                ) from None
             cache[host.address] = _HostAgent(proxy, host.address)
             with self._record_lock:
                 self._opened.append(cache[host.address])
@@ -144,14 +149,16 @@ class Deployer:
 
         def check(host):
             agent = self.agent_for(host)
-            problems[host.address] = (self.engine.preflight_host(self, host, agent)
-                                      + self.provider.preflight_host(self, host, agent))
+            problems[host.address] = self.engine.preflight_host(self, host, agent) + self.provider.preflight_host(
+                self, host, agent
+            )
 
         self.each_host(check)
         found = [problem for host in self.plan.hosts for problem in problems.get(host.address, [])]
         if found:
-            raise DeployError("nothing was changed: " + ("; ".join(found) if len(found) == 1 else
-                                                         "\n  " + "\n  ".join(found)))
+            raise DeployError(
+                "nothing was changed: " + ("; ".join(found) if len(found) == 1 else "\n  " + "\n  ".join(found))
+            )
         self._checked = True
 
     def _phase(self, title, work):
@@ -229,8 +236,10 @@ class Deployer:
             os.makedirs(folder, exist_ok=True)
             return self._new_log(folder, node, kind)
         except OSError as error:
-            raise DeployError(f"cannot write the {kind} log of {node.name} in {folder}: {error}; give a writable "
-                              f"folder with --log-dir") from None
+            raise DeployError(
+                f"cannot write the {kind} log of {node.name} in {folder}: {error}; give a writable "
+                f"folder with --log-dir"
+            ) from None
 
     @staticmethod
     def _new_log(folder, node, kind):
@@ -286,19 +295,25 @@ def wait_booted(agent, names, timeout=BOOT_TIMEOUT, host=None):
     for name in names:
         while True:
             try:
-                result = agent.run(name, ["sh", "-c", "command -v systemctl >/dev/null || exit 42; "
-                                                      "systemctl is-system-running --wait"],
-                                   timeout=max(1.0, deadline - time.monotonic()))
+                result = agent.run(
+                    name,
+                    ["sh", "-c", "command -v systemctl >/dev/null || exit 42; systemctl is-system-running --wait"],
+                    timeout=max(1.0, deadline - time.monotonic()),
+                )
             except CommandTimeout as error:
-                raise DeployError(f"{name}{where} did not finish booting within {timeout} s: `systemctl "
-                                  f"is-system-running --wait` in it did not return ({error}); check that it runs "
-                                  f"(`lxc-info -P <the agent's lxcpath> -n {name}` on that host) and look for a "
-                                  f"start job that hangs "
-                                  f"(`systemctl list-jobs`, `journalctl -b` in it)") from error
+                raise DeployError(
+                    f"{name}{where} did not finish booting within {timeout} s: `systemctl "
+                    f"is-system-running --wait` in it did not return ({error}); check that it runs "
+                    f"(`lxc-info -P <the agent's lxcpath> -n {name}` on that host) and look for a "
+                    f"start job that hangs "
+                    f"(`systemctl list-jobs`, `journalctl -b` in it)"
+                ) from error
             state = result["stdout"].strip()
             if result["exit_code"] == 42 or state in ("running", "degraded"):  # "offline": not up yet
                 break
             if time.monotonic() > deadline:
-                raise DeployError(f"{name}{where} did not finish booting within {timeout} s (systemd says "
-                                  f"{state or result['stderr'].strip()!r}); look at `systemctl --failed` in it")
+                raise DeployError(
+                    f"{name}{where} did not finish booting within {timeout} s (systemd says "
+                    f"{state or result['stderr'].strip()!r}); look at `systemctl --failed` in it"
+                )
             time.sleep(0.5)

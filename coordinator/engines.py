@@ -10,7 +10,11 @@ from dataclasses import dataclass
 from coordinator import localconf, plugins
 from coordinator.problems import Problem, describe, kept, nearest
 from coordinator.providers import (
-    CONTAINER_GROUP_PROPERTIES, DEFAULT_TUNNEL_TYPE, ONE_LINE_SCHEMA, Containers, check_containers,
+    CONTAINER_GROUP_PROPERTIES,
+    DEFAULT_TUNNEL_TYPE,
+    ONE_LINE_SCHEMA,
+    Containers,
+    check_containers,
     container_group_fields,
 )
 
@@ -22,7 +26,7 @@ LOCALRC_SCHEMA = {
     "propertyNames": {
         "pattern": localconf.KEY.pattern,
         "x-expected": "a shell variable name (letters, digits and '_', not starting with a digit), "
-                      "optionally ending in '+' to append",
+        "optionally ending in '+' to append",
     },
     "properties": {
         "enable_plugin": {
@@ -35,17 +39,21 @@ LOCALRC_SCHEMA = {
         r"^(?!enable_plugin\Z)(?i:enable_?plugins?)\Z": {
             "not": {},
             "x-message": "did you mean 'enable_plugin'? (each 'NAME URL [BRANCH]' given there becomes an "
-                         "enable_plugin line; this key would only set a shell variable)",
+            "enable_plugin line; this key would only set a shell variable)",
         },
     },
-    "additionalProperties": {"type": ["string", "integer", "number", "boolean"],
-                             "x-expected": "a string, a number or true/false"},
+    "additionalProperties": {
+        "type": ["string", "integer", "number", "boolean"],
+        "x-expected": "a string, a number or true/false",
+    },
 }
 
 
 # A meta-section value: what localrc takes, written the same way (true/false as True/False).
-META_VALUE_SCHEMA = {"type": ["string", "integer", "number", "boolean"],
-                     "x-expected": "a string, a number or true/false"}
+META_VALUE_SCHEMA = {
+    "type": ["string", "integer", "number", "boolean"],
+    "x-expected": "a string, a number or true/false",
+}
 META_SECTIONS_SCHEMA = {
     "type": "object",
     "x-expected": 'an object: "PHASE|FILE" -> ini section -> option -> value',
@@ -59,9 +67,12 @@ META_SECTIONS_SCHEMA = {
         },
     },
 }
-GIT_MIRROR_SCHEMA = {"type": "string", "minLength": 1, "pattern": "^[^\x00-\x1f\x7f]+\\Z",
-                     "x-expected": "a folder on this machine (absolute, or relative to the config's folder), "
-                                   "one line"}
+GIT_MIRROR_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "pattern": "^[^\x00-\x1f\x7f]+\\Z",
+    "x-expected": "a folder on this machine (absolute, or relative to the config's folder), one line",
+}
 
 
 @dataclass(frozen=True)
@@ -69,12 +80,12 @@ class Devstack:
     """What devstack is told on a node: localrc items and meta-sections in config order, plugins, and where
     devstack and the OpenStack repositories come from."""
 
-    localrc: tuple          # ((key, value as text), ...) without the defaults
-    plugins: tuple          # (("heat", "https://...", "master"), ...)
-    repo: str | None        # None: devstack from the git mirror
+    localrc: tuple  # ((key, value as text), ...) without the defaults
+    plugins: tuple  # (("heat", "https://...", "master"), ...)
+    repo: str | None  # None: devstack from the git mirror
     branch: str
-    path: str               # the localrc section's path, for messages
-    meta_sections: dict     # {"PHASE|FILE": {section: {option: value as text}}}, without the defaults
+    path: str  # the localrc section's path, for messages
+    meta_sections: dict  # {"PHASE|FILE": {section: {option: value as text}}}, without the defaults
     git_mirror: str | None  # as written (the planner resolves a relative path)
 
 
@@ -83,12 +94,12 @@ class GroupSpec:
     """A group of nodes one engine asks for: the same settings on each of `hosts`, `per_host` times."""
 
     path: str
-    role: str               # controller | compute
-    kind: str               # standalone (LxcProvider) | cloned (LxcEngine) | host (devstack on the node itself)
-    hosts: tuple            # providers.Credential, in config order
+    role: str  # controller | compute
+    kind: str  # standalone (LxcProvider) | cloned (LxcEngine) | host (devstack on the node itself)
+    hosts: tuple  # providers.Credential, in config order
     per_host: int
     prefix: str | None
-    network: object         # ipaddress.IPv4Network given by start_lxc_network, or None for the host's default
+    network: object  # ipaddress.IPv4Network given by start_lxc_network, or None for the host's default
     tunnel_to: tuple
     tunnel_type: str
     distribution: str | None
@@ -104,28 +115,57 @@ class GroupSpec:
 @dataclass(frozen=True)
 class DevstackModel:
     devstack: Devstack
-    provider: object        # providers.Containers, providers.Servers, or None inside an LxcEngine
+    provider: object  # providers.Containers, providers.Servers, or None inside an LxcEngine
     path: str
 
     def groups(self, role):
         provider = self.provider
         if isinstance(provider, Containers):
-            return (GroupSpec(
-                path=self.path, role=role, kind="standalone", hosts=provider.hosts.credentials,
-                per_host=provider.containers_per_host, prefix=provider.prefix, network=provider.network,
-                tunnel_to=provider.tunnel_to, tunnel_type=provider.tunnel_type,
-                distribution=provider.distribution, release=provider.release, start_script=None,
-                devstack=self.devstack, count_path=provider.count_path, network_path=provider.network_path,
-                host_ca_certificates=provider.host_ca_certificates, host_proxy=provider.host_proxy),)
-        return (GroupSpec(
-            path=self.path, role=role, kind="host", hosts=provider.credentials, per_host=1, prefix=None,
-            network=None, tunnel_to=(), tunnel_type=DEFAULT_TUNNEL_TYPE, distribution=None, release=None,
-            start_script=None, devstack=self.devstack, count_path=provider.path, network_path=provider.path),)
+            return (
+                GroupSpec(
+                    path=self.path,
+                    role=role,
+                    kind="standalone",
+                    hosts=provider.hosts.credentials,
+                    per_host=provider.containers_per_host,
+                    prefix=provider.prefix,
+                    network=provider.network,
+                    tunnel_to=provider.tunnel_to,
+                    tunnel_type=provider.tunnel_type,
+                    distribution=provider.distribution,
+                    release=provider.release,
+                    start_script=None,
+                    devstack=self.devstack,
+                    count_path=provider.count_path,
+                    network_path=provider.network_path,
+                    host_ca_certificates=provider.host_ca_certificates,
+                    host_proxy=provider.host_proxy,
+                ),
+            )
+        return (
+            GroupSpec(
+                path=self.path,
+                role=role,
+                kind="host",
+                hosts=provider.credentials,
+                per_host=1,
+                prefix=None,
+                network=None,
+                tunnel_to=(),
+                tunnel_type=DEFAULT_TUNNEL_TYPE,
+                distribution=None,
+                release=None,
+                start_script=None,
+                devstack=self.devstack,
+                count_path=provider.path,
+                network_path=provider.path,
+            ),
+        )
 
 
 @dataclass(frozen=True)
 class LxcEngineModel:
-    hosts: object           # providers.Servers
+    hosts: object  # providers.Servers
     engine: DevstackModel
     containers_per_host: int
     prefix: str | None
@@ -142,13 +182,27 @@ class LxcEngineModel:
     host_proxy: bool
 
     def groups(self, role):
-        return (GroupSpec(
-            path=self.path, role=role, kind="cloned", hosts=self.hosts.credentials,
-            per_host=self.containers_per_host, prefix=self.prefix, network=self.network,
-            tunnel_to=self.tunnel_to, tunnel_type=self.tunnel_type, distribution=self.distribution,
-            release=self.release, start_script=self.start_script, devstack=self.engine.devstack,
-            count_path=self.count_path, network_path=self.network_path,
-            host_ca_certificates=self.host_ca_certificates, host_proxy=self.host_proxy),)
+        return (
+            GroupSpec(
+                path=self.path,
+                role=role,
+                kind="cloned",
+                hosts=self.hosts.credentials,
+                per_host=self.containers_per_host,
+                prefix=self.prefix,
+                network=self.network,
+                tunnel_to=self.tunnel_to,
+                tunnel_type=self.tunnel_type,
+                distribution=self.distribution,
+                release=self.release,
+                start_script=self.start_script,
+                devstack=self.engine.devstack,
+                count_path=self.count_path,
+                network_path=self.network_path,
+                host_ca_certificates=self.host_ca_certificates,
+                host_proxy=self.host_proxy,
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -171,15 +225,26 @@ def _placeholder_problems(value, where, ctx):
             known = ", ".join("{" + known + "}" for known in localconf.PLACEHOLDERS)
             guess = nearest(name, localconf.PLACEHOLDERS)
             hint = f"did you mean '{{{guess}}}'?" if guess else f"known: {known}"
-            problems.append(Problem(where, f"unknown placeholder '{{{name}}}'; {hint} "
-                                           f"(write '${{{name}}}' for a shell variable)"))
+            problems.append(
+                Problem(where, f"unknown placeholder '{{{name}}}'; {hint} (write '${{{name}}}' for a shell variable)")
+            )
         elif ctx.role == "controller":
-            problems.append(Problem(where, "'{controller_ip}' cannot be used in the controller's own settings: "
-                                           "it stands for the controller's address, which the controller's "
-                                           "devstack finds by itself"))
+            problems.append(
+                Problem(
+                    where,
+                    "'{controller_ip}' cannot be used in the controller's own settings: "
+                    "it stands for the controller's address, which the controller's "
+                    "devstack finds by itself",
+                )
+            )
         elif ctx.role == "standalone":
-            problems.append(Problem(where, "'{controller_ip}' is only known for the nodes of a MultihostEngine: "
-                                           "this config has no separate controller"))
+            problems.append(
+                Problem(
+                    where,
+                    "'{controller_ip}' is only known for the nodes of a MultihostEngine: "
+                    "this config has no separate controller",
+                )
+            )
     return problems
 
 
@@ -205,8 +270,13 @@ def _meta_problems(meta, site, ctx):
 
 def _meta_value_problems(value, where, ctx):
     if isinstance(value, float):
-        return [Problem(where, f"got the number {value!r}: write a number with a fraction or exponent as a string "
-                               f"(quote it, e.g. \"0.5\"); as a number it may not be written back as given")]
+        return [
+            Problem(
+                where,
+                f"got the number {value!r}: write a number with a fraction or exponent as a string "
+                f'(quote it, e.g. "0.5"); as a number it may not be written back as given',
+            )
+        ]
     text = localconf.as_text(value)
     problems = [Problem(where, f"{why} (value {describe(text)})") for why in localconf.meta_value_problems(text)]
     return problems + _placeholder_problems(text, where, ctx)
@@ -221,8 +291,11 @@ def _count_problem(key, value, where):
         return [Problem(where, "NUMBER_FAKE_NOVA_COMPUTE is a count: set it (without '+')")]
     text = localconf.as_text(value)
     if isinstance(value, bool) or not text.isascii() or not text.isdigit() or len(text) > 4:
-        return [Problem(where, f"expected the number of fake nova-compute services per node (0 to 9999), got "
-                               f"{describe(value)}")]
+        return [
+            Problem(
+                where, f"expected the number of fake nova-compute services per node (0 to 9999), got {describe(value)}"
+            )
+        ]
     return []
 
 
@@ -238,20 +311,33 @@ def _localrc_problems(key, value, where, ctx):
         for index, entry in entries:
             spot = where if index is None else f"{where}[{index}]"
             if localconf.has_control(entry):
-                problems.append(Problem(spot, "an enable_plugin entry must be one line, without control "
-                                              "characters (it becomes one line of local.conf)"))
+                problems.append(
+                    Problem(
+                        spot,
+                        "an enable_plugin entry must be one line, without control "
+                        "characters (it becomes one line of local.conf)",
+                    )
+                )
             elif not 2 <= len(entry.split()) <= 3:
                 problems.append(Problem(spot, f"expected 'NAME URL [BRANCH]', got {describe(entry)}"))
             problems += _placeholder_problems(entry, spot, ctx)
         return problems
     if isinstance(value, float):
-        return [Problem(where, f"got the number {value!r}: write a number with a fraction or exponent as a string "
-                               f"(quote it, e.g. \"1.10\"); as a number it may not be written back as given "
-                               f"(1.10 reads as 1.1)")]
+        return [
+            Problem(
+                where,
+                f"got the number {value!r}: write a number with a fraction or exponent as a string "
+                f'(quote it, e.g. "1.10"); as a number it may not be written back as given '
+                f"(1.10 reads as 1.1)",
+            )
+        ]
     text = localconf.as_text(value)
     if localconf.has_control(text):
-        return [Problem(where, "a value must be one line, without control characters "
-                               "(devstack reads local.conf line by line)")]
+        return [
+            Problem(
+                where, "a value must be one line, without control characters (devstack reads local.conf line by line)"
+            )
+        ]
     return _count_problem(key, value, where) + _placeholder_problems(text, where, ctx)
 
 
@@ -265,30 +351,44 @@ class DevstackEngine(plugins.Plugin):
         "properties": {
             "type": {"type": "string"},
             "localrc": LOCALRC_SCHEMA,
-            "devstack_repo": {"type": "string", "pattern": "^[^\\s\x00-\x1f\x7f]+\\Z",
-                              "x-expected": "a git URL or path, without spaces"},
-            "devstack_branch": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/-]*\Z",
-                                "x-expected": "a git branch or tag name"},
+            "devstack_repo": {
+                "type": "string",
+                "pattern": "^[^\\s\x00-\x1f\x7f]+\\Z",
+                "x-expected": "a git URL or path, without spaces",
+            },
+            "devstack_branch": {
+                "type": "string",
+                "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/-]*\Z",
+                "x-expected": "a git branch or tag name",
+            },
             "meta_sections": META_SECTIONS_SCHEMA,
             "git_mirror": GIT_MIRROR_SCHEMA,
             "provider": {},
         },
         "additionalProperties": False,
     }
-    SLOTS = {"provider": plugins.Slot("provider", ("LxcProvider", "ExistingServers"),
-                                      "the machines devstack runs on")}
+    SLOTS = {"provider": plugins.Slot("provider", ("LxcProvider", "ExistingServers"), "the machines devstack runs on")}
 
     @classmethod
     def check(cls, cfg, site, ctx):
         problems = []
         inside_lxc = ctx.inside == "LxcEngine"
         if inside_lxc and "provider" in cfg:
-            problems.append(Problem(site.at("provider"),
-                                    "LxcEngine makes the containers this devstack runs in; remove 'provider' "
-                                    "here (LxcEngine's own 'provider' gives the hardware nodes)"))
+            problems.append(
+                Problem(
+                    site.at("provider"),
+                    "LxcEngine makes the containers this devstack runs in; remove 'provider' "
+                    "here (LxcEngine's own 'provider' gives the hardware nodes)",
+                )
+            )
         if not inside_lxc and "provider" not in cfg:
-            problems.append(Problem(str(site), "missing required key 'provider': where devstack runs "
-                                               "(LxcProvider for containers, ExistingServers for hardware nodes)"))
+            problems.append(
+                Problem(
+                    str(site),
+                    "missing required key 'provider': where devstack runs "
+                    "(LxcProvider for containers, ExistingServers for hardware nodes)",
+                )
+            )
         for key, value in cfg.get("localrc", {}).items():
             problems += _localrc_problems(key, value, site.at("localrc", key), ctx)
         problems += _meta_problems(cfg.get("meta_sections", {}), site, ctx)
@@ -301,16 +401,19 @@ class DevstackEngine(plugins.Plugin):
         entries = [entries] if isinstance(entries, str) else entries
         mirror = cfg.get("git_mirror")
         devstack = Devstack(
-            localrc=tuple((key, localconf.as_text(value)) for key, value in localrc.items()
-                          if key != "enable_plugin"),
+            localrc=tuple((key, localconf.as_text(value)) for key, value in localrc.items() if key != "enable_plugin"),
             plugins=tuple(tuple(entry.split()) for entry in entries),
             # With a mirror and no devstack_repo, devstack comes from the mirror too (None says so).
             repo=cfg.get("devstack_repo", None if mirror is not None else DEFAULT_DEVSTACK_REPO),
             branch=cfg.get("devstack_branch", DEFAULT_DEVSTACK_BRANCH),
             path=site.at("localrc"),
-            meta_sections={header: {section: {option: localconf.as_text(value) for option, value in options.items()}
-                                    for section, options in sections.items()}
-                           for header, sections in cfg.get("meta_sections", {}).items()},
+            meta_sections={
+                header: {
+                    section: {option: localconf.as_text(value) for option, value in options.items()}
+                    for section, options in sections.items()
+                }
+                for header, sections in cfg.get("meta_sections", {}).items()
+            },
             git_mirror=mirror,
         )
         return DevstackModel(devstack=devstack, provider=children.get("provider"), path=str(site))
@@ -334,8 +437,9 @@ class LxcEngine(plugins.Plugin):
         "additionalProperties": False,
     }
     SLOTS = {
-        "provider": plugins.Slot("provider", ("ExistingServers",),
-                                 "LxcEngine's provider gives the hardware nodes for its containers"),
+        "provider": plugins.Slot(
+            "provider", ("ExistingServers",), "LxcEngine's provider gives the hardware nodes for its containers"
+        ),
         "engine": plugins.Slot("engine", ("DevstackEngine",), "what runs in the first container of each host"),
     }
 
@@ -345,8 +449,12 @@ class LxcEngine(plugins.Plugin):
 
     @classmethod
     def build(cls, cfg, site, children, ctx):
-        return LxcEngineModel(hosts=children["provider"], engine=children["engine"],
-                              start_script=cfg.get("start_script"), **container_group_fields(cfg, site))
+        return LxcEngineModel(
+            hosts=children["provider"],
+            engine=children["engine"],
+            start_script=cfg.get("start_script"),
+            **container_group_fields(cfg, site),
+        )
 
 
 @plugins.engine
@@ -361,10 +469,12 @@ class MultihostEngine(plugins.Plugin):
         "additionalProperties": False,
     }
     SLOTS = {
-        "controller": plugins.Slot("engine", ("DevstackEngine",),
-                                   "the controller is one DevstackEngine", role="controller"),
-        "nodes": plugins.Slot("engine", ("DevstackEngine", "LxcEngine"), "the compute nodes",
-                              role="compute", many=True),
+        "controller": plugins.Slot(
+            "engine", ("DevstackEngine",), "the controller is one DevstackEngine", role="controller"
+        ),
+        "nodes": plugins.Slot(
+            "engine", ("DevstackEngine", "LxcEngine"), "the compute nodes", role="compute", many=True
+        ),
     }
 
     @classmethod

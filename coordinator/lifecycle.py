@@ -22,28 +22,36 @@ DEFAULT_PKI = "/etc/lxc-agent/pki"
 DEFAULT_PORT = 7643
 DEFAULT_LOG_DIR = "/var/log/lxc-coordinator"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-WIDE = 400     # columns for tables when stdout is not a terminal (a log, CI): rich would assume 80 and cut names
+WIDE = 400  # columns for tables when stdout is not a terminal (a log, CI): rich would assume 80 and cut names
 
 
 def add_arguments(commands):
     """Subcommands deploy, list, show and destroy, with the options they share."""
-    shared = {"--store": dict(help="deployment records (default $LXC_COORDINATOR_STORE or "
-                                   "/var/lib/lxc-coordinator/deployments.sqlite)"),
-              "--pki-dir": dict(default=DEFAULT_PKI, help=f"agents' CA, client certificate and token "
-                                                          f"(default {DEFAULT_PKI})"),
-              "--agent-port": dict(type=int, default=DEFAULT_PORT, help=f"agents' port (default {DEFAULT_PORT})")}
+    shared = {
+        "--store": dict(
+            help="deployment records (default $LXC_COORDINATOR_STORE or /var/lib/lxc-coordinator/deployments.sqlite)"
+        ),
+        "--pki-dir": dict(
+            default=DEFAULT_PKI, help=f"agents' CA, client certificate and token (default {DEFAULT_PKI})"
+        ),
+        "--agent-port": dict(type=int, default=DEFAULT_PORT, help=f"agents' port (default {DEFAULT_PORT})"),
+    }
 
     def with_shared(parser):
         for option, settings in shared.items():
             parser.add_argument(option, **settings)
         return parser
 
-    deploy = with_shared(commands.add_parser(
-        "deploy", help="deploy a config (again under the same --name: resume after a failure)"))
+    deploy = with_shared(
+        commands.add_parser("deploy", help="deploy a config (again under the same --name: resume after a failure)")
+    )
     deploy.add_argument("config", metavar="CONFIG", help="the deployment config (JSON or YAML)")
     deploy.add_argument("--name", help="deployment name (default: the config file's name and the time)")
-    deploy.add_argument("--log-dir", default=DEFAULT_LOG_DIR,
-                        help=f"full stack.sh logs, one per node and attempt (default {DEFAULT_LOG_DIR})")
+    deploy.add_argument(
+        "--log-dir",
+        default=DEFAULT_LOG_DIR,
+        help=f"full stack.sh logs, one per node and attempt (default {DEFAULT_LOG_DIR})",
+    )
     deploy.set_defaults(run=deploy_command)
     listing = with_shared(commands.add_parser("list", help="the deployments on record"))
     listing.set_defaults(run=list_command)
@@ -61,8 +69,16 @@ def connector(args):
     from agent.client import connect
 
     def connect_host(host):
-        return connect(host.address, host.port or args.agent_port, pki_dir=args.pki_dir, ca=host.ca,
-                       cert=host.cert, key=host.key, token_file=host.token_file)
+        return connect(
+            host.address,
+            host.port or args.agent_port,
+            pki_dir=args.pki_dir,
+            ca=host.ca,
+            cert=host.cert,
+            key=host.key,
+            token_file=host.token_file,
+        )
+
     return connect_host
 
 
@@ -83,8 +99,10 @@ def stdout_console(**options):
 def check_name(name):
     """A deployment's name is a lock file's name and the owner tag on its bridges: a plain word."""
     if not NAME_PATTERN.fullmatch(name):
-        raise DeployError(f"deployment name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
-                          f"starting with a letter or digit")
+        raise DeployError(
+            f"deployment name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit"
+        )
     return name
 
 
@@ -100,9 +118,11 @@ def stored_plan(store, record):
         error.source = where
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise StoreError(f"{where}: its recorded plan is damaged ({type(error).__name__}: {error}); remove what it "
-                         f"made with each host's lxc-agent, then its record: sqlite3 {store.path} "
-                         f"\"DELETE FROM deployments WHERE name = '{name}'\"") from error
+        raise StoreError(
+            f"{where}: its recorded plan is damaged ({type(error).__name__}: {error}); remove what it "
+            f"made with each host's lxc-agent, then its record: sqlite3 {store.path} "
+            f"\"DELETE FROM deployments WHERE name = '{name}'\""
+        ) from error
 
 
 def deploy_command(args):
@@ -120,18 +140,32 @@ def deploy_command(args):
             # version's, a damaged record) is refused before any agent is asked or anything recorded. Planned
             # again against it, every node still planned keeps the address it was deployed with.
             plan = topology.plan(config, previous=stored_plan(store, existing))
-        log.info("deploy %r from %s: %d node(s) on %d host(s); %s", name, args.config, len(plan.nodes),
-                 len(plan.hosts), "on record, resuming" if existing else "new")
+        log.info(
+            "deploy %r from %s: %d node(s) on %d host(s); %s",
+            name,
+            args.config,
+            len(plan.nodes),
+            len(plan.hosts),
+            "on record, resuming" if existing else "new",
+        )
         deployer = Deployer(name, plan, store, connector(args), Settings(log_dir=os.path.abspath(args.log_dir)))
         try:
             # Before the deployment is recorded: a refused config can be fixed and deployed under the same name.
             deployer.preflight()
             _accept_changed_config(store, name, existing, config, plan, console)
             resumed = store.begin(name, config.data, plan.to_dict())
-            console.print(f"{'Resuming' if resumed else 'Deploying'} [bold]{name}[/bold]: {len(plan.nodes)} "
-                          f"node(s) on {len(plan.hosts)} host(s)")
-            with Progress(TextColumn("{task.description:16}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console, transient=False) as progress:
+            console.print(
+                f"{'Resuming' if resumed else 'Deploying'} [bold]{name}[/bold]: {len(plan.nodes)} "
+                f"node(s) on {len(plan.hosts)} host(s)"
+            )
+            with Progress(
+                TextColumn("{task.description:16}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            ) as progress:
                 tasks = {}
 
                 def report(phase, done, total):
@@ -159,8 +193,11 @@ def deploy_command(args):
                     log.info("deploy %r failed: %s", name, type(error).__name__)
                     raise
             store.set_status(name, "deployed")
-            log.info("deploy %r done: %s", name,
-                     ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.phases.items()))
+            log.info(
+                "deploy %r done: %s",
+                name,
+                ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.phases.items()),
+            )
             print_nodes(plan, live_state(plan, deployer), console=stdout_console())
             for phase, seconds in result.phases.items():
                 console.print(f"{phase:16} {seconds:8.1f} s")
@@ -177,18 +214,29 @@ def _accept_changed_config(store, name, existing, config, plan, console):
     if existing is None or existing["config"] == config.data:
         return
     changes = resume.plan_changes(existing["plan"], plan.to_dict())
-    log.info("deployment %r: the config changed; layout differences: %s; steps to redo: %s", name,
-             "; ".join(changes.layout) or "none", ", ".join(changes.redo) or "none")
+    log.info(
+        "deployment %r: the config changed; layout differences: %s; steps to redo: %s",
+        name,
+        "; ".join(changes.layout) or "none",
+        ", ".join(changes.redo) or "none",
+    )
     if changes.layout:
-        raise DeployError(f"deployment {name!r} exists with another layout:\n  " + "\n  ".join(changes.layout)
-                          + f"\nDestroy it first (coordinator destroy {name}) or deploy under another --name; a "
-                          "deploy under the same name may change only what devstack is told (localrc, "
-                          "meta_sections, devstack_repo, devstack_branch, git_mirror, start_script, "
-                          "host_ca_certificates, host_proxy)")
+        raise DeployError(
+            f"deployment {name!r} exists with another layout:\n  "
+            + "\n  ".join(changes.layout)
+            + f"\nDestroy it first (coordinator destroy {name}) or deploy under another --name; a "
+            "deploy under the same name may change only what devstack is told (localrc, "
+            "meta_sections, devstack_repo, devstack_branch, git_mirror, start_script, "
+            "host_ca_certificates, host_proxy)"
+        )
     store.replace_config(name, config.data, plan.to_dict(), changes.redo)
     if changes.redo:
-        console.print(f"The config changed ({'; '.join(changes.reasons)}): redoing from step {changes.redo[0]} "
-                      f"({len(changes.redo)} step(s) from there on)", markup=False, highlight=False)
+        console.print(
+            f"The config changed ({'; '.join(changes.reasons)}): redoing from step {changes.redo[0]} "
+            f"({len(changes.redo)} step(s) from there on)",
+            markup=False,
+            highlight=False,
+        )
 
 
 def live_state(plan, deployer):
@@ -213,14 +261,23 @@ def print_nodes(plan, state, console):
     for node in plan.nodes:
         entry = state.get(node.name, {})
         memory = entry.get("memory")
-        table.add_row(node.role, node.host, node.name, node.address, entry.get("state", "unknown"),
-                      f"{memory / 2**20:.0f} MiB" if memory else "-")
+        table.add_row(
+            node.role,
+            node.host,
+            node.name,
+            node.address,
+            entry.get("state", "unknown"),
+            f"{memory / 2**20:.0f} MiB" if memory else "-",
+        )
     console.print(table)
 
 
 def _widest(plan, column):
-    values = {"CONTAINER": [n.name for n in plan.nodes], "ADDRESS": [n.address for n in plan.nodes],
-              "HOST": [n.host for n in plan.nodes]}[column]
+    values = {
+        "CONTAINER": [n.name for n in plan.nodes],
+        "ADDRESS": [n.address for n in plan.nodes],
+        "HOST": [n.host for n in plan.nodes],
+    }[column]
     return max([len(column), *map(len, values)])
 
 
@@ -248,8 +305,12 @@ def list_command(args):
         except (StoreError, topology.PlanVersionError) as error:
             unreadable.append(error)
             nodes = "?"
-        table.add_row(entry["name"], shown_status(store, entry), nodes,
-                      time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created"])))
+        table.add_row(
+            entry["name"],
+            shown_status(store, entry),
+            nodes,
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created"])),
+        )
     stdout_console().print(table)
     for refusal in unreadable:
         print(f"coordinator list: {refusal}", file=sys.stderr)
@@ -266,11 +327,18 @@ def show_command(args):
     finally:
         deployer.close()
     if args.json:
-        nodes = [{"name": n.name, "role": n.role, "host": n.host, "address": n.address,
-                  "state": state.get(n.name, {}).get("state", "unknown"),
-                  "memory": state.get(n.name, {}).get("memory")} for n in plan.nodes]
-        json.dump({"name": args.name, "status": shown_status(store, record), "nodes": nodes}, sys.stdout,
-                  indent=2)
+        nodes = [
+            {
+                "name": n.name,
+                "role": n.role,
+                "host": n.host,
+                "address": n.address,
+                "state": state.get(n.name, {}).get("state", "unknown"),
+                "memory": state.get(n.name, {}).get("memory"),
+            }
+            for n in plan.nodes
+        ]
+        json.dump({"name": args.name, "status": shown_status(store, record), "nodes": nodes}, sys.stdout, indent=2)
         print()
         return 0
     print(f"{args.name}: {shown_status(store, record)}")
@@ -283,8 +351,13 @@ def destroy_command(args):
     record = store.get(args.name)
     plan = stored_plan(store, record)
     with store.lock(args.name):
-        log.info("destroy %r: %d node(s) on %d host(s), %d resource(s) on record", args.name, len(plan.nodes),
-                 len(plan.hosts), len(store.resources(args.name)))
+        log.info(
+            "destroy %r: %d node(s) on %d host(s), %d resource(s) on record",
+            args.name,
+            len(plan.nodes),
+            len(plan.hosts),
+            len(store.resources(args.name)),
+        )
         deployer = Deployer(args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR))
         try:
             deployer.destroy()

@@ -61,9 +61,31 @@ _META_SPECIAL = re.compile(r'([\\"`$])')
 
 # Devstack's own list when a localrc does not set ENABLED_SERVICES (stackrc, stable/2026.1).
 DEFAULT_SERVICES = (
-    "key", "n-api", "n-cpu", "n-cond", "n-sch", "n-novnc", "n-api-meta", "placement-api", "placement-client",
-    "g-api", "c-sch", "c-api", "c-vol", "ovn-controller", "ovn-northd", "ovs-vswitchd", "ovsdb-server", "q-svc",
-    "q-ovn-agent", "horizon", "rabbit", "tempest", "mysql", "etcd3", "dstat",
+    "key",
+    "n-api",
+    "n-cpu",
+    "n-cond",
+    "n-sch",
+    "n-novnc",
+    "n-api-meta",
+    "placement-api",
+    "placement-client",
+    "g-api",
+    "c-sch",
+    "c-api",
+    "c-vol",
+    "ovn-controller",
+    "ovn-northd",
+    "ovs-vswitchd",
+    "ovsdb-server",
+    "q-svc",
+    "q-ovn-agent",
+    "horizon",
+    "rabbit",
+    "tempest",
+    "mysql",
+    "etcd3",
+    "dstat",
 )
 
 # Bash's own variables, by why a localrc may not set them (devstack sources localrc into its running shell).
@@ -73,19 +95,43 @@ _RESERVED = {
     **dict.fromkeys(("BASH_ENV", "ENV"), "bash runs the file it names whenever a script starts"),
     "IFS": "it changes how bash splits every word of devstack's scripts",
     **dict.fromkeys(("SHELLOPTS", "BASHOPTS", "POSIXLY_CORRECT"), "it changes bash's options for devstack's scripts"),
-    **dict.fromkeys(("CDPATH", "GLOBIGNORE", "EXECIGNORE"),
-                    "it changes what cd, file patterns or command lookup find in devstack's scripts"),
+    **dict.fromkeys(
+        ("CDPATH", "GLOBIGNORE", "EXECIGNORE"),
+        "it changes what cd, file patterns or command lookup find in devstack's scripts",
+    ),
     **dict.fromkeys(("FUNCNEST", "TMOUT"), "it is a limit that would abort devstack's scripts"),
-    **dict.fromkeys(("UID", "EUID", "PPID", "BASHPID", "GROUPS", "FUNCNAME", "PIPESTATUS", "DIRSTACK", "HISTCMD",
-                     "OPTIND", "OPTARG", "OPTERR", "SHLVL"),
-                    "bash sets it itself (most are read-only), so assigning it fails or misleads devstack's scripts"),
+    **dict.fromkeys(
+        (
+            "UID",
+            "EUID",
+            "PPID",
+            "BASHPID",
+            "GROUPS",
+            "FUNCNAME",
+            "PIPESTATUS",
+            "DIRSTACK",
+            "HISTCMD",
+            "OPTIND",
+            "OPTARG",
+            "OPTERR",
+            "SHLVL",
+        ),
+        "bash sets it itself (most are read-only), so assigning it fails or misleads devstack's scripts",
+    ),
     "_": "bash sets it after every command (to the last argument), so the value would be lost at once",
-    **dict.fromkeys(("RANDOM", "SRANDOM", "SECONDS", "LINENO", "EPOCHSECONDS", "EPOCHREALTIME"),
-                    "bash computes it on every use; assigning it changes what devstack's scripts see"),
+    **dict.fromkeys(
+        ("RANDOM", "SRANDOM", "SECONDS", "LINENO", "EPOCHSECONDS", "EPOCHREALTIME"),
+        "bash computes it on every use; assigning it changes what devstack's scripts see",
+    ),
 }
-_RESERVED_PREFIXES = (("BASH", "bash's own variables (BASH_ALIASES and BASH_CMDS change which command a name runs, "
-                                "BASH_XTRACEFD where traces go)"),
-                      ("COMP_", "bash's completion variables"))
+_RESERVED_PREFIXES = (
+    (
+        "BASH",
+        "bash's own variables (BASH_ALIASES and BASH_CMDS change which command a name runs, "
+        "BASH_XTRACEFD where traces go)",
+    ),
+    ("COMP_", "bash's completion variables"),
+)
 
 
 def placeholders(text):
@@ -143,7 +189,7 @@ def quote(value):
     out = []
     pos = 0
     for match in _REFERENCE.finditer(value):
-        out.append(_SPECIAL.sub(r"\\\1", value[pos:match.start()]))
+        out.append(_SPECIAL.sub(r"\\\1", value[pos : match.start()]))
         out.append(match.group(0))
         pos = match.end()
     out.append(_SPECIAL.sub(r"\\\1", value[pos:]))
@@ -196,21 +242,24 @@ def render(localrc, plugins=(), meta_sections=None):
 
 # ---------------------------------------------------------------- meta-sections
 
+
 def meta_header_problems(header):
     """What is wrong with a meta-section header `PHASE|FILE` (without the brackets), each saying what to do."""
     phase, bar, file = header.partition("|")
     if not bar:
-        return ['expected "PHASE|FILE" (devstack\'s [[PHASE|FILE]] header without the brackets), e.g. '
-                '"post-config|$NOVA_CONF"']
+        return [
+            'expected "PHASE|FILE" (devstack\'s [[PHASE|FILE]] header without the brackets), e.g. '
+            '"post-config|$NOVA_CONF"'
+        ]
     if phase == "local":
-        return ["the [[local|localrc]] section is written from 'localrc' (or 'local_conf'); put these settings "
-                "there"]
+        return ["the [[local|localrc]] section is written from 'localrc' (or 'local_conf'); put these settings there"]
     problems = []
     if phase not in META_PHASES:
         guess = difflib.get_close_matches(phase, META_PHASES, n=1, cutoff=0.6)
         hint = f"; did you mean '{guess[0]}'?" if guess else ""
-        problems.append(f"unknown phase {phase!r}: stack.sh merges meta-sections in the phases "
-                        f"{', '.join(META_PHASES)}{hint}")
+        problems.append(
+            f"unknown phase {phase!r}: stack.sh merges meta-sections in the phases {', '.join(META_PHASES)}{hint}"
+        )
     problems += _file_problems(phase, file)
     return problems
 
@@ -221,19 +270,30 @@ def _file_problems(phase, file):
     if not _FILE.match(file):
         rest = _FILE_TOKEN.sub("", file)
         char = rest[0]
-        what = ("'$' only as $NAME or ${NAME}" if char == "$"
-                else f"{char!r}" if char.isprintable() else f"the character {ascii(char)}")
-        return [f"the file {file!r} may hold only devstack variables ($NAME or ${{NAME}}) and the characters "
-                f"A-Z a-z 0-9 _ . / - (found {what}): devstack runs this text through eval and splits it on "
-                f"spaces; write e.g. $NOVA_CONF, ${{NOVA_CONF}}, /$Q_PLUGIN_CONF_FILE or /etc/nova/nova.conf"]
+        what = (
+            "'$' only as $NAME or ${NAME}"
+            if char == "$"
+            else f"{char!r}"
+            if char.isprintable()
+            else f"the character {char!a}"
+        )
+        return [
+            f"the file {file!r} may hold only devstack variables ($NAME or ${{NAME}}) and the characters "
+            f"A-Z a-z 0-9 _ . / - (found {what}): devstack runs this text through eval and splits it on "
+            f"spaces; write e.g. $NOVA_CONF, ${{NOVA_CONF}}, /$Q_PLUGIN_CONF_FILE or /etc/nova/nova.conf"
+        ]
     if not file.startswith(("$", "/")):
-        return [f"the file {file!r} is a relative path, which devstack would take from the folder stack.sh runs "
-                f"in: start it with a devstack variable ($NOVA_CONF) or '/'"]
+        return [
+            f"the file {file!r} is a relative path, which devstack would take from the folder stack.sh runs "
+            f"in: start it with a devstack variable ($NOVA_CONF) or '/'"
+        ]
     if ".." in file.split("/"):
         return [f"the file {file!r} climbs out of a folder with '..': give the file's own path"]
     if phase == "post-config" and file == "${NOVA_CPU_CONF}":
-        return ["write it as '$NOVA_CPU_CONF': lib/nova copies nova.conf over nova-cpu.conf when it starts "
-                "nova-compute and merges back only the section headed exactly [[post-config|$NOVA_CPU_CONF]]"]
+        return [
+            "write it as '$NOVA_CPU_CONF': lib/nova copies nova.conf over nova-cpu.conf when it starts "
+            "nova-compute and merges back only the section headed exactly [[post-config|$NOVA_CPU_CONF]]"
+        ]
     return []
 
 
@@ -247,34 +307,45 @@ def ini_name_problem(name, what):
     if INI_NAME.match(name):
         return None
     shown = json.dumps(name)
-    return (f"{what} names may hold only letters, digits and _ . : - and start with a letter, digit or '_' "
-            f"(got {shown}): devstack passes them unquoted through eval and into sed patterns; name it as the "
-            f"service's config file does, e.g. DEFAULT, keystone_authtoken, filter:authtoken")
+    return (
+        f"{what} names may hold only letters, digits and _ . : - and start with a letter, digit or '_' "
+        f"(got {shown}): devstack passes them unquoted through eval and into sed patterns; name it as the "
+        f"service's config file does, e.g. DEFAULT, keystone_authtoken, filter:authtoken"
+    )
 
 
 def meta_value_problems(text):
     """Why a meta-section value would not reach the ini file exactly as given, each saying what to do."""
     if has_control(text) or "\t" in text:
-        return ["a value must be one line, without tabs or control characters (iniset writes one line, and "
-                "turns tabs into spaces)"]
+        return [
+            "a value must be one line, without tabs or control characters (iniset writes one line, and "
+            "turns tabs into spaces)"
+        ]
     if not encodable(text):
         return ["a value must be UTF-8 text (it holds a lone surrogate)"]
     problems = []
     if text != text.strip(" "):
-        problems.append("starts or ends with a space, which devstack drops when it reads the section: remove it "
-                        "(local.conf cannot carry spaces at the ends of a value)")
+        problems.append(
+            "starts or ends with a space, which devstack drops when it reads the section: remove it "
+            "(local.conf cannot carry spaces at the ends of a value)"
+        )
     if "  " in text:
-        problems.append("holds two spaces in a row, which iniset's unquoted `echo $value` joins into one: "
-                        "write single spaces")
+        problems.append(
+            "holds two spaces in a row, which iniset's unquoted `echo $value` joins into one: write single spaces"
+        )
     words = text.split(" ")
     if _ECHO_OPTION.match(words[0]):
-        problems.append(f"starts with the word '{words[0]}', which iniset's unquoted `echo $value` takes as "
-                        f"its own option (the value would be lost): local.conf cannot set this value")
+        problems.append(
+            f"starts with the word '{words[0]}', which iniset's unquoted `echo $value` takes as "
+            f"its own option (the value would be lost): local.conf cannot set this value"
+        )
     for word in words:
         if _GLOB.search(word) and "://" not in word:
-            problems.append(f"the word {json.dumps(word)} holds '*', '?' or '[', which iniset's unquoted "
-                            f"`echo $value` replaces with the names of matching files: local.conf cannot set "
-                            f"this value (a URL, with '://', is fine)")
+            problems.append(
+                f"the word {json.dumps(word)} holds '*', '?' or '[', which iniset's unquoted "
+                f"`echo $value` replaces with the names of matching files: local.conf cannot set "
+                f"this value (a URL, with '://', is fine)"
+            )
             break
     return problems
 
@@ -286,7 +357,7 @@ def quote_meta(value):
     out = []
     pos = 0
     for match in _REFERENCE.finditer(value):
-        out.append(_META_SPECIAL.sub(lambda m: "\\\\\\" + m.group(1), value[pos:match.start()]))
+        out.append(_META_SPECIAL.sub(lambda m: "\\\\\\" + m.group(1), value[pos : match.start()]))
         out.append(match.group(0))
         pos = match.end()
     out.append(_META_SPECIAL.sub(lambda m: "\\\\\\" + m.group(1), value[pos:]))
@@ -306,7 +377,7 @@ def enabled_services(localrc):
     for key, value in localrc.items():
         if key.rstrip("+") != "ENABLED_SERVICES":
             continue
-        value = _SELF_REFERENCE.sub(lambda m: current, value)
+        value = _SELF_REFERENCE.sub(lambda m, before=current: before, value)
         current = current + value if key.endswith("+") else value
     return negated(current)
 

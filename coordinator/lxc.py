@@ -13,7 +13,7 @@ import threading
 from agent.errors import Conflict
 from coordinator.engine import Phase, Provider
 
-PACKAGES = ("git", "sudo", "python3")      # what devstack needs to start; installed with the container's image
+PACKAGES = ("git", "sudo", "python3")  # what devstack needs to start; installed with the container's image
 KERNEL_OPTIONS = {"ipip": "CONFIG_NET_IPIP", "vxlan": "CONFIG_VXLAN"}
 STOP_TIMEOUT = 120
 
@@ -22,10 +22,12 @@ class LxcContainers(Provider):
     """Containers on the plan's hosts, made and copied by their agents."""
 
     def phases(self):
-        return (Phase("networks", "place", lambda d: d.each_host(lambda host: self._networks(d, host))),
-                Phase("tunnels", "place", self._tunnels),
-                Phase("containers", "place", lambda d: d.each_host(lambda host: self._containers(d, host))),
-                Phase("clones", "replicate", lambda d: d.each_host(lambda host: self._clones(d, host))))
+        return (
+            Phase("networks", "place", lambda d: d.each_host(lambda host: self._networks(d, host))),
+            Phase("tunnels", "place", self._tunnels),
+            Phase("containers", "place", lambda d: d.each_host(lambda host: self._containers(d, host))),
+            Phase("clones", "replicate", lambda d: d.each_host(lambda host: self._clones(d, host))),
+        )
 
     # -- before anything changes ---------------------------------------------------------------------------------
 
@@ -38,11 +40,16 @@ class LxcContainers(Provider):
             for kind in sorted(kinds):
                 if not features.get(kind):
                     other = next(k for k in KERNEL_OPTIONS if k != kind)
-                    instead = (f'use "tunnel_type": "{other}" (this kernel has {other})' if features.get(other)
-                               else f"this kernel has no {other} either: build one with {KERNEL_OPTIONS[kind]}")
-                    found.append(f"host {host.address}: this kernel has no {kind} tunnels "
-                                 f"({KERNEL_OPTIONS[kind]} is not set), which tunnel_type \"{kind}\" needs; "
-                                 f"{instead}")
+                    instead = (
+                        f'use "tunnel_type": "{other}" (this kernel has {other})'
+                        if features.get(other)
+                        else f"this kernel has no {other} either: build one with {KERNEL_OPTIONS[kind]}"
+                    )
+                    found.append(
+                        f"host {host.address}: this kernel has no {kind} tunnels "
+                        f'({KERNEL_OPTIONS[kind]} is not set), which tunnel_type "{kind}" needs; '
+                        f"{instead}"
+                    )
         if host.networks:
             held = agent.list_networks()
             for network in host.networks:
@@ -67,9 +74,10 @@ class LxcContainers(Provider):
                     # Another deployment's (it took the bridge since the preflight): not ours to destroy.
                     d.forget_resource(host.address, "network", network.bridge)
                     owner = details["owner"]
-                    raise d.error(f"host {host.address}: subnet {network.subnet} (bridge {network.bridge}) is in "
-                                  f"use by " + (f"deployment {owner!r}" if owner else "no deployment")
-                                  + f": {error}") from error
+                    raise d.error(
+                        f"host {host.address}: subnet {network.subnet} (bridge {network.bridge}) is in "
+                        f"use by " + (f"deployment {owner!r}" if owner else "no deployment") + f": {error}"
+                    ) from error
 
     def _tunnels(self, d):
         for tunnel in d.plan.tunnels:
@@ -78,13 +86,20 @@ class LxcContainers(Provider):
                     continue
                 local = d.plan.host(tunnel.host)
                 d.record(local.address, "tunnel", tunnel.name)
-                d.agent_for(local).ensure_tunnel(tunnel.name, tunnel.kind, local.address, tunnel.remote,
-                                                 [tunnel.subnet], list(tunnel.remote_subnets))
+                d.agent_for(local).ensure_tunnel(
+                    tunnel.name, tunnel.kind, local.address, tunnel.remote, [tunnel.subnet], list(tunnel.remote_subnets)
+                )
                 if tunnel.remote_host:
                     remote = d.plan.host(tunnel.remote_host)
                     d.record(remote.address, "tunnel", tunnel.name)
-                    d.agent_for(remote).ensure_tunnel(tunnel.name, tunnel.kind, remote.address, local.address,
-                                                      list(tunnel.remote_subnets), [tunnel.subnet])
+                    d.agent_for(remote).ensure_tunnel(
+                        tunnel.name,
+                        tunnel.kind,
+                        remote.address,
+                        local.address,
+                        list(tunnel.remote_subnets),
+                        [tunnel.subnet],
+                    )
 
     def _containers(self, d, host):
         """The containers made from a template: LxcProvider's, and each LxcEngine's first compute."""
@@ -142,7 +157,7 @@ class LxcContainers(Provider):
                     agent.stop([first.name], STOP_TIMEOUT)
                     if names:
                         agent.clone(first.name, names)
-                    agent.start([first.name])   # boots alongside its clones; the deploy ends with all of them up
+                    agent.start([first.name])  # boots alongside its clones; the deploy ends with all of them up
                     d.progress("clones", len(names), len(clones))
                     if group:
                         self._address_and_start(d, agent, host, group)
@@ -181,11 +196,19 @@ def held_by_others(deployment, host, network, held):
         overlaps = other.get("subnet") and ipaddress.ip_network(other["subnet"]).overlaps(wanted)
         if other["bridge"] != network.bridge and not overlaps:
             continue
-        holder = (f"deployment {owner!r}" if owner else
-                  "no deployment (made without an owner: by hand, a script or an older coordinator)")
-        advice = (f"destroy it first (coordinator destroy {owner})" if owner else
-                  f"remove it first (lxc-agent destroy_network({other['bridge']!r}))")
-        found.append(f"host {host.address}: subnet {network.subnet} (bridge {network.bridge}) is in use by "
-                     f"{holder} (bridge {other['bridge']}, subnet {other['subnet']}); two deployments cannot "
-                     f"share a subnet on one host: give this one another start_lxc_network, or {advice}")
+        holder = (
+            f"deployment {owner!r}"
+            if owner
+            else "no deployment (made without an owner: by hand, a script or an older coordinator)"
+        )
+        advice = (
+            f"destroy it first (coordinator destroy {owner})"
+            if owner
+            else f"remove it first (lxc-agent destroy_network({other['bridge']!r}))"
+        )
+        found.append(
+            f"host {host.address}: subnet {network.subnet} (bridge {network.bridge}) is in use by "
+            f"{holder} (bridge {other['bridge']}, subnet {other['subnet']}); two deployments cannot "
+            f"share a subnet on one host: give this one another start_lxc_network, or {advice}"
+        )
     return found

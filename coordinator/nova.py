@@ -14,11 +14,11 @@ hypervisor (`converge`).
 import json
 import time
 
-from coordinator.devstack import DevstackError, STACK_HOME, STACK_STATE_DIR, STACK_USER, _run, tail
+from coordinator.devstack import STACK_HOME, STACK_STATE_DIR, STACK_USER, DevstackError, _run, tail
 
-NOVA_STATE_PATH = f"{STACK_HOME}/data/nova"      # devstack's NOVA_STATE_PATH
-UNITS_RECORD = f"{STACK_STATE_DIR}/units"          # the devstack units seal() disabled, enabled again per node
-IDENTITY_RECORD = f"{STACK_STATE_DIR}/identity"    # whose nova identity the node's files hold
+NOVA_STATE_PATH = f"{STACK_HOME}/data/nova"  # devstack's NOVA_STATE_PATH
+UNITS_RECORD = f"{STACK_STATE_DIR}/units"  # the devstack units seal() disabled, enabled again per node
+IDENTITY_RECORD = f"{STACK_STATE_DIR}/identity"  # whose nova identity the node's files hold
 CONVERGE_TIMEOUT = 900.0
 POLL_INTERVAL = 5.0
 
@@ -41,7 +41,7 @@ NOVA_CONF_DIR = "/etc/nova"
 
 # Run as root in every node of an LxcEngine group (python3 is one of devstack's prerequisites). Arguments: the
 # node's name, nova's default state path, the identity record, nova's config folder. Prints one line per change.
-IDENTIFY = r'''
+IDENTIFY = r"""
 import glob, os, shutil, sys, uuid
 
 name, default_state, record, conf_dir = sys.argv[1:5]
@@ -143,7 +143,7 @@ if previous != name:
     with open(record + ".new", "w") as handle:
         handle.write(name + "\n")
     os.replace(record + ".new", record)
-'''
+"""
 
 _START_UNITS = r"""
 set -eu
@@ -229,7 +229,7 @@ def parse_status(text):
     for row in json.loads("\n".join(parts.get("hypervisors", [])) or "[]"):
         hypervisors[row["Hypervisor Hostname"]] = "up" if str(row.get("State", "")).lower() == "up" else "down"
     mapped = set()
-    for line in parts.get("mapped", []):       # nova-manage's table; its log lines around it are skipped
+    for line in parts.get("mapped", []):  # nova-manage's table; its log lines around it are skipped
         if not line.startswith("|"):
             continue
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -250,13 +250,13 @@ def not_ready(expected, status):
         elif host not in status["mapped"]:
             waiting[host] = "not mapped to a cell yet"
         elif status["hypervisors"].get(host) != "up":
-            waiting[host] = ("no hypervisor" if host not in status["hypervisors"] else "hypervisor is down")
+            waiting[host] = "no hypervisor" if host not in status["hypervisors"] else "hypervisor is down"
     return waiting
 
 
 def duration(seconds):
     """2m41s, 45s, 1h02m."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
@@ -266,8 +266,10 @@ def duration(seconds):
 
 def summary(result):
     """The line a deploy ends with."""
-    return (f"{result['services_up']}/{result['expected']} nova-compute services up as {result['hypervisors_up']} "
-            f"hypervisors (controller {result['controller']}) in {duration(result['seconds'])}")
+    return (
+        f"{result['services_up']}/{result['expected']} nova-compute services up as {result['hypervisors_up']} "
+        f"hypervisors (controller {result['controller']}) in {duration(result['seconds'])}"
+    )
 
 
 # ---------------------------------------------------------------- in the nodes
@@ -276,16 +278,24 @@ def summary(result):
 def seal(agent, node):
     """Before the first compute of a group is stopped and snapshotted: its devstack units are disabled (so clones
     boot without them) and recorded, with whose identity the node holds."""
-    result = _run(agent, node, "disabling devstack's units before cloning",
-                  ["sh", "-c", _SEAL, "seal", STACK_STATE_DIR, node.name, UNITS_RECORD, IDENTITY_RECORD])
+    result = _run(
+        agent,
+        node,
+        "disabling devstack's units before cloning",
+        ["sh", "-c", _SEAL, "seal", STACK_STATE_DIR, node.name, UNITS_RECORD, IDENTITY_RECORD],
+    )
     return result["stdout"]
 
 
 def identify(agent, node):
     """The node's own nova identity (host names, state paths, compute_id), before any nova service in it starts.
     Idempotent: a node that already has its identity keeps it. Returns what changed, a line each."""
-    return _run(agent, node, "giving the node its own nova identity",
-                ["python3", "-c", IDENTIFY, node.name, NOVA_STATE_PATH, IDENTITY_RECORD, NOVA_CONF_DIR])["stdout"]
+    return _run(
+        agent,
+        node,
+        "giving the node its own nova identity",
+        ["python3", "-c", IDENTIFY, node.name, NOVA_STATE_PATH, IDENTITY_RECORD, NOVA_CONF_DIR],
+    )["stdout"]
 
 
 def start_services(agent, node):
@@ -297,34 +307,60 @@ def forget(agent, controller, hosts):
     """Delete these hosts' nova-compute services (and so their compute nodes) on the controller: computes made
     again (their first compute stacked again) register anew, and nova refuses a second compute node for a host
     whose old one it still has."""
-    return _run(agent, controller, "deleting the old nova-compute services of computes made again",
-                ["bash", "-c", _FORGET, "forget", f"{STACK_HOME}/devstack", *hosts], user=STACK_USER,
-                timeout=600)["stdout"]
+    return _run(
+        agent,
+        controller,
+        "deleting the old nova-compute services of computes made again",
+        ["bash", "-c", _FORGET, "forget", f"{STACK_HOME}/devstack", *hosts],
+        user=STACK_USER,
+        timeout=600,
+    )["stdout"]
 
 
 def cloud_status(agent, controller):
-    result = _run(agent, controller, "asking nova for its computes",
-                  ["bash", "-c", _STATUS, "status", f"{STACK_HOME}/devstack"], user=STACK_USER, timeout=300)
+    result = _run(
+        agent,
+        controller,
+        "asking nova for its computes",
+        ["bash", "-c", _STATUS, "status", f"{STACK_HOME}/devstack"],
+        user=STACK_USER,
+        timeout=300,
+    )
     try:
         return parse_status(result["stdout"])
     except (ValueError, KeyError, TypeError) as error:
-        raise DevstackError(f"nova's answer on {controller.name} (host {controller.host}) could not be read "
-                            f"({error}):\n{tail(result['stdout'], 15)}", controller.name, controller.host) from None
+        raise DevstackError(
+            f"nova's answer on {controller.name} (host {controller.host}) could not be read "
+            f"({error}):\n{tail(result['stdout'], 15)}",
+            controller.name,
+            controller.host,
+        ) from None
 
 
 def warm_network_api(agent, controller):
     """Make every neutron API worker answer port lists (see _WARM_NEUTRON), when the controller runs neutron."""
     if not {"q-svc", "neutron-api"} & set(getattr(controller, "services", ()) or ()):
         return ""
-    return _run(agent, controller, "warming neutron's API workers", ["bash", "-c", _WARM_NEUTRON, "warm",
-                                                                    f"{STACK_HOME}/devstack"], user=STACK_USER,
-                timeout=600)["stdout"]
+    return _run(
+        agent,
+        controller,
+        "warming neutron's API workers",
+        ["bash", "-c", _WARM_NEUTRON, "warm", f"{STACK_HOME}/devstack"],
+        user=STACK_USER,
+        timeout=600,
+    )["stdout"]
 
 
 def discover_hosts(agent, controller):
     """Map computes that registered since the last call into the cell (a compute-only stack.sh does not)."""
-    return _run(agent, controller, "mapping new computes into the cell (nova-manage cell_v2 discover_hosts)",
-                ["bash", "-c", _DISCOVER], user=STACK_USER, timeout=300)["stdout"]
+    return _run(
+        agent,
+        controller,
+        "mapping new computes into the cell (nova-manage cell_v2 discover_hosts)",
+        ["bash", "-c", _DISCOVER],
+        user=STACK_USER,
+        timeout=300,
+    )["stdout"]
 
 
 def converge(agent, controller, expected, started, timeout=CONVERGE_TIMEOUT, progress=None, interval=POLL_INTERVAL):
@@ -346,28 +382,41 @@ def converge(agent, controller, expected, started, timeout=CONVERGE_TIMEOUT, pro
                 status = cloud_status(agent, controller)
                 waiting = not_ready(expected, status)
             error = None
-        except DevstackError as failed:     # a busy API (many computes registering at once) answers again later
+        except DevstackError as failed:  # a busy API (many computes registering at once) answers again later
             error = str(failed)
             waiting = not_ready(expected, status)
         if progress:
             progress(len(expected) - len(waiting), len(expected))
         if not waiting or time.monotonic() > deadline:
-            return {"expected": len(expected),
-                    "services_up": sum(1 for h in expected if status["services"].get(h) == "up"),
-                    "hypervisors_up": sum(1 for h in expected if status["hypervisors"].get(h) == "up"),
-                    "seconds": time.monotonic() - started, "waiting": waiting, "controller": controller.address,
-                    "error": error}
+            return {
+                "expected": len(expected),
+                "services_up": sum(1 for h in expected if status["services"].get(h) == "up"),
+                "hypervisors_up": sum(1 for h in expected if status["hypervisors"].get(h) == "up"),
+                "seconds": time.monotonic() - started,
+                "waiting": waiting,
+                "controller": controller.address,
+                "error": error,
+            }
         time.sleep(interval)
 
 
 def why_not_up(agent, node, hosts, lines=12):
     """The last journal lines of the node's nova-compute units, for the hosts that never came up."""
     # devstack's fake driver names host `<node>N` and its unit devstack@n-cpu-N; a plain n-cpu is the node itself.
-    units = ["devstack@n-cpu" if host == node.name else f"devstack@n-cpu-{host[len(node.name):]}" for host in hosts]
+    units = ["devstack@n-cpu" if host == node.name else f"devstack@n-cpu-{host[len(node.name) :]}" for host in hosts]
     try:
-        result = agent.run(node.name, ["sh", "-c", 'for u in "$@"; do echo "-- $u: $(systemctl is-active "$u")"; '
-                                                   'journalctl -u "$u" --no-pager -n "$0" 2>&1; done',
-                                       str(lines), *units], timeout=60)
-    except Exception as error:        # the diagnosis must not hide the failure it explains
+        result = agent.run(
+            node.name,
+            [
+                "sh",
+                "-c",
+                'for u in "$@"; do echo "-- $u: $(systemctl is-active "$u")"; '
+                'journalctl -u "$u" --no-pager -n "$0" 2>&1; done',
+                str(lines),
+                *units,
+            ],
+            timeout=60,
+        )
+    except Exception as error:  # the diagnosis must not hide the failure it explains
         return f"(could not read the journal of {node.name}: {error})"
     return tail(result["stdout"] + result["stderr"], lines * len(units) + len(units))

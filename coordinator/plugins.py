@@ -15,10 +15,10 @@ class PluginError(Exception):
 class Slot:
     """A key whose value is another engine or provider (or a list of them, when `many`)."""
 
-    kind: str                 # "engine" or "provider"
-    allowed: tuple            # type names accepted at this place
-    what: str                 # what this place is for, said when a wrong type is put here
-    role: str | None = None   # the role given to everything below (controller / compute)
+    kind: str  # "engine" or "provider"
+    allowed: tuple  # type names accepted at this place
+    what: str  # what this place is for, said when a wrong type is put here
+    role: str | None = None  # the role given to everything below (controller / compute)
     many: bool = False
 
 
@@ -37,7 +37,7 @@ class Plugin:
     """Base of every engine and provider: a schema, slots, pure checks and a pure build into a model."""
 
     NAME = ""
-    ALIASES = ()              # older type names that mean the same (Rally's DummyProvider)
+    ALIASES = ()  # older type names that mean the same (Rally's DummyProvider)
     SCHEMA = {"type": "object"}
     SLOTS = {}
 
@@ -65,7 +65,8 @@ class Registry:
             if other is not None and other is not cls:
                 raise PluginError(
                     f"{self.kind} type {name!r} is registered twice: by "
-                    f"{other.__module__}.{other.__qualname__} and by {cls.__module__}.{cls.__qualname__}")
+                    f"{other.__module__}.{other.__qualname__} and by {cls.__module__}.{cls.__qualname__}"
+                )
             self._classes[name] = cls
         return cls
 

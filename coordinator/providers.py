@@ -22,8 +22,10 @@ DEFAULT_TUNNEL_TYPE = "ipip"
 # A name is `<prefix>-<subnet tag>-<index>` and must stay within LXC's 63 characters: 40 + 1 + 15 + 1 + 5 + margin.
 PREFIX_MAX = 40
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z"
+)
 
 NAME_PREFIX_SCHEMA = {
     "type": "string",
@@ -32,18 +34,30 @@ NAME_PREFIX_SCHEMA = {
     "x-expected": "a container name prefix: letters, digits, '.' and '-', starting with a letter or digit",
 }
 NETWORK_SCHEMA = {"type": "string", "x-expected": "an IPv4 network such as 10.100.1.0/24"}
-TUNNEL_TO_SCHEMA = {"type": "array", "items": {"type": "string", "x-expected": "an IPv4 address"},
-                    "x-expected": "a list of IPv4 addresses"}
+TUNNEL_TO_SCHEMA = {
+    "type": "array",
+    "items": {"type": "string", "x-expected": "an IPv4 address"},
+    "x-expected": "a list of IPv4 addresses",
+}
 TUNNEL_TYPE_SCHEMA = {"enum": list(TUNNEL_TYPES)}
-DISTRIBUTION_SCHEMA = {"enum": list(TEMPLATES),
-                       "x-expected": "a distribution an LXC template here makes: " + " or ".join(TEMPLATES)}
-RELEASE_SCHEMA = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z",
-                  "x-expected": "a release name such as jammy or bookworm"}
+DISTRIBUTION_SCHEMA = {
+    "enum": list(TEMPLATES),
+    "x-expected": "a distribution an LXC template here makes: " + " or ".join(TEMPLATES),
+}
+RELEASE_SCHEMA = {
+    "type": "string",
+    "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z",
+    "x-expected": "a release name such as jammy or bookworm",
+}
 # No host runs more containers than this; a larger number is a slip (and would make the arithmetic absurd).
 MAX_PER_HOST = 100_000
 COUNT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_PER_HOST}
-ONE_LINE_SCHEMA = {"type": "string", "minLength": 1, "pattern": "^[^\x00-\x1f\x7f]*\\Z",
-                   "x-expected": "one line of text, without control characters"}
+ONE_LINE_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "pattern": "^[^\x00-\x1f\x7f]*\\Z",
+    "x-expected": "one line of text, without control characters",
+}
 
 # Ranges a container subnet must stay out of: traffic to them never reaches a bridge on this host as intended.
 SPECIAL_RANGES = (
@@ -100,6 +114,7 @@ class Containers:
 
 # ------------------------------------------------------------- network arithmetic shared with the planner
 
+
 def capacity(network):
     """Containers a subnet holds (agent.addressing's rule, which the agents apply too)."""
     return addressing.capacity(network)
@@ -111,8 +126,10 @@ def prefix_for(count):
 
 
 def too_small(network, count, what):
-    return (f"{network} is too small for {count} containers{what}: it holds {capacity(network)} "
-            f"(network, gateway and broadcast addresses are reserved); a /{prefix_for(count)} would hold them")
+    return (
+        f"{network} is too small for {count} containers{what}: it holds {capacity(network)} "
+        f"(network, gateway and broadcast addresses are reserved); a /{prefix_for(count)} would hold them"
+    )
 
 
 def is_host_name(text):
@@ -181,8 +198,11 @@ def check_tunnels(addresses, path):
         try:
             address = ipaddress.ip_address(text)
         except ValueError:
-            why = ("give an address without a prefix length" if "/" in text
-                   else "expected an IPv4 address such as 192.168.1.13")
+            why = (
+                "give an address without a prefix length"
+                if "/" in text
+                else "expected an IPv4 address such as 192.168.1.13"
+            )
             problems.append(Problem(f"{path}[{index}]", f"'{text}' is not an address: {why}"))
             continue
         if address.version != 4:
@@ -190,8 +210,9 @@ def check_tunnels(addresses, path):
             continue
         why = "is a loopback address" if address.is_loopback else unusable_address(address)
         if why:
-            problems.append(Problem(f"{path}[{index}]", f"'{text}' {why}; a tunnel's far end is another hardware "
-                                                        f"node's address"))
+            problems.append(
+                Problem(f"{path}[{index}]", f"'{text}' {why}; a tunnel's far end is another hardware node's address")
+            )
     return problems
 
 
@@ -208,14 +229,16 @@ def check_containers(cfg, site):
             problems.append(Problem(site.at("start_lxc_network"), why))
     count = cfg.get("containers_per_host", 1)
     if network is not None and count > capacity(network):
-        problems.append(Problem(site.at("start_lxc_network"),
-                                too_small(network, count, " per host")))
+        problems.append(Problem(site.at("start_lxc_network"), too_small(network, count, " per host")))
     problems += check_tunnels(cfg.get("tunnel_to", []), site.at("tunnel_to"))
     if network is not None and not problems:
         for index, text in kept(cfg.get("tunnel_to", [])):
             if ipaddress.ip_address(text) in network:
-                problems.append(Problem(site.at("tunnel_to", index),
-                                        f"'{text}' is inside this group's own container network {network}"))
+                problems.append(
+                    Problem(
+                        site.at("tunnel_to", index), f"'{text}' is inside this group's own container network {network}"
+                    )
+                )
     return problems
 
 
@@ -240,6 +263,7 @@ def unique(items):
 
 
 # ------------------------------------------------------------- the types
+
 
 @plugins.provider
 class ExistingServers(plugins.Plugin):
@@ -301,10 +325,16 @@ class ExistingServers(plugins.Plugin):
     @classmethod
     def build(cls, cfg, site, children, ctx):
         credentials = tuple(
-            Credential(path=site.at("credentials", index),
-                       **{**credential, "host": normal_host(credential["host"]),
-                          **({"port": int(credential["port"])} if "port" in credential else {})})
-            for index, credential in enumerate(cfg["credentials"]))
+            Credential(
+                path=site.at("credentials", index),
+                **{
+                    **credential,
+                    "host": normal_host(credential["host"]),
+                    **({"port": int(credential["port"])} if "port" in credential else {}),
+                },
+            )
+            for index, credential in enumerate(cfg["credentials"])
+        )
         return Servers(credentials=credentials, path=str(site))
 
 
@@ -358,8 +388,9 @@ class LxcProvider(plugins.Plugin):
         "required": ["host_provider"],
         "additionalProperties": False,
     }
-    SLOTS = {"host_provider": plugins.Slot("provider", ("ExistingServers",),
-                                           "the hardware nodes the containers run on")}
+    SLOTS = {
+        "host_provider": plugins.Slot("provider", ("ExistingServers",), "the hardware nodes the containers run on")
+    }
 
     @classmethod
     def check(cls, cfg, site, ctx):

@@ -10,18 +10,28 @@ walk's order, since a later step builds on an earlier one (clones are snapshots 
 from dataclasses import dataclass
 
 # What a node is, as made: a change to any of these is a new layout.
-LAYOUT_FIELDS = ("name", "role", "kind", "source", "host", "address", "prefixlen", "subnet", "bridge",
-                 "distribution", "release")
+LAYOUT_FIELDS = (
+    "name",
+    "role",
+    "kind",
+    "source",
+    "host",
+    "address",
+    "prefixlen",
+    "subnet",
+    "bridge",
+    "distribution",
+    "release",
+)
 # What devstack on a node is told: these may change on a resume.
-DEVSTACK_FIELDS = ("local_conf", "devstack_repo", "devstack_branch", "git_mirror", "host_ca_certificates",
-                   "host_proxy")
+DEVSTACK_FIELDS = ("local_conf", "devstack_repo", "devstack_branch", "git_mirror", "host_ca_certificates", "host_proxy")
 
 
 @dataclass(frozen=True)
 class Changes:
-    layout: tuple          # what differs in the layout, one line each (a resume is refused when not empty)
-    redo: tuple            # step keys to redo, in walk order
-    reasons: tuple         # why the first of them is redone, one line each
+    layout: tuple  # what differs in the layout, one line each (a resume is refused when not empty)
+    redo: tuple  # step keys to redo, in walk order
+    reasons: tuple  # why the first of them is redone, one line each
 
 
 def step_inputs(plan):
@@ -34,22 +44,34 @@ def step_inputs(plan):
 
     # Networks, tunnels and containers follow from the layout alone, which a resume keeps: only the steps that
     # take what devstack is told can differ.
-    ordered = ([node for node in nodes if node["role"] == "controller"]
-               + [node for node in nodes if node["role"] != "controller" and node["kind"] == "standalone"]
-               + [node for node in nodes if node["kind"] == "first"])
+    ordered = (
+        [node for node in nodes if node["role"] == "controller"]
+        + [node for node in nodes if node["role"] != "controller" and node["kind"] == "standalone"]
+        + [node for node in nodes if node["kind"] == "first"]
+    )
     steps = [(f"devstack:{node['name']}", devstack(node)) for node in ordered]
     firsts = [node for node in nodes if node["kind"] == "first"]
     steps += [(f"clones:{first['name']}", devstack(first)) for first in firsts]
-    steps += [(f"start-scripts:{first['name']}",
-               [node.get("start_script") for node in nodes if node["name"] == first["name"]
-                or node.get("source") == first["name"]]) for first in firsts]
+    steps += [
+        (
+            f"start-scripts:{first['name']}",
+            [
+                node.get("start_script")
+                for node in nodes
+                if node["name"] == first["name"] or node.get("source") == first["name"]
+            ],
+        )
+        for first in firsts
+    ]
     return steps
 
 
 def _layout(plan):
-    return {"hosts": {host["address"]: host["networks"] for host in plan["hosts"]},
-            "tunnels": plan["tunnels"],
-            "nodes": {node["name"]: {field: node.get(field) for field in LAYOUT_FIELDS} for node in plan["nodes"]}}
+    return {
+        "hosts": {host["address"]: host["networks"] for host in plan["hosts"]},
+        "tunnels": plan["tunnels"],
+        "nodes": {node["name"]: {field: node.get(field) for field in LAYOUT_FIELDS} for node in plan["nodes"]},
+    }
 
 
 def layout_differences(old, new, limit=8):
@@ -63,8 +85,11 @@ def layout_differences(old, new, limit=8):
         elif now is None:
             lines.append(f"node {name} is gone")
         else:
-            lines += [f"node {name}: {field} {was[field]!r} -> {now[field]!r}" for field in LAYOUT_FIELDS
-                      if was[field] != now[field]]
+            lines += [
+                f"node {name}: {field} {was[field]!r} -> {now[field]!r}"
+                for field in LAYOUT_FIELDS
+                if was[field] != now[field]
+            ]
     for address in sorted(set(before["hosts"]) | set(after["hosts"])):
         if before["hosts"].get(address) != after["hosts"].get(address):
             lines.append(f"host {address}: its networks differ")
@@ -84,6 +109,13 @@ def plan_changes(old, new):
         return Changes(layout=(), redo=(), reasons=())
     key, inputs = after[first]
     was = before.get(key) or {}
-    reasons = tuple(f"{key}: {field} changed" for field in (inputs if isinstance(inputs, dict) else ())
-                    if was.get(field) != inputs[field]) if isinstance(was, dict) else (f"{key} changed",)
+    reasons = (
+        tuple(
+            f"{key}: {field} changed"
+            for field in (inputs if isinstance(inputs, dict) else ())
+            if was.get(field) != inputs[field]
+        )
+        if isinstance(was, dict)
+        else (f"{key} changed",)
+    )
     return Changes(layout=(), redo=tuple(step for step, _ in after[first:]), reasons=reasons or (f"{key} changed",))

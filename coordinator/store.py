@@ -67,8 +67,10 @@ class Store:
             # A deploy records steps from one thread per host: one connection, used under one lock.
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as error:
-            raise StoreError(f"cannot open the deployment store {self.path}: {error}; choose another with "
-                             f"--store or {ENVIRONMENT_VARIABLE}") from error
+            raise StoreError(
+                f"cannot open the deployment store {self.path}: {error}; choose another with "
+                f"--store or {ENVIRONMENT_VARIABLE}"
+            ) from error
         self._lock = threading.Lock()
         try:
             self._sql("PRAGMA foreign_keys = ON")
@@ -78,8 +80,10 @@ class Store:
         except sqlite3.DatabaseError as error:
             # SQLite opens any file lazily: a file that is no database shows only at the first statement.
             self._db.close()
-            raise StoreError(f"cannot use the deployment store {self.path}: {error}; is it the coordinator's store? "
-                             f"Choose another with --store or {ENVIRONMENT_VARIABLE}") from error
+            raise StoreError(
+                f"cannot use the deployment store {self.path}: {error}; is it the coordinator's store? "
+                f"Choose another with --store or {ENVIRONMENT_VARIABLE}"
+            ) from error
         log.debug("deployment store %s", self.path)
 
     def _sql(self, query, parameters=()):
@@ -98,15 +102,16 @@ class Store:
     def lock(self, name):
         """Exclusive work on one deployment; refuses at once if another process holds it."""
         os.makedirs(self.path + ".locks", mode=0o700, exist_ok=True)
-        handle = open(self._lock_path(name), "a+")
+        handle = open(self._lock_path(name), "a+")  # noqa: SIM115 (held while locked, closed in the finally)
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
-                raise StoreError(f"deployment {name!r} is being worked on by {holder}; wait for it to finish "
-                                 "or stop it first") from None
+                raise StoreError(
+                    f"deployment {name!r} is being worked on by {holder}; wait for it to finish or stop it first"
+                ) from None
             handle.seek(0)
             handle.truncate()
             handle.write(f"coordinator pid {os.getpid()}")
@@ -148,13 +153,16 @@ class Store:
         existing = self.get(name, missing_ok=True)
         if existing is None:
             now = time.time()
-            self._sql("INSERT INTO deployments VALUES (?, ?, ?, 'deploying', ?, ?)",
-                             (name, now, now, config_text, plan_text))
+            self._sql(
+                "INSERT INTO deployments VALUES (?, ?, ?, 'deploying', ?, ?)", (name, now, now, config_text, plan_text)
+            )
             log.info("recorded new deployment %r in %s", name, self.path)
             return False
         if _dump(existing["config"]) != config_text:
-            raise StoreError(f"deployment {name!r} exists with a different config; destroy it first "
-                             f"(coordinator destroy {name}) or deploy under another --name")
+            raise StoreError(
+                f"deployment {name!r} exists with a different config; destroy it first "
+                f"(coordinator destroy {name}) or deploy under another --name"
+            )
         self.set_status(name, "deploying")
         log.info("deployment %r is on record with this config: resuming", name)
         return True
@@ -163,40 +171,54 @@ class Store:
         """A changed config for an existing deployment (see coordinator.resume): the new config and plan, and
         the finished steps in `stale` marked to be redone (`stale`, not forgotten: a step may need to undo what
         its earlier run made, as clones of a first compute that is stacked again)."""
-        self._sql("UPDATE deployments SET config = ?, plan = ?, updated = ? WHERE name = ?",
-                  (_dump(config), _dump(plan), time.time(), name))
-        log.info("deployment %r: config and plan replaced; %d step(s) to redo: %s", name, len(stale),
-                 ", ".join(stale) or "none")
+        self._sql(
+            "UPDATE deployments SET config = ?, plan = ?, updated = ? WHERE name = ?",
+            (_dump(config), _dump(plan), time.time(), name),
+        )
+        log.info(
+            "deployment %r: config and plan replaced; %d step(s) to redo: %s",
+            name,
+            len(stale),
+            ", ".join(stale) or "none",
+        )
         for key in stale:
-            self._sql("UPDATE steps SET state = 'stale', updated = ? WHERE deployment = ? AND key = ? "
-                      "AND state = 'done'", (time.time(), name, key))
+            self._sql(
+                "UPDATE steps SET state = 'stale', updated = ? WHERE deployment = ? AND key = ? AND state = 'done'",
+                (time.time(), name, key),
+            )
 
     def get(self, name, missing_ok=False):
-        rows = self._sql("SELECT name, created, updated, status, config, plan FROM deployments "
-                         "WHERE name = ?", (name,))
+        rows = self._sql("SELECT name, created, updated, status, config, plan FROM deployments WHERE name = ?", (name,))
         row = rows[0] if rows else None
         if row is None:
             if missing_ok:
                 return None
             raise StoreError(f"no deployment named {name!r} in {self.path}; `coordinator list` shows them")
-        return {"name": row[0], "created": row[1], "updated": row[2], "status": row[3],
-                "config": self._load(name, "config", row[4]), "plan": self._load(name, "plan", row[5])}
+        return {
+            "name": row[0],
+            "created": row[1],
+            "updated": row[2],
+            "status": row[3],
+            "config": self._load(name, "config", row[4]),
+            "plan": self._load(name, "plan", row[5]),
+        }
 
     def _load(self, name, column, text):
         try:
             return json.loads(text)
         except (TypeError, ValueError) as error:
-            raise StoreError(f"deployment {name!r} in {self.path}: its recorded {column} is damaged (not JSON: "
-                             f"{error}); remove what it made with each host's lxc-agent, then its record: "
-                             f"sqlite3 {self.path} \"DELETE FROM deployments WHERE name = '{name}'\"") from None
+            raise StoreError(
+                f"deployment {name!r} in {self.path}: its recorded {column} is damaged (not JSON: "
+                f"{error}); remove what it made with each host's lxc-agent, then its record: "
+                f"sqlite3 {self.path} \"DELETE FROM deployments WHERE name = '{name}'\""
+            ) from None
 
     def list(self):
         rows = self._sql("SELECT name, created, updated, status FROM deployments ORDER BY created")
         return [{"name": r[0], "created": r[1], "updated": r[2], "status": r[3]} for r in rows]
 
     def set_status(self, name, status):
-        self._sql("UPDATE deployments SET status = ?, updated = ? WHERE name = ?",
-                         (status, time.time(), name))
+        self._sql("UPDATE deployments SET status = ?, updated = ? WHERE name = ?", (status, time.time(), name))
         log.debug("deployment %r: status %s", name, status)
 
     def delete(self, name):
@@ -216,42 +238,45 @@ class Store:
         return rows[0][0] if rows else None
 
     def mark_step(self, name, key, state, detail=""):
-        self._sql("INSERT INTO steps VALUES (?, ?, ?, ?, ?) ON CONFLICT (deployment, key) DO UPDATE "
-                         "SET state = excluded.state, detail = excluded.detail, updated = excluded.updated",
-                         (name, key, state, detail, time.time()))
+        self._sql(
+            "INSERT INTO steps VALUES (?, ?, ?, ?, ?) ON CONFLICT (deployment, key) DO UPDATE "
+            "SET state = excluded.state, detail = excluded.detail, updated = excluded.updated",
+            (name, key, state, detail, time.time()),
+        )
         log.debug("deployment %r: step %s %s%s", name, key, state, f" ({detail})" if detail else "")
 
     def steps(self, name):
-        rows = self._sql("SELECT key, state, detail, updated FROM steps WHERE deployment = ? "
-                                "ORDER BY updated", (name,))
+        rows = self._sql("SELECT key, state, detail, updated FROM steps WHERE deployment = ? ORDER BY updated", (name,))
         return [{"key": r[0], "state": r[1], "detail": r[2], "updated": r[3]} for r in rows]
 
     # -- resources -------------------------------------------------------------------------------------------
 
     def add_resource(self, name, host, kind, resource, detail=None):
         """Remember what was made (before making it, so a crash in between still leaves it on the list)."""
-        self._sql("INSERT INTO resources (deployment, host, kind, name, detail) VALUES (?, ?, ?, ?, ?) "
-                         "ON CONFLICT (deployment, host, kind, name) DO NOTHING",
-                         (name, host, kind, resource, _dump(detail or {})))
+        self._sql(
+            "INSERT INTO resources (deployment, host, kind, name, detail) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (deployment, host, kind, name) DO NOTHING",
+            (name, host, kind, resource, _dump(detail or {})),
+        )
         log.debug("deployment %r: recorded %s %s on %s", name, kind, resource, host)
 
     def resources(self, name):
         """In the order they were recorded; destroy walks it backwards."""
-        rows = self._sql("SELECT host, kind, name, detail FROM resources WHERE deployment = ? "
-                                "ORDER BY id", (name,))
+        rows = self._sql("SELECT host, kind, name, detail FROM resources WHERE deployment = ? ORDER BY id", (name,))
         return [{"host": r[0], "kind": r[1], "name": r[2], "detail": json.loads(r[3])} for r in rows]
 
     def remove_resource(self, name, host, kind, resource):
-        self._sql("DELETE FROM resources WHERE deployment = ? AND host = ? AND kind = ? AND name = ?",
-                         (name, host, kind, resource))
+        self._sql(
+            "DELETE FROM resources WHERE deployment = ? AND host = ? AND kind = ? AND name = ?",
+            (name, host, kind, resource),
+        )
         log.debug("deployment %r: forgot %s %s on %s", name, kind, resource, host)
 
 
 def _has_open(pid, path):
     folder = f"/proc/{pid}/fd"
     try:
-        return any(os.path.realpath(os.path.join(folder, fd)) == os.path.realpath(path)
-                   for fd in os.listdir(folder))
+        return any(os.path.realpath(os.path.join(folder, fd)) == os.path.realpath(path) for fd in os.listdir(folder))
     except OSError:
         return False
 

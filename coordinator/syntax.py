@@ -75,11 +75,13 @@ def parse(text, fmt):
     try:
         return _parse_json(text) if fmt == "json" else _parse_yaml(text)
     except RecursionError:
-        raise SyntaxProblem("the config is nested too deeply to read (hundreds of levels of lists or objects)") \
-            from None
+        raise SyntaxProblem(
+            "the config is nested too deeply to read (hundreds of levels of lists or objects)"
+        ) from None
 
 
 # ---------------------------------------------------------------- JSON
+
 
 def _json_int(text):
     digits = len(text.lstrip("-"))
@@ -101,8 +103,9 @@ def _json_constant(text):
 
 def _parse_json(text):
     try:
-        return json.loads(text, object_pairs_hook=mapping, parse_int=_json_int, parse_float=_json_float,
-                          parse_constant=_json_constant)
+        return json.loads(
+            text, object_pairs_hook=mapping, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant
+        )
     except json.JSONDecodeError as error:
         raise SyntaxProblem(_explain_json(error, text)) from None
 
@@ -123,34 +126,43 @@ def _explain_json(error, text):
     if not text.strip():
         hint = "the file is empty; a config is one JSON object, {...}"
     elif here.startswith(("//", "/*", "#")):
-        hint = ("comments are not allowed in JSON; remove the comment "
-                "(or write the config in YAML, where '#' starts a comment)")
+        hint = (
+            "comments are not allowed in JSON; remove the comment "
+            "(or write the config in YAML, where '#' starts a comment)"
+        )
     elif prev == "," and here[:1] in ("}", "]"):
         line, col = _line_col(text, len(before) - 1)
         closer = "object" if here[:1] == "}" else "list"
-        hint = (f"trailing comma: JSON allows no ',' after the last item of an {closer}" if closer == "object"
-                else f"trailing comma: JSON allows no ',' after the last item of a {closer}")
+        hint = (
+            f"trailing comma: JSON allows no ',' after the last item of an {closer}"
+            if closer == "object"
+            else f"trailing comma: JSON allows no ',' after the last item of a {closer}"
+        )
         hint += f"; remove this ',' (before the '{here[:1]}')"
     elif error.msg == "Extra data":
         if here[:1] == ":":
-            hint = ("this is not one JSON value: it looks like a list of keys without the braces "
-                    "around them; wrap the whole config in '{' and '}'")
+            hint = (
+                "this is not one JSON value: it looks like a list of keys without the braces "
+                "around them; wrap the whole config in '{' and '}'"
+            )
         else:
             hint = "unexpected text after the end of the config's object (one '}' too many?)"
     elif here[:1] == ":" and prev in ("]", "}"):
         what = "list" if prev == "]" else "object"
-        hint = (f"stray ':' after the {what} that ends with '{prev}': a value is followed by ',' "
-                f"(when another key follows) or by '}}'; did you mean ','?")
+        hint = (
+            f"stray ':' after the {what} that ends with '{prev}': a value is followed by ',' "
+            f"(when another key follows) or by '}}'; did you mean ','?"
+        )
     elif here[:1].isdigit() and re.search(r"(?:^|[^\w.])-?0$", before):
         number = re.match(r"[\w.]*", here).group(0)
         line, col = _line_col(text, len(before) - 1)
-        hint = f"JSON numbers do not start with 0; write {number.lstrip('0') or '0'}, or quote it (\"0{number}\")"
+        hint = f'JSON numbers do not start with 0; write {number.lstrip("0") or "0"}, or quote it ("0{number}")'
     elif here[:1] == "'":
-        hint = "strings and keys need double quotes (\"), not single quotes"
+        hint = 'strings and keys need double quotes ("), not single quotes'
     elif here.startswith(("True", "False", "None")):
         hint = "JSON spells these true, false and null"
     elif error.msg.startswith("Expecting property name") and (here[:1].isalpha() or here[:1] == "_"):
-        hint = "keys need double quotes, e.g. \"type\""
+        hint = 'keys need double quotes, e.g. "type"'
     elif error.msg.startswith("Expecting ',' delimiter") and here[:1] == '"':
         hint = "a ',' is missing before this (between two items)"
     elif not here.strip():
@@ -160,6 +172,7 @@ def _explain_json(error, text):
 
 
 # ---------------------------------------------------------------- YAML
+
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that keeps what YAML 1.1 would change (see `Misread`), supports '<<' merges and spots keys
@@ -182,14 +195,16 @@ def _yaml_int(loader, node):
     text = node.value
     if _PLAIN_INT.match(text):
         if len(text.lstrip("-")) > MAX_DIGITS:
-            return _misread(node, f"a number with {len(text.lstrip('-'))} digits is too large; quote it if it is "
-                                  f"meant as text")
+            return _misread(
+                node, f"a number with {len(text.lstrip('-'))} digits is too large; quote it if it is meant as text"
+            )
         return int(text)
     if len(text) > MAX_DIGITS:
         return _misread(node, "this number is too long; quote it if it is meant as text")
     value = yaml.SafeLoader.construct_yaml_int(loader, node)
-    return _misread(node, f"YAML reads {text} as the number {value}: quote it (\"{text}\") to keep it as written, "
-                          f"or write {value}")
+    return _misread(
+        node, f'YAML reads {text} as the number {value}: quote it ("{text}") to keep it as written, or write {value}'
+    )
 
 
 def _yaml_float(loader, node):
@@ -198,8 +213,10 @@ def _yaml_float(loader, node):
         return _misread(node, "this number is too long; quote it if it is meant as text")
     value = yaml.SafeLoader.construct_yaml_float(loader, node)
     if "_" in text or ":" in text or text.startswith("+"):
-        return _misread(node, f"YAML reads {text} as the number {value}: quote it (\"{text}\") to keep it as "
-                              f"written, or write {value}")
+        return _misread(
+            node,
+            f'YAML reads {text} as the number {value}: quote it ("{text}") to keep it as written, or write {value}',
+        )
     if math.isnan(value) or math.isinf(value):
         return _misread(node, f"{text} is not a number a config can use; numbers must be finite")
     return value
@@ -210,8 +227,9 @@ def _yaml_bool(loader, node):
     if node.value.lower() in ("true", "false"):
         return value
     word = "true" if value else "false"
-    return _misread(node, f"YAML reads {node.value} as {word}: quote it (\"{node.value}\") to keep it as "
-                          f"written, or write {word}")
+    return _misread(
+        node, f'YAML reads {node.value} as {word}: quote it ("{node.value}") to keep it as written, or write {word}'
+    )
 
 
 def _yaml_as_written(loader, node):
@@ -230,7 +248,8 @@ def _flat_pairs(node, budget, inside=()):
     budget[0] -= len(node.value)
     if budget[0] < 0:
         raise yaml.constructor.ConstructorError(
-            None, None, f"merge keys ('<<') here expand to more than {MAX_VALUES} keys", node.start_mark)
+            None, None, f"merge keys ('<<') here expand to more than {MAX_VALUES} keys", node.start_mark
+        )
     merged, own = [], []
     for key_node, value_node in node.value:
         if key_node.tag != _MERGE:
@@ -240,11 +259,15 @@ def _flat_pairs(node, budget, inside=()):
         for source in reversed(sources):
             if source is node or source in inside:
                 raise yaml.constructor.ConstructorError(
-                    None, None, "a merge key '<<' refers to a mapping that contains it", key_node.start_mark)
+                    None, None, "a merge key '<<' refers to a mapping that contains it", key_node.start_mark
+                )
             if not isinstance(source, MappingNode):
                 raise yaml.constructor.ConstructorError(
-                    None, None, "a merge key '<<' takes a mapping or a list of mappings (an alias such as *defaults)",
-                    source.start_mark)
+                    None,
+                    None,
+                    "a merge key '<<' takes a mapping or a list of mappings (an alias such as *defaults)",
+                    source.start_mark,
+                )
             before, mine = _flat_pairs(source, budget, inside + (node,))
             merged.extend(before + mine)
     return merged, own
@@ -260,9 +283,12 @@ def _yaml_mapping(loader, node):
         if not isinstance(key, str):
             text = key_node.value if isinstance(key_node, ScalarNode) else "?"
             what = "a list or an object" if not isinstance(key_node, ScalarNode) else "not read as text by YAML"
-            key = Misread(text, f"a key must be text, and this one is {what}"
-                                + (f": quote it (\"{text}\")" if isinstance(key_node, ScalarNode) else ""),
-                          _where(key_node))
+            key = Misread(
+                text,
+                f"a key must be text, and this one is {what}"
+                + (f': quote it ("{text}")' if isinstance(key_node, ScalarNode) else ""),
+                _where(key_node),
+            )
         if index >= len(merged):
             if key in own_keys:
                 dups.append(key)
@@ -283,7 +309,7 @@ for _tag in ("binary", "set", "omap", "pairs"):
 
 def _parse_yaml(text):
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         what = error.problem or "invalid YAML"
@@ -305,7 +331,7 @@ def _short(text):
 
 # The deepest a config goes is about six levels (nodes[0].engine.localrc.X); anything far deeper is a mistake.
 MAX_DEPTH = 32
-_TOO_LARGE = 10 ** MAX_DIGITS
+_TOO_LARGE = 10**MAX_DIGITS
 
 
 class TooBig(CoordinatorError):
@@ -322,8 +348,10 @@ def clean(data, problems, blocked):
 def _clean(value, path, problems, blocked, budget):
     budget[0] -= 1
     if budget[0] < 0:
-        raise TooBig(f"the config holds more than {MAX_VALUES} values; a deployment config is far smaller "
-                     f"(does a YAML alias repeat a large part?)")
+        raise TooBig(
+            f"the config holds more than {MAX_VALUES} values; a deployment config is far smaller "
+            f"(does a YAML alias repeat a large part?)"
+        )
     why = _unusable(value)
     if why:
         where = format_path(path)
@@ -341,16 +369,18 @@ def _clean(value, path, problems, blocked, budget):
     if not isinstance(value, dict):
         return value
     for key in getattr(value, "duplicates", ()):
-        problems.append(Problem(format_path(path + (key,)),
-                                "given twice in one object; only the last would count, so remove one"))
+        problems.append(
+            Problem(format_path(path + (key,)), "given twice in one object; only the last would count, so remove one")
+        )
     out = {}
     for key, item in value.items():
         if isinstance(key, Misread):
             problems.append(Problem(format_path(path + (key.text,)), _said(key)))
             continue
         if not isinstance(key, str):
-            problems.append(Problem(format_path(path + (str(key),)), f"keys must be text, got {describe(key)}; "
-                                                                       f"quote it"))
+            problems.append(
+                Problem(format_path(path + (str(key),)), f"keys must be text, got {describe(key)}; quote it")
+            )
             continue
         why = _unencodable(key)
         if why:
@@ -382,6 +412,8 @@ def _unencodable(text):
         text.encode("utf-8")
     except UnicodeEncodeError as error:
         char = text[error.start]
-        return (f"holds a lone surrogate ('\\u{ord(char):04x}' at character {error.start + 1}), which is not "
-                f"text and cannot be written as UTF-8; remove it")
+        return (
+            f"holds a lone surrogate ('\\u{ord(char):04x}' at character {error.start + 1}), which is not "
+            f"text and cannot be written as UTF-8; remove it"
+        )
     return None

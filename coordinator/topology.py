@@ -37,11 +37,17 @@ from agent import addressing
 from coordinator import localconf
 from coordinator.problems import ConfigError, Problem
 from coordinator.providers import (
-    DEFAULT_RELEASES, SPECIAL_RANGES, TEMPLATES, Credential, capacity, special_range, too_small,
+    DEFAULT_RELEASES,
+    SPECIAL_RANGES,
+    TEMPLATES,
+    Credential,
+    capacity,
+    special_range,
+    too_small,
 )
 
 PLAN_VERSION = 4
-READABLE_VERSIONS = (3, 4)      # a version 3 plan is read with the names version 4 gives its tunnels and templates
+READABLE_VERSIONS = (3, 4)  # a version 3 plan is read with the names version 4 gives its tunnels and templates
 DEFAULT_NETWORK = ipaddress.IPv4Network("10.100.1.0/24")
 NAME_MAX = 63
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
@@ -65,15 +71,15 @@ class Host:
     index: int
     address: str
     user: str | None
-    port: int | None        # agent overrides from the credential; None = the coordinator's defaults
+    port: int | None  # agent overrides from the credential; None = the coordinator's defaults
     ca: str | None
     cert: str | None
     key: str | None
     token_file: str | None
-    subnet: str | None      # the first (usually only) of `networks`, for the common case
+    subnet: str | None  # the first (usually only) of `networks`, for the common case
     gateway: str | None
     bridge: str | None
-    networks: tuple         # Network, one per bridge to create
+    networks: tuple  # Network, one per bridge to create
     nodes: int
 
 
@@ -82,9 +88,9 @@ class Node:
     """One devstack node: a container (standalone, first, clone) or a hardware node itself (host)."""
 
     name: str
-    role: str               # controller | compute
-    kind: str               # standalone | first | clone | host
-    source: str | None      # for a clone: the first container on its host, to clone from
+    role: str  # controller | compute
+    kind: str  # standalone | first | clone | host
+    source: str | None  # for a clone: the first container on its host, to clone from
     group: int
     host: str
     address: str
@@ -93,17 +99,17 @@ class Node:
     subnet: str | None
     bridge: str | None
     distribution: str | None
-    template: str | None    # the LXC template that makes the container (None for a hardware node)
-    release: str | None     # the config's, else one devstack supports for the distribution (DEFAULT_RELEASES)
-    devstack_repo: str | None   # None: devstack from the git mirror
+    template: str | None  # the LXC template that makes the container (None for a hardware node)
+    release: str | None  # the config's, else one devstack supports for the distribution (DEFAULT_RELEASES)
+    devstack_repo: str | None  # None: devstack from the git mirror
     devstack_branch: str
     start_script: str | None
-    localrc: dict           # resolved: default passwords and the planner's defaults, then the config's items
-    plugins: tuple          # enable_plugin arguments, one tuple per plugin
+    localrc: dict  # resolved: default passwords and the planner's defaults, then the config's items
+    plugins: tuple  # enable_plugin arguments, one tuple per plugin
     local_conf: str
-    meta_sections: dict     # resolved: {"PHASE|FILE": {section: {option: value}}}, the planner's defaults included
-    services: tuple         # the services devstack enables with this localrc, in order
-    nova_hosts: tuple       # the nova-compute host names this node registers (() without n-cpu)
+    meta_sections: dict  # resolved: {"PHASE|FILE": {section: {option: value}}}, the planner's defaults included
+    services: tuple  # the services devstack enables with this localrc, in order
+    nova_hosts: tuple  # the nova-compute host names this node registers (() without n-cpu)
     git_mirror: str | None  # the coordinator's folder of git repositories for this node (absolute), or None
     host_ca_certificates: bool
     host_proxy: bool
@@ -134,11 +140,11 @@ class Group:
     index: int
     path: str
     role: str
-    kind: str               # standalone | cloned | host
+    kind: str  # standalone | cloned | host
     hosts: tuple
     per_host: int
     nodes: int
-    localrc_path: str       # where the group's localrc is in the config, for messages
+    localrc_path: str  # where the group's localrc is in the config, for messages
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,7 @@ class Plan:
 
     version: int
     type: str
-    controller: str | None          # the controller node's name, when there is exactly one
+    controller: str | None  # the controller node's name, when there is exactly one
     controller_address: str | None
     hosts: tuple
     groups: tuple
@@ -169,20 +175,42 @@ class Plan:
         version = data.get("version") if isinstance(data, dict) else None
         if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise PlanVersionError(version)
-        hosts = tuple(Host(**{**host, "networks": tuple(Network(**n) for n in host["networks"])})
-                      for host in data["hosts"])
+        hosts = tuple(
+            Host(**{**host, "networks": tuple(Network(**n) for n in host["networks"])}) for host in data["hosts"]
+        )
         groups = tuple(Group(**{**group, "hosts": tuple(group["hosts"])}) for group in data["groups"])
-        nodes = tuple(Node(**{"template": TEMPLATES.get(node.get("distribution")) if node["kind"] != "host"
-                              else None,
-                              **node, "plugins": tuple(tuple(p) for p in node["plugins"]),
-                              "services": tuple(node["services"]), "nova_hosts": tuple(node["nova_hosts"])})
-                      for node in data["nodes"])
-        tunnels = tuple(Tunnel(**{"name": tunnel_name(tunnel["host"], tunnel["remote"], tunnel["subnet"]),
-                                  **tunnel, "remote_subnets": tuple(tunnel["remote_subnets"])})
-                        for tunnel in data["tunnels"])
-        return cls(version=PLAN_VERSION, type=data["type"], controller=data["controller"],
-                   controller_address=data["controller_address"], hosts=hosts, groups=groups, nodes=nodes,
-                   tunnels=tunnels)
+        nodes = tuple(
+            Node(
+                **{
+                    "template": TEMPLATES.get(node.get("distribution")) if node["kind"] != "host" else None,
+                    **node,
+                    "plugins": tuple(tuple(p) for p in node["plugins"]),
+                    "services": tuple(node["services"]),
+                    "nova_hosts": tuple(node["nova_hosts"]),
+                }
+            )
+            for node in data["nodes"]
+        )
+        tunnels = tuple(
+            Tunnel(
+                **{
+                    "name": tunnel_name(tunnel["host"], tunnel["remote"], tunnel["subnet"]),
+                    **tunnel,
+                    "remote_subnets": tuple(tunnel["remote_subnets"]),
+                }
+            )
+            for tunnel in data["tunnels"]
+        )
+        return cls(
+            version=PLAN_VERSION,
+            type=data["type"],
+            controller=data["controller"],
+            controller_address=data["controller_address"],
+            hosts=hosts,
+            groups=groups,
+            nodes=nodes,
+            tunnels=tunnels,
+        )
 
     def host(self, address):
         """The host at `address`; KeyError naming it when the plan has none."""
@@ -223,15 +251,21 @@ class PlanVersionError(ConfigError):
         self.version = version
         reads = " and ".join(str(known) for known in READABLE_VERSIONS)
         if isinstance(version, int) and not isinstance(version, bool) and version < PLAN_VERSION:
-            message = (f"deployment made by an older coordinator (plan version {version}; this one reads versions "
-                       f"{reads}); destroy it with the coordinator that made it, or remove its containers, "
-                       f"bridges and tunnels with each host's lxc-agent and then its record from the store")
+            message = (
+                f"deployment made by an older coordinator (plan version {version}; this one reads versions "
+                f"{reads}); destroy it with the coordinator that made it, or remove its containers, "
+                f"bridges and tunnels with each host's lxc-agent and then its record from the store"
+            )
         elif isinstance(version, int) and not isinstance(version, bool) and version > PLAN_VERSION:
-            message = (f"deployment made by a newer coordinator (plan version {version}; this one reads versions "
-                       f"{reads}); use that coordinator for it")
+            message = (
+                f"deployment made by a newer coordinator (plan version {version}; this one reads versions "
+                f"{reads}); use that coordinator for it"
+            )
         else:
-            message = (f"not a plan this coordinator can read (version {version!r}; it reads versions "
-                       f"{reads}): the record is damaged or not a deployment's")
+            message = (
+                f"not a plan this coordinator can read (version {version!r}; it reads versions "
+                f"{reads}): the record is damaged or not a deployment's"
+            )
         super().__init__([Problem(None, message)])
 
 
@@ -251,12 +285,17 @@ def _nova_network_warnings(plan):
         node = firsts.get(group.index)
         if node is None or "n-net" not in node.services:
             continue
-        keys = [key for key, value in node.localrc.items() if key.rstrip("+") == "ENABLED_SERVICES"
-                and "n-net" in localconf.negated(value)]
+        keys = [
+            key
+            for key, value in node.localrc.items()
+            if key.rstrip("+") == "ENABLED_SERVICES" and "n-net" in localconf.negated(value)
+        ]
         where = f"{group.localrc_path}.{keys[-1]}" if keys else group.localrc_path
-        out.append(f"{where} enables 'n-net' (nova-network), which was removed from nova in the Rocky release: "
-                   f"devstack ignores the name and nothing gives these nodes networking through it; remove it "
-                   f"(nova's networking is neutron's, q-svc on the controller)")
+        out.append(
+            f"{where} enables 'n-net' (nova-network), which was removed from nova in the Rocky release: "
+            f"devstack ignores the name and nothing gives these nodes networking through it; remove it "
+            f"(nova's networking is neutron's, q-svc on the controller)"
+        )
     return out
 
 
@@ -265,12 +304,15 @@ def _tunnel_warnings(plan):
     for tunnel in plan.tunnels:
         if tunnel.remote_host is None:
             ends.setdefault((tunnel.remote, tunnel.kind), []).append(tunnel.host)
-    return [f"tunnel_to {remote} is not a host of this deployment: only the near end of the {kind} "
-            f"tunnel{'s' if len(set(hosts)) > 1 else ''} from {', '.join(dict.fromkeys(hosts))} is made, and containers there reach {remote} through it alone; make "
-            f"the far end on {remote} yourself (its lxc-agent: ensure_tunnel with the same name and the ends "
-            f"swapped; list_tunnels() on the near host shows the name), or, if {remote} is one of this "
-            f"deployment's hosts, give its credential that same address (hosts match by address)"
-            for (remote, kind), hosts in ends.items()]
+    return [
+        f"tunnel_to {remote} is not a host of this deployment: only the near end of the {kind} "
+        f"tunnel{'s' if len(set(hosts)) > 1 else ''} from {', '.join(dict.fromkeys(hosts))} is made, and "
+        f"containers there reach {remote} through it alone; make "
+        f"the far end on {remote} yourself (its lxc-agent: ensure_tunnel with the same name and the ends "
+        f"swapped; list_tunnels() on the near host shows the name), or, if {remote} is one of this "
+        f"deployment's hosts, give its credential that same address (hosts match by address)"
+        for (remote, kind), hosts in ends.items()
+    ]
 
 
 def _plain(value):
@@ -285,10 +327,11 @@ def _plain(value):
 
 # ---------------------------------------------------------------- names and bridges
 
+
 def subnet_tag(network):
     """The subnet as a name part: the octets its prefix covers (10.100.1.0/24 -> 10-100-1). Unique per subnet."""
     octets = str(network.network_address).split(".")
-    return "-".join(octets[:max(1, -(-network.prefixlen // 8))])
+    return "-".join(octets[: max(1, -(-network.prefixlen // 8))])
 
 
 def bridge_name(network):
@@ -305,6 +348,7 @@ def tunnel_name(host, remote, subnet):
 
 
 # ---------------------------------------------------------------- the planner
+
 
 @dataclass
 class _Pool:
@@ -358,15 +402,27 @@ def plan(config, previous=None):
     values = {"controller_ip": controller.address} if controller else {}
     nodes = _finish_nodes(config, specs, drafts, values)
     return Plan(
-        version=PLAN_VERSION, type=config.type,
+        version=PLAN_VERSION,
+        type=config.type,
         controller=controller.name if controller else None,
         controller_address=controller.address if controller else None,
         hosts=_finish_hosts(hosts, pools, nodes),
-        groups=tuple(Group(index=index, path=spec.path, role=spec.role, kind=spec.kind,
-                           hosts=tuple(c.host for c in spec.hosts), per_host=spec.per_host,
-                           nodes=spec.per_host * len(spec.hosts), localrc_path=spec.devstack.path)
-                     for index, spec in enumerate(specs)),
-        nodes=nodes, tunnels=tunnels)
+        groups=tuple(
+            Group(
+                index=index,
+                path=spec.path,
+                role=spec.role,
+                kind=spec.kind,
+                hosts=tuple(c.host for c in spec.hosts),
+                per_host=spec.per_host,
+                nodes=spec.per_host * len(spec.hosts),
+                localrc_path=spec.devstack.path,
+            )
+            for index, spec in enumerate(specs)
+        ),
+        nodes=nodes,
+        tunnels=tunnels,
+    )
 
 
 def _plan_hosts(specs, problems):
@@ -382,17 +438,24 @@ def _plan_hosts(specs, problems):
             for name in Credential.AGENT_FIELDS:
                 mine, theirs = getattr(credential, name), getattr(known, name)
                 if mine is not None and theirs is not None and mine != theirs:
-                    problems.append(Problem(f"{credential.path}.{name}",
-                                            f"host '{credential.host}' is given {name} {mine!r} here but "
-                                            f"{theirs!r} at {known.path}"))
+                    problems.append(
+                        Problem(
+                            f"{credential.path}.{name}",
+                            f"host '{credential.host}' is given {name} {mine!r} here but {theirs!r} at {known.path}",
+                        )
+                    )
                 merged[name] = theirs if theirs is not None else mine
             hosts[credential.host] = Credential(host=known.host, path=known.path, **merged)
     loopbacks = [credential for credential in hosts.values() if _is_loopback(credential.host)]
     for credential in loopbacks[1:]:
         first = loopbacks[0]
-        problems.append(Problem(f"{credential.path}.host",
-                                f"'{credential.host}' and '{first.host}' (at {first.path}) both name this machine; "
-                                f"name it one way everywhere, or the plan would treat it as two hosts"))
+        problems.append(
+            Problem(
+                f"{credential.path}.host",
+                f"'{credential.host}' and '{first.host}' (at {first.path}) both name this machine; "
+                f"name it one way everywhere, or the plan would treat it as two hosts",
+            )
+        )
     return hosts
 
 
@@ -432,26 +495,38 @@ def _plan_subnets(specs, hosts, problems):
                 continue
             network = _nth(spec.network, position)
             if network is None:
-                problems.append(Problem(spec.network_path, f"{spec.network} has no room for a subnet for host "
-                                                           f"{position + 1} ({credential.host})"))
+                problems.append(
+                    Problem(
+                        spec.network_path,
+                        f"{spec.network} has no room for a subnet for host {position + 1} ({credential.host})",
+                    )
+                )
                 continue
             why = special_range(network)
             if why:
-                problems.append(Problem(spec.network_path, f"the subnet for host {position + 1} "
-                                                           f"({credential.host}): {why}"))
+                problems.append(
+                    Problem(spec.network_path, f"the subnet for host {position + 1} ({credential.host}): {why}")
+                )
                 continue
             inside = [what for address, what in nodes.items() if address in network]
             if inside:
-                problems.append(Problem(spec.network_path,
-                                        f"subnet {network} (for {spec.path} on {credential.host}) holds the address "
-                                        f"of {inside[0]}; a container subnet must not hold a hardware node's "
-                                        f"address; give a different start_lxc_network"))
+                problems.append(
+                    Problem(
+                        spec.network_path,
+                        f"subnet {network} (for {spec.path} on {credential.host}) holds the address "
+                        f"of {inside[0]}; a container subnet must not hold a hardware node's "
+                        f"address; give a different start_lxc_network",
+                    )
+                )
                 continue
             subnets[(index, credential.host)] = network
             explicit.append(network)
     # Default subnets skip every range given explicitly, the special ranges and the hardware nodes' addresses.
-    taken = _Ranges(explicit + [special for special, _ in SPECIAL_RANGES]
-                    + [ipaddress.IPv4Network(address) for address in set(nodes) | remotes])
+    taken = _Ranges(
+        explicit
+        + [special for special, _ in SPECIAL_RANGES]
+        + [ipaddress.IPv4Network(address) for address in set(nodes) | remotes]
+    )
     defaults = {}
     cursor = int(DEFAULT_NETWORK.network_address)
     size = DEFAULT_NETWORK.num_addresses
@@ -483,11 +558,14 @@ def _check_overlaps(specs, subnets, problems):
     for host, network in spans:
         if widest is not None and int(network.network_address) <= int(widest[1].broadcast_address):
             spec, other = specs[first_user[(host, network)]], specs[first_user[widest]]
-            problems.append(Problem(
-                _where_network(spec),
-                f"subnet {network} (for {spec.path} on {host}) overlaps subnet {widest[1]} "
-                f"(for {other.path} on {widest[0]}): container subnets must not overlap, across hosts or "
-                f"groups; give a different start_lxc_network"))
+            problems.append(
+                Problem(
+                    _where_network(spec),
+                    f"subnet {network} (for {spec.path} on {host}) overlaps subnet {widest[1]} "
+                    f"(for {other.path} on {widest[0]}): container subnets must not overlap, across hosts or "
+                    f"groups; give a different start_lxc_network",
+                )
+            )
         if widest is None or int(network.broadcast_address) > int(widest[1].broadcast_address):
             widest = (host, network)
 
@@ -517,9 +595,12 @@ def _plan_pools(specs, subnets, problems):
             else:
                 shares = ", ".join(f"{spec.path} {spec.per_host}" for spec in pool.users)
                 what = f" on {pool.host} (shared: {shares})"
-            problems.append(Problem(_where_network(last) if last.network is not None else last.count_path,
-                                    too_small(pool.network, pool.needed, what)
-                                    + "; set start_lxc_network to a network that size"))
+            problems.append(
+                Problem(
+                    _where_network(last) if last.network is not None else last.count_path,
+                    too_small(pool.network, pool.needed, what) + "; set start_lxc_network to a network that size",
+                )
+            )
     return pools
 
 
@@ -530,7 +611,7 @@ class _Draft:
     source: str | None
     group: int
     host: str
-    address: str | None     # decided by _address once every name is known
+    address: str | None  # decided by _address once every name is known
     network: ipaddress.IPv4Network | None
 
 
@@ -565,8 +646,17 @@ def _plan_nodes(specs, subnets, pools, problems, previous):
     for index, spec in enumerate(specs):
         for credential in spec.hosts:
             if spec.kind == "host":
-                drafts.append(_Draft(name=credential.host, kind="host", source=None, group=index,
-                                     host=credential.host, address=credential.host, network=None))
+                drafts.append(
+                    _Draft(
+                        name=credential.host,
+                        kind="host",
+                        source=None,
+                        group=index,
+                        host=credential.host,
+                        address=credential.host,
+                        network=None,
+                    )
+                )
                 continue
             network = subnets[(index, credential.host)]
             stem = stems[(index, credential.host)]
@@ -578,22 +668,39 @@ def _plan_nodes(specs, subnets, pools, problems, previous):
                     kind, source = "first", None
                 else:
                     kind, source = "clone", first
-                drafts.append(_Draft(name=f"{stem}-{offset:03d}", kind=kind, source=source, group=index,
-                                     host=credential.host, address=None, network=network))
+                drafts.append(
+                    _Draft(
+                        name=f"{stem}-{offset:03d}",
+                        kind=kind,
+                        source=source,
+                        group=index,
+                        host=credential.host,
+                        address=None,
+                        network=network,
+                    )
+                )
     _address(drafts, pools, previous)
     seen = {}
     for draft in drafts:
         other = seen.setdefault(draft.name, draft)
         if other is not draft:
             spec = specs[draft.group]
-            why = ("devstack would run twice on one hardware node" if draft.kind == "host"
-                   else "two groups make the same name")
-            problems.append(Problem(spec.path, f"node name '{draft.name}' is used twice ({why}; also in "
-                                               f"{specs[other.group].path})"))
+            why = (
+                "devstack would run twice on one hardware node"
+                if draft.kind == "host"
+                else "two groups make the same name"
+            )
+            problems.append(
+                Problem(spec.path, f"node name '{draft.name}' is used twice ({why}; also in {specs[other.group].path})")
+            )
         elif len(draft.name) > NAME_MAX:
-            problems.append(Problem(specs[draft.group].path,
-                                    f"container name '{draft.name}' is longer than {NAME_MAX} characters; "
-                                    f"use a shorter container_name_prefix"))
+            problems.append(
+                Problem(
+                    specs[draft.group].path,
+                    f"container name '{draft.name}' is longer than {NAME_MAX} characters; "
+                    f"use a shorter container_name_prefix",
+                )
+            )
     return drafts
 
 
@@ -630,18 +737,27 @@ def _find_controller(config, specs, drafts, problems):
     controllers = [draft for draft in drafts if specs[draft.group].role == "controller"]
     if config.type == "MultihostEngine" and len(controllers) != 1:
         spec = specs[0]
-        problems.append(Problem(spec.path, f"the controller must be exactly one node; this config makes "
-                                           f"{len(controllers)} ({spec.per_host} per host on "
-                                           f"{len(spec.hosts)} host(s))"))
+        problems.append(
+            Problem(
+                spec.path,
+                f"the controller must be exactly one node; this config makes "
+                f"{len(controllers)} ({spec.per_host} per host on "
+                f"{len(spec.hosts)} host(s))",
+            )
+        )
         return None
     if len(controllers) != 1:
         return None
     controller = controllers[0]
     has_container_computes = any(d.kind != "host" for d in drafts if specs[d.group].role == "compute")
     if controller.kind == "host" and has_container_computes and _is_loopback(controller.address):
-        problems.append(Problem(specs[controller.group].hosts[0].path + ".host",
-                                f"the controller runs on '{controller.address}' itself, which containers "
-                                f"cannot reach by that name; give the host's address as the containers see it"))
+        problems.append(
+            Problem(
+                specs[controller.group].hosts[0].path + ".host",
+                f"the controller runs on '{controller.address}' itself, which containers "
+                f"cannot reach by that name; give the host's address as the containers see it",
+            )
+        )
     return controller
 
 
@@ -667,9 +783,13 @@ def _plan_tunnels(specs, hosts, subnets, problems):
         for position, remote in enumerate(spec.tunnel_to):
             address = int(ipaddress.IPv4Address(remote))
             if taken.overlaps(address, address):
-                problems.append(Problem(f"{spec.path}.tunnel_to[{position}]",
-                                        f"'{remote}' is inside a container subnet of this deployment; "
-                                        f"a tunnel goes to a hardware node's address"))
+                problems.append(
+                    Problem(
+                        f"{spec.path}.tunnel_to[{position}]",
+                        f"'{remote}' is inside a container subnet of this deployment; "
+                        f"a tunnel goes to a hardware node's address",
+                    )
+                )
         for credential in spec.hosts:
             subnet = str(subnets[(index, credential.host)])
             for remote in spec.tunnel_to:
@@ -677,15 +797,28 @@ def _plan_tunnels(specs, hosts, subnets, problems):
                     continue
                 known = kinds.setdefault((credential.host, remote), (spec.tunnel_type, spec.path))
                 if known[0] != spec.tunnel_type:
-                    problems.append(Problem(spec.path, f"tunnel from {credential.host} to {remote} is "
-                                                       f"{spec.tunnel_type} here but {known[0]} in {known[1]}; "
-                                                       f"one host reaches one remote one way"))
+                    problems.append(
+                        Problem(
+                            spec.path,
+                            f"tunnel from {credential.host} to {remote} is "
+                            f"{spec.tunnel_type} here but {known[0]} in {known[1]}; "
+                            f"one host reaches one remote one way",
+                        )
+                    )
                 remote_host = remote if remote in hosts else None
                 far = sorted(on_host.get(remote, ()), key=lambda n: (int(n.network_address), n.prefixlen))
-                tunnels.setdefault((credential.host, remote, subnet),
-                                   Tunnel(name=tunnel_name(credential.host, remote, subnet), kind=spec.tunnel_type, host=credential.host, remote=remote,
-                                          subnet=subnet, remote_host=remote_host,
-                                          remote_subnets=tuple(str(network) for network in far)))
+                tunnels.setdefault(
+                    (credential.host, remote, subnet),
+                    Tunnel(
+                        name=tunnel_name(credential.host, remote, subnet),
+                        kind=spec.tunnel_type,
+                        host=credential.host,
+                        remote=remote,
+                        subnet=subnet,
+                        remote_host=remote_host,
+                        remote_subnets=tuple(str(network) for network in far),
+                    ),
+                )
     return tuple(tunnels.values())
 
 
@@ -697,33 +830,56 @@ def _finish_nodes(config, specs, drafts, values):
         localrc = plan_localrc(config.type, spec, values)
         plugins = tuple(tuple(localconf.resolve(word, values) for word in words) for words in spec.devstack.plugins)
         meta = plan_meta_sections(spec, values, localrc)
-        planned[index] = (localrc, plugins, meta, localconf.render(localrc, plugins, meta),
-                          localconf.enabled_services(localrc), _mirror(spec.devstack.git_mirror, config))
+        planned[index] = (
+            localrc,
+            plugins,
+            meta,
+            localconf.render(localrc, plugins, meta),
+            localconf.enabled_services(localrc),
+            _mirror(spec.devstack.git_mirror, config),
+        )
     nodes = []
     for draft in drafts:
         spec = specs[draft.group]
         localrc, plugins, meta, text, services, mirror = planned[draft.group]
         network = draft.network
-        nodes.append(Node(
-            name=draft.name, role=spec.role, kind=draft.kind, source=draft.source, group=draft.group,
-            host=draft.host, address=draft.address,
-            prefixlen=network.prefixlen if network else None,
-            gateway=str(addressing.gateway(network)) if network else None,
-            subnet=str(network) if network else None,
-            bridge=bridge_name(network) if network else None,
-            distribution=spec.distribution,
-            template=TEMPLATES.get(spec.distribution) if draft.kind != "host" else None,
-            release=spec.release or DEFAULT_RELEASES.get(spec.distribution),
-            devstack_repo=spec.devstack.repo, devstack_branch=spec.devstack.branch,
-            start_script=spec.start_script, localrc=dict(localrc), plugins=plugins, local_conf=text,
-            meta_sections=_copy(meta), services=services, nova_hosts=plan_nova_hosts(draft.name, localrc, services),
-            git_mirror=mirror, host_ca_certificates=spec.host_ca_certificates, host_proxy=spec.host_proxy))
+        nodes.append(
+            Node(
+                name=draft.name,
+                role=spec.role,
+                kind=draft.kind,
+                source=draft.source,
+                group=draft.group,
+                host=draft.host,
+                address=draft.address,
+                prefixlen=network.prefixlen if network else None,
+                gateway=str(addressing.gateway(network)) if network else None,
+                subnet=str(network) if network else None,
+                bridge=bridge_name(network) if network else None,
+                distribution=spec.distribution,
+                template=TEMPLATES.get(spec.distribution) if draft.kind != "host" else None,
+                release=spec.release or DEFAULT_RELEASES.get(spec.distribution),
+                devstack_repo=spec.devstack.repo,
+                devstack_branch=spec.devstack.branch,
+                start_script=spec.start_script,
+                localrc=dict(localrc),
+                plugins=plugins,
+                local_conf=text,
+                meta_sections=_copy(meta),
+                services=services,
+                nova_hosts=plan_nova_hosts(draft.name, localrc, services),
+                git_mirror=mirror,
+                host_ca_certificates=spec.host_ca_certificates,
+                host_proxy=spec.host_proxy,
+            )
+        )
     return tuple(nodes)
 
 
 def _copy(meta):
-    return {header: {section: dict(options) for section, options in sections.items()}
-            for header, sections in meta.items()}
+    return {
+        header: {section: dict(options) for section, options in sections.items()} for header, sections in meta.items()
+    }
 
 
 # ---------------------------------------------------------------- devstack on each node
@@ -767,8 +923,9 @@ def _with_placement_client(localrc):
     if "n-cpu" not in services or "placement-client" in services:
         return localrc
     keys = [key for key in localrc if key.rstrip("+") == "ENABLED_SERVICES"]
-    if not keys or any("-placement-client" in value.replace(" ", ",").split(",")
-                       for key, value in localrc.items() if key in keys):
+    if not keys or any(
+        "-placement-client" in value.replace(" ", ",").split(",") for key, value in localrc.items() if key in keys
+    ):
         return localrc
     out = dict(localrc)
     value = out[keys[-1]]
@@ -781,9 +938,13 @@ def plan_meta_sections(spec, values, localrc):
     report_interval = 10 and service_down_time = 6 x report_interval (60), each unless the config sets that
     option for $NOVA_CONF (in any phase, either spelling) or sets NOVA_SERVICE_REPORT_INTERVAL in localrc, from
     which devstack derives both."""
-    meta = {header: {section: {option: localconf.resolve(value, values) for option, value in options.items()}
-                     for section, options in sections.items()}
-            for header, sections in spec.devstack.meta_sections.items()}
+    meta = {
+        header: {
+            section: {option: localconf.resolve(value, values) for option, value in options.items()}
+            for section, options in sections.items()
+        }
+        for header, sections in spec.devstack.meta_sections.items()
+    }
     if "NOVA_SERVICE_REPORT_INTERVAL" in {key.rstrip("+") for key in localrc}:
         return meta
     nova = localconf.meta_file(NOVA_CONF)
@@ -796,13 +957,22 @@ def plan_meta_sections(spec, values, localrc):
     if interval is None:
         defaults["report_interval"] = str(NOVA_REPORT_INTERVAL)
     if "service_down_time" not in given:
-        base = int(interval) if interval is not None and interval.isascii() and interval.isdigit() \
+        base = (
+            int(interval)
+            if interval is not None and interval.isascii() and interval.isdigit()
             else NOVA_REPORT_INTERVAL
+        )
         defaults["service_down_time"] = str(6 * base)
     if not defaults:
         return meta
-    header = next((header for header in meta if header.partition("|")[0] == "post-config"
-                   and localconf.meta_file(header.partition("|")[2]) == nova), f"post-config|{NOVA_CONF}")
+    header = next(
+        (
+            header
+            for header in meta
+            if header.partition("|")[0] == "post-config" and localconf.meta_file(header.partition("|")[2]) == nova
+        ),
+        f"post-config|{NOVA_CONF}",
+    )
     sections = meta.setdefault(header, {})
     sections["DEFAULT"] = {**sections.get("DEFAULT", {}), **defaults}
     return meta
@@ -833,19 +1003,19 @@ def _mirror(path, config):
 
 # ---------------------------------------------------------------- what nodes need from the host's kernel
 
+
 class KernelRequirement(NamedTuple):
     """A service of a node that needs a kernel feature of its host (the agent reports the host's features)."""
 
     node: str
     host: str
     service: str
-    feature: str            # "openvswitch" | "loop"
+    feature: str  # "openvswitch" | "loop"
     advice: str
 
 
 # Open vSwitch in the kernel: OVN and OVS themselves, and the neutron agents that drive it.
-_OVS_SERVICES = ("ovn-controller", "ovn-northd", "ovs-vswitchd", "ovsdb-server", "q-ovn-agent",
-                 "q-ovn-metadata-agent")
+_OVS_SERVICES = ("ovn-controller", "ovn-northd", "ovs-vswitchd", "ovsdb-server", "q-ovn-agent", "q-ovn-metadata-agent")
 # These need it only with an OVS-based agent (Q_AGENT openvswitch or ovn, devstack's default).
 _AGENT_SERVICES = ("q-agt", "neutron-agent", "q-l3", "q-dhcp")
 _OVS_AGENTS = ("openvswitch", "ovn")
@@ -859,15 +1029,24 @@ def kernel_requirements(plan):
     paths = {group.index: group.localrc_path for group in plan.groups}
     for node in plan.nodes:
         agent = node.localrc.get("Q_AGENT", "ovn")
-        needs = [(service, "openvswitch") for service in node.services
-                 if service in _OVS_SERVICES or (service in _AGENT_SERVICES and agent in _OVS_AGENTS)]
+        needs = [
+            (service, "openvswitch")
+            for service in node.services
+            if service in _OVS_SERVICES or (service in _AGENT_SERVICES and agent in _OVS_AGENTS)
+        ]
         needs += [(service, "loop") for service in node.services if service == "c-vol"]
         for feature in ("openvswitch", "loop"):
             services = [service for service, wanted in needs if wanted == feature]
             for service in services:
-                out.append(KernelRequirement(node.name, node.host, service, feature,
-                                             _kernel_advice(node, service, feature, services,
-                                                            paths.get(node.group, ""))))
+                out.append(
+                    KernelRequirement(
+                        node.name,
+                        node.host,
+                        service,
+                        feature,
+                        _kernel_advice(node, service, feature, services, paths.get(node.group, "")),
+                    )
+                )
     return tuple(out)
 
 
@@ -877,21 +1056,33 @@ def _kernel_advice(node, service, feature, services, path):
     # Every service of the node that needs the feature is named, so the advice is one line per node and feature.
     service = ", ".join(services) + (" need" if len(services) > 1 else " needs")
     if feature == "openvswitch":
-        need = (f"{service} on {node.name} Open vSwitch in the kernel of {node.host}: module openvswitch "
-                f"(CONFIG_OPENVSWITCH), loaded on {where} with `modprobe openvswitch`")
+        need = (
+            f"{service} on {node.name} Open vSwitch in the kernel of {node.host}: module openvswitch "
+            f"(CONFIG_OPENVSWITCH), loaded on {where} with `modprobe openvswitch`"
+        )
     else:
-        need = (f"{service} on {node.name} loop devices on {node.host} (c-vol backs its LVM volume group with a "
-                f"loop file): module loop (CONFIG_BLK_DEV_LOOP), loaded on {where} with `modprobe loop`")
-    return (f"{need}; or use a host whose kernel has it; or disable what needs it on this node: add "
-            f"\",{disable}\" to `ENABLED_SERVICES+` in {path}")
+        need = (
+            f"{service} on {node.name} loop devices on {node.host} (c-vol backs its LVM volume group with a "
+            f"loop file): module loop (CONFIG_BLK_DEV_LOOP), loaded on {where} with `modprobe loop`"
+        )
+    return (
+        f"{need}; or use a host whose kernel has it; or disable what needs it on this node: add "
+        f'",{disable}" to `ENABLED_SERVICES+` in {path}'
+    )
 
 
 def _finish_hosts(hosts, pools, nodes):
     networks = {}
     for (host, network), pool in pools.items():
-        networks.setdefault(host, []).append(Network(
-            subnet=str(network), gateway=str(addressing.gateway(network)), prefixlen=network.prefixlen,
-            bridge=bridge_name(network), containers=pool.needed))
+        networks.setdefault(host, []).append(
+            Network(
+                subnet=str(network),
+                gateway=str(addressing.gateway(network)),
+                prefixlen=network.prefixlen,
+                bridge=bridge_name(network),
+                containers=pool.needed,
+            )
+        )
     counts = {}
     for node in nodes:
         counts[node.host] = counts.get(node.host, 0) + 1
@@ -899,9 +1090,21 @@ def _finish_hosts(hosts, pools, nodes):
     for index, (address, credential) in enumerate(hosts.items()):
         mine = tuple(networks.get(address, ()))
         first = mine[0] if mine else None
-        out.append(Host(
-            index=index, address=address, user=credential.user, port=credential.port, ca=credential.ca,
-            cert=credential.cert, key=credential.key, token_file=credential.token_file,
-            subnet=first.subnet if first else None, gateway=first.gateway if first else None,
-            bridge=first.bridge if first else None, networks=mine, nodes=counts.get(address, 0)))
+        out.append(
+            Host(
+                index=index,
+                address=address,
+                user=credential.user,
+                port=credential.port,
+                ca=credential.ca,
+                cert=credential.cert,
+                key=credential.key,
+                token_file=credential.token_file,
+                subnet=first.subnet if first else None,
+                gateway=first.gateway if first else None,
+                bridge=first.bridge if first else None,
+                networks=mine,
+                nodes=counts.get(address, 0),
+            )
+        )
     return tuple(out)

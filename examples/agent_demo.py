@@ -12,15 +12,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agent import pki  # noqa: E402
-from simlab import AgentProcess, Lab, loop_btrfs  # noqa: E402
+from agent import pki
+from simlab import AgentProcess, Lab, loop_btrfs
 
 COUNT = 8
 BRIDGE, SUBNET = "lxcbr-demo", "10.100.1.0/24"
 
 
-def step(text, started=[time.monotonic()]):  # noqa: B006  (one clock for the whole demo)
-    print(f"[{time.monotonic() - started[0]:6.2f} s] {text}", flush=True)
+STARTED = time.monotonic()  # one clock for the whole demo
+
+
+def step(text):
+    print(f"[{time.monotonic() - STARTED:6.2f} s] {text}", flush=True)
 
 
 def main():
@@ -38,8 +41,10 @@ def main():
             agent_process = AgentProcess(f"{mountpoint}/lxc", f"{scratch}/pki", host=host)
             agent = agent_process.connect()
             info = agent.info()
-            step(f"lxc-agent {info['version']} on {host.address}:{agent_process.port} (TLS + token), "
-                 f"storage {info['storage']}, kernel {info['kernel_features']}")
+            step(
+                f"lxc-agent {info['version']} on {host.address}:{agent_process.port} (TLS + token), "
+                f"storage {info['storage']}, kernel {info['kernel_features']}"
+            )
             agent.create("base", "busybox")
             step("created 'base' from the busybox template")
             gateway = agent.ensure_network(BRIDGE, SUBNET)["gateway"]
@@ -54,8 +59,10 @@ def main():
                 name = entry["name"]
                 hostname = agent.run(name, ["hostname"])["stdout"].strip()
                 ping = agent.run(name, ["ping", "-c", "1", "-W", "2", gateway])["exit_code"] == 0
-                print(f"{name:14} {entry['state']:8} {','.join(entry['addresses']):12} "
-                      f"{entry['memory'] / 2**20:7.1f} MB  {hostname:12} {'ok' if ping else 'FAILED'}")
+                print(
+                    f"{name:14} {entry['state']:8} {','.join(entry['addresses']):12} "
+                    f"{entry['memory'] / 2**20:7.1f} MB  {hostname:12} {'ok' if ping else 'FAILED'}"
+                )
             print()
             agent.destroy(names + ["base"])
             agent.destroy_network(BRIDGE)

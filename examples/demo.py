@@ -35,9 +35,11 @@ PORT = 7643
 RUN_DIR = "/var/lib/lxc-coordinator/demo"
 AGENT_PID = os.path.join(RUN_DIR, "lxc-agent.pid")
 AGENT_LOG = os.path.join(RUN_DIR, "lxc-agent.log")
-CONTROLLER_MIB, COMPUTE_MIB = 4096, 200      # measured with real devstack here: cgroup usage 3.7 GiB and 159 MiB
-IMAGE = "head -c 1048576 /dev/zero >/tmp/dummy.img && openstack image show dummy >/dev/null 2>&1 || " \
-        "openstack image create --disk-format raw --container-format bare --public --file /tmp/dummy.img dummy"
+CONTROLLER_MIB, COMPUTE_MIB = 4096, 200  # measured with real devstack here: cgroup usage 3.7 GiB and 159 MiB
+IMAGE = (
+    "head -c 1048576 /dev/zero >/tmp/dummy.img && openstack image show dummy >/dev/null 2>&1 || "
+    "openstack image create --disk-format raw --container-format bare --public --file /tmp/dummy.img dummy"
+)
 
 
 def agent_answers():
@@ -58,9 +60,14 @@ def ensure_agent():
         return
     os.makedirs(RUN_DIR, exist_ok=True)
     with open(AGENT_LOG, "a") as log:
-        process = subprocess.Popen([sys.executable, "-m", "agent.daemon", "serve", "--listen",
-                                    f"127.0.0.1:{PORT}"], stdout=subprocess.PIPE, stderr=log, text=True,
-                                   cwd=REPO, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agent.daemon", "serve", "--listen", f"127.0.0.1:{PORT}"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=REPO,
+            start_new_session=True,
+        )
     line = process.stdout.readline()
     if "listening on" not in line:
         sys.exit(f"lxc-agent did not start; see {AGENT_LOG}")
@@ -75,14 +82,18 @@ def demo_config(mirror):
     with open(CONFIG) as handle:
         data = json.load(handle)
     trust = bool(access.host_ca_certificates())
-    for engine, containers in ((data["controller"], data["controller"]["provider"]),
-                               *((group["engine"], group) for group in data["nodes"])):
+    for engine, containers in (
+        (data["controller"], data["controller"]["provider"]),
+        *((group["engine"], group) for group in data["nodes"]),
+    ):
         if mirror:
             engine["git_mirror"] = os.path.abspath(mirror)
         if trust:
             containers["host_ca_certificates"] = True
-    print(f"OpenStack from {os.path.abspath(mirror) if mirror else 'opendev.org'}; containers trust "
-          + (f"the CA certificates in {access.HOST_CA_FOLDER}" if trust else "their distribution's CAs only"))
+    print(
+        f"OpenStack from {os.path.abspath(mirror) if mirror else 'opendev.org'}; containers trust "
+        + (f"the CA certificates in {access.HOST_CA_FOLDER}" if trust else "their distribution's CAs only")
+    )
     os.makedirs(RUN_DIR, exist_ok=True)
     path = os.path.join(RUN_DIR, "demo.json")
     with open(path, "w") as handle:
@@ -96,25 +107,39 @@ def check_memory(plan):
     needed = CONTROLLER_MIB + computes * COMPUTE_MIB
     with open("/proc/meminfo") as handle:
         available = next(int(line.split()[1]) // 1024 for line in handle if line.startswith("MemAvailable:"))
-    print(f"memory: about {needed} MiB needed (controller {CONTROLLER_MIB} MiB + {computes} x {COMPUTE_MIB} MiB), "
-          f"{available} MiB available")
+    print(
+        f"memory: about {needed} MiB needed (controller {CONTROLLER_MIB} MiB + {computes} x {COMPUTE_MIB} MiB), "
+        f"{available} MiB available"
+    )
     if needed > available:
-        sys.exit(f"not enough memory for the demo cloud: free {needed - available} MiB more, or deploy a config "
-                 f"with fewer computes (nodes_per_server in {CONFIG})")
+        sys.exit(
+            f"not enough memory for the demo cloud: free {needed - available} MiB more, or deploy a config "
+            f"with fewer computes (nodes_per_server in {CONFIG})"
+        )
 
 
 def upload_image(plan):
     controller = next(node for node in plan.nodes if node.role == "controller")
     agent = connect("localhost", PORT, pki_dir=PKI_DIR)
-    result = agent.run(controller.name, ["bash", "-c", "cd /opt/stack/devstack && source ./openrc admin admin "
-                                         ">/dev/null 2>&1 && export PATH=/opt/stack/data/venv/bin:$PATH && " + IMAGE],
-                       user="stack", timeout=300)
+    result = agent.run(
+        controller.name,
+        [
+            "bash",
+            "-c",
+            "cd /opt/stack/devstack && source ./openrc admin admin "
+            ">/dev/null 2>&1 && export PATH=/opt/stack/data/venv/bin:$PATH && " + IMAGE,
+        ],
+        user="stack",
+        timeout=300,
+    )
     if result["exit_code"] != 0:
         print(f"could not upload the image 'dummy': {result['stderr'].strip()[-500:]}")
         return 1
-    print(f"image 'dummy' in glance; credentials: /opt/stack/devstack/openrc in {controller.name} "
-          f"({controller.address}). Boot servers with: openstack --os-compute-api-version 2.37 server create "
-          "--image dummy --flavor m1.tiny --nic none NAME")
+    print(
+        f"image 'dummy' in glance; credentials: /opt/stack/devstack/openrc in {controller.name} "
+        f"({controller.address}). Boot servers with: openstack --os-compute-api-version 2.37 server create "
+        "--image dummy --flavor m1.tiny --nic none NAME"
+    )
     return 0
 
 
@@ -160,13 +185,15 @@ def clean():
     return stop_agent() or code
 
 
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", action="store_true", help="destroy the demo deployment and its agent")
-    parser.add_argument("--mirror", default=os.environ.get("OPENSTACK_MIRROR") or None,
-                        help="folder of git bundles or repositories of devstack and OpenStack (default: "
-                             "$OPENSTACK_MIRROR, else opendev.org)")
+    parser.add_argument(
+        "--mirror",
+        default=os.environ.get("OPENSTACK_MIRROR") or None,
+        help="folder of git bundles or repositories of devstack and OpenStack (default: "
+        "$OPENSTACK_MIRROR, else opendev.org)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the demo needs root (LXC containers, bridges, NAT)")
@@ -174,7 +201,7 @@ def main():
         return clean()
     config = demo_config(args.mirror)
     plan = topology.plan(load_config(config))
-    if NAME not in [entry["name"] for entry in Store(None).list()]:   # a running demo holds its memory already
+    if NAME not in [entry["name"] for entry in Store(None).list()]:  # a running demo holds its memory already
         check_memory(plan)
     ensure_agent()
     code = cli.main(["deploy", config, "--name", NAME, "--pki-dir", PKI_DIR])

@@ -18,8 +18,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Inside a simulated node, as on a real one: its own sysfs (liblxc finds bridges in /sys/class/net) and the
 # machine's cgroup mounts (which `ip netns exec` would hide by remounting /sys). Private mounts, gone on exit.
-HOST_VIEW = ('hold=$(mktemp -d) && mount --rbind /sys/fs/cgroup "$hold" && mount -t sysfs sysfs /sys && '
-             'mount --rbind "$hold" /sys/fs/cgroup && umount -l "$hold" && rmdir "$hold" && exec "$@"')
+HOST_VIEW = (
+    'hold=$(mktemp -d) && mount --rbind /sys/fs/cgroup "$hold" && mount -t sysfs sysfs /sys && '
+    'mount --rbind "$hold" /sys/fs/cgroup && umount -l "$hold" && rmdir "$hold" && exec "$@"'
+)
 
 
 def unique(prefix):
@@ -103,11 +105,15 @@ class SimulatedHost:
         _run("ip", "netns", "add", self.netns)
         try:
             port = unique("p")
-            _run("ip", "-n", lab.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-                 "netns", self.netns)
+            _run(
+                "ip", "-n", lab.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", self.netns
+            )
             _run("ip", "-n", lab.switch, "link", "set", port, "master", "br0", "up")
-            for command in (("addr", "add", f"{address}/24", "dev", "eth0"), ("link", "set", "eth0", "up"),
-                            ("link", "set", "lo", "up")):
+            for command in (
+                ("addr", "add", f"{address}/24", "dev", "eth0"),
+                ("link", "set", "eth0", "up"),
+                ("link", "set", "lo", "up"),
+            ):
                 _run("ip", "-n", self.netns, *command)
         except BaseException:
             self.remove()
@@ -115,8 +121,19 @@ class SimulatedHost:
 
     def enter(self, argv):
         """argv run inside this node, with the node's own view of /sys."""
-        return ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount", "--propagation", "private",
-                "sh", "-c", HOST_VIEW, "sh", *argv]
+        return [
+            "nsenter",
+            f"--net=/run/netns/{self.netns}",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            HOST_VIEW,
+            "sh",
+            *argv,
+        ]
 
     def remove(self):
         _run("ip", "netns", "del", self.netns, check=False)
@@ -141,12 +158,29 @@ class AgentProcess:
     def __init__(self, lxcpath, pki_dir, host=None, extra=(), log_level="info"):
         self.lxcpath, self.pki_dir, self.sim_host = lxcpath, pki_dir, host
         self.host = host.address if host else "127.0.0.1"
-        self.log = f"{lxcpath.rstrip('/')}.{unique('agent-')}.log"   # one per agent: several may share an lxcpath
+        self.log = f"{lxcpath.rstrip('/')}.{unique('agent-')}.log"  # one per agent: several may share an lxcpath
         # Port 0: the kernel picks a free port in the agent's own namespace, and the agent prints it.
-        argv = [sys.executable, "-m", "agent.daemon", "serve", "--listen", f"{self.host}:0",
-                "--lxcpath", lxcpath, "--tls-cert", f"{pki_dir}/agent.crt", "--tls-key", f"{pki_dir}/agent.key",
-                "--tls-ca", f"{pki_dir}/ca.crt", "--token-file", f"{pki_dir}/token", "--log-level", log_level,
-                *extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "agent.daemon",
+            "serve",
+            "--listen",
+            f"{self.host}:0",
+            "--lxcpath",
+            lxcpath,
+            "--tls-cert",
+            f"{pki_dir}/agent.crt",
+            "--tls-key",
+            f"{pki_dir}/agent.key",
+            "--tls-ca",
+            f"{pki_dir}/ca.crt",
+            "--token-file",
+            f"{pki_dir}/token",
+            "--log-level",
+            log_level,
+            *extra,
+        ]
         if host:
             argv = host.enter(argv)
         with open(self.log, "w") as log:
@@ -165,6 +199,7 @@ class AgentProcess:
     def connect(self, **overrides):
         """A client; for a lab node the address varies per run, so only the CA is checked, not the name."""
         from agent.client import connect
+
         options = {"pki_dir": self.pki_dir, "check_hostname": self.sim_host is None, **overrides}
         return connect(self.host, self.port, **options)
 

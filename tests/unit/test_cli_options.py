@@ -33,15 +33,23 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("argv", [["-v", "validate", SEED], ["validate", SEED, "-v"], ["--verbose", "validate", SEED],
-                                  ["validate", "--verbose", SEED]],
-                         ids=["before", "after", "long-before", "long-between"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-v", "validate", SEED],
+        ["validate", SEED, "-v"],
+        ["--verbose", "validate", SEED],
+        ["validate", "--verbose", SEED],
+    ],
+    ids=["before", "after", "long-before", "long-between"],
+)
 def test_verbose_logs_on_stderr_with_times_and_logger_names(capsys, argv):
     code, out, err = run(capsys, *argv)
     assert code == 0
     assert out.startswith(f"{SEED}: valid MultihostEngine"), "stdout stays the summary"
-    assert re.search(rf"^\S+ \S+ DEBUG coordinator\.config: read config {re.escape(str(SEED))} \(json, ",
-                     err, re.M), err
+    assert re.search(rf"^\S+ \S+ DEBUG coordinator\.config: read config {re.escape(str(SEED))} \(json, ", err, re.M), (
+        err
+    )
     assert re.search(r"^\S+ \S+ DEBUG coordinator\.cli: coordinator validate: ", err, re.M), err
     assert LOG_LINE.search(err)
 
@@ -73,7 +81,7 @@ def test_help_says_what_each_exit_status_means(capsys):
     out = capsys.readouterr().out
     assert caught.value.code == 0
     assert "-v, --verbose" in out
-    statuses = out[out.index("exit status:"):]
+    statuses = out[out.index("exit status:") :]
     for status in ("0", "1", "2", "130"):
         assert re.search(rf"^  {status} +\S", statuses, re.M), statuses
 
@@ -85,8 +93,9 @@ def test_every_command_takes_verbose(capsys, command):
     assert "-v, --verbose" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("cls", [ConfigError, StoreError, SyntaxProblem, TooBig, PlanVersionError, DeployError,
-                                 DevstackError])
+@pytest.mark.parametrize(
+    "cls", [ConfigError, StoreError, SyntaxProblem, TooBig, PlanVersionError, DeployError, DevstackError]
+)
 def test_the_coordinators_errors_share_one_root(cls):
     assert issubclass(cls, CoordinatorError)
 
@@ -101,10 +110,14 @@ def test_interrupted_is_status_130_with_a_line_not_a_traceback(tmp_path):
     """validate blocked opening a FIFO nobody writes to, then Ctrl-C (SIGINT)."""
     fifo = tmp_path / "config.json"
     os.mkfifo(fifo)
-    process = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "-v", "validate", str(fifo)], cwd=ROOT,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.cli", "-v", "validate", str(fifo)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        first = process.stderr.readline()   # logged inside main's error handling, just before the command runs
+        first = process.stderr.readline()  # logged inside main's error handling, just before the command runs
         assert "coordinator validate: " in first, first
         process.send_signal(signal.SIGINT)
         err = first + process.stderr.read()

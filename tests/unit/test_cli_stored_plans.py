@@ -82,8 +82,9 @@ def assert_refused(code, err, command, name, store_path, words):
 
 
 @pytest.mark.parametrize("write,words", [case[1:] for case in RECORDS], ids=[case[0] for case in RECORDS])
-@pytest.mark.parametrize("command", [["show", "old"], ["show", "old", "--json"], ["destroy", "old"]],
-                         ids=["show", "show-json", "destroy"])
+@pytest.mark.parametrize(
+    "command", [["show", "old"], ["show", "old", "--json"], ["destroy", "old"]], ids=["show", "show-json", "destroy"]
+)
 def test_show_and_destroy_refuse_a_plan_they_cannot_read(capsys, store_path, command, write, words):
     record(store_path, "old", write)
     code, out, err = run(capsys, *command, "--store", store_path)
@@ -95,7 +96,8 @@ def test_show_and_destroy_refuse_a_plan_they_cannot_read(capsys, store_path, com
 @pytest.mark.parametrize("write,words", [case[1:] for case in RECORDS], ids=[case[0] for case in RECORDS])
 @pytest.mark.parametrize("changed", [False, True], ids=["same-config", "changed-config"])
 def test_deploying_again_under_the_name_of_such_a_record_is_refused_before_anything(
-        capsys, store_path, tmp_path, write, words, changed):
+    capsys, store_path, tmp_path, write, words, changed
+):
     record(store_path, "old", write)
     config = SEED
     if changed:
@@ -103,8 +105,9 @@ def test_deploying_again_under_the_name_of_such_a_record_is_refused_before_anyth
         data["nodes"][0]["engine"]["localrc"]["DATABASE_TYPE"] = "postgresql"
         config = tmp_path / "changed.json"
         config.write_text(json.dumps(data))
-    code, out, err = run(capsys, "deploy", config, "--name", "old", "--store", store_path,
-                         "--log-dir", tmp_path / "logs")
+    code, out, err = run(
+        capsys, "deploy", config, "--name", "old", "--store", store_path, "--log-dir", tmp_path / "logs"
+    )
     assert_refused(code, err, "deploy", "old", store_path, words)
     assert out == ""
     assert "Resuming" not in err and "Deploying" not in err

@@ -3,6 +3,7 @@ devstack tree in $DEVSTACK_TREE (default /tmp/os/devstack) merge a rendered loca
 temporary folder. What they write must be exactly what the config said, and no value, however hostile, may run
 anything; what they cannot write as given is refused by the config's checks instead."""
 
+import contextlib
 import json
 import os
 import re
@@ -31,10 +32,8 @@ def devstack_tree():
     if not (target / "inc" / "meta-config").is_file():
         scratch = Path(tempfile.mkdtemp(prefix="lxc-cloud-devstack-"))
         subprocess.run(["git", "clone", "-q", str(BUNDLE), str(scratch / "devstack")], check=True)
-        try:
+        with contextlib.suppress(OSError):  # another run made it meanwhile
             os.rename(scratch / "devstack", target)
-        except OSError:          # another run made it meanwhile
-            pass
         shutil.rmtree(scratch, ignore_errors=True)
     return target
 
@@ -43,7 +42,8 @@ TREE = devstack_tree()
 
 pytestmark = pytest.mark.skipif(
     not (TREE / "inc" / "meta-config").is_file() or not (TREE / "inc" / "ini-config").is_file(),
-    reason=f"no devstack tree at {TREE} (set DEVSTACK_TREE to a devstack checkout with inc/meta-config)")
+    reason=f"no devstack tree at {TREE} (set DEVSTACK_TREE to a devstack checkout with inc/meta-config)",
+)
 
 
 # mawk (Debian's default awk) reads `! (section, attr) in cfg_attr_count` in merge_config_file as `(!(section, attr))
@@ -58,8 +58,10 @@ def awk_command(folder):
     if not shutil.which("mawk"):
         pytest.skip("neither gawk nor mawk is installed: devstack's merge_config_file needs gawk")
     shim = folder / "awk-as-gawk"
-    shim.write_text("#!/bin/bash\nargs=()\nfor a in \"$@\"; do args+=(\"${a//'%s'/'%s'}\"); done\n"
-                    "exec mawk \"${args[@]}\"\n" % _GAWK_READING)
+    shim.write_text(
+        "#!/bin/bash\nargs=()\nfor a in \"$@\"; do args+=(\"${{a//'{}'/'{}'}}\"); done\n"
+        'exec mawk "${{args[@]}}"\n'.format(*_GAWK_READING)
+    )
     shim.chmod(0o755)
     return str(shim)
 
@@ -71,16 +73,23 @@ def merge(tmp_path, text, phases=("post-config",), variables=None, existing=None
     work = tmp_path / "work"
     etc = tmp_path / "etc"
     work.mkdir(exist_ok=True)
-    files = {"NOVA_CONF": etc / "nova" / "nova.conf", "OTHER_CONF": etc / "other" / "other.conf",
-             # Like Q_PLUGIN_CONF_FILE, relative, used as /$REL_CONF: here it lands in tmp_path too.
-             "REL_CONF": Path(str(tmp_path / "rel" / "ml2.ini").lstrip("/"))}
-    for name, path in files.items():
+    files = {
+        "NOVA_CONF": etc / "nova" / "nova.conf",
+        "OTHER_CONF": etc / "other" / "other.conf",
+        # Like Q_PLUGIN_CONF_FILE, relative, used as /$REL_CONF: here it lands in tmp_path too.
+        "REL_CONF": Path(str(tmp_path / "rel" / "ml2.ini").lstrip("/")),
+    }
+    for path in files.values():
         (Path("/") / path).parent.mkdir(parents=True, exist_ok=True)
     for path, content in (existing or {}).items():
         Path(path).write_text(content)
     (work / "local.conf").write_text(text)
-    values = {**{name: str(path) for name, path in files.items()}, "DEST": "/opt/stack", "STACK_USER": "stack",
-              **(variables or {})}
+    values = {
+        **{name: str(path) for name, path in files.items()},
+        "DEST": "/opt/stack",
+        "STACK_USER": "stack",
+        **(variables or {}),
+    }
     script = (
         "set -o errexit\n"
         f"CONFIG_AWK_CMD={awk_command(tmp_path)}\n"
@@ -90,9 +99,11 @@ def merge(tmp_path, text, phases=("post-config",), variables=None, existing=None
         'die() { echo "die: $*" >&2; exit 1; }\n'
         + "".join(f"{name}={json.dumps(value)}\n" for name, value in values.items())
         + "set -o xtrace\n"
-        + "".join(f"merge_config_group {work}/local.conf {phase}\n" for phase in phases))
-    result = subprocess.run(["bash", "-c", script], capture_output=True, cwd=work, timeout=60,
-                            env={"PATH": os.environ["PATH"]})
+        + "".join(f"merge_config_group {work}/local.conf {phase}\n" for phase in phases)
+    )
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, cwd=work, timeout=60, env={"PATH": os.environ["PATH"]}
+    )
     assert result.returncode == 0, result.stderr.decode()
     return result
 
@@ -127,8 +138,11 @@ BENIGN = [
     ("words", "a b c", "a b c"),
     ("empty", "", ""),
     ("equals", "a=b = c", "a=b = c"),
-    ("url-with-query", "mysql+pymysql://root:pw@127.0.0.1/nova?charset=utf8",
-     "mysql+pymysql://root:pw@127.0.0.1/nova?charset=utf8"),
+    (
+        "url-with-query",
+        "mysql+pymysql://root:pw@127.0.0.1/nova?charset=utf8",
+        "mysql+pymysql://root:pw@127.0.0.1/nova?charset=utf8",
+    ),
     ("url-with-star", "http://example.com/*", "http://example.com/*"),
     ("unicode", "naïve ☃", "naïve ☃"),
     ("hash", "#not-a-comment", "#not-a-comment"),
@@ -174,9 +188,11 @@ def hostile(tmp_path):
 def meta_for(values):
     """Every value in two files and two sections, so both of iniset's ways of writing meet each one."""
     options = {f"o{index}": value for index, value in enumerate(values)}
-    return {"post-config|$NOVA_CONF": {"DEFAULT": dict(options), "filter:authtoken": dict(options)},
-            "post-config|${OTHER_CONF}": {"section_2": dict(options)},
-            "post-config|/$REL_CONF": {"ml2": dict(options)}}
+    return {
+        "post-config|$NOVA_CONF": {"DEFAULT": dict(options), "filter:authtoken": dict(options)},
+        "post-config|${OTHER_CONF}": {"section_2": dict(options)},
+        "post-config|/$REL_CONF": {"ml2": dict(options)},
+    }
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-options", "replacing-options"])
@@ -192,9 +208,11 @@ def test_devstack_writes_every_value_exactly_and_runs_nothing(tmp_path, existing
         # Every option there already, with another value: iniset then rewrites the line (sed s) instead of
         # adding one (sed a).
         stale = "".join(f"o{index} = stale\n" for index in range(len(given)))
-        before = {tmp_path / "etc" / "nova" / "nova.conf": f"[DEFAULT]\n{stale}[filter:authtoken]\n{stale}",
-                  tmp_path / "etc" / "other" / "other.conf": f"[section_2]\n{stale}",
-                  tmp_path / "rel" / "ml2.ini": f"[ml2]\n{stale}"}
+        before = {
+            tmp_path / "etc" / "nova" / "nova.conf": f"[DEFAULT]\n{stale}[filter:authtoken]\n{stale}",
+            tmp_path / "etc" / "other" / "other.conf": f"[section_2]\n{stale}",
+            tmp_path / "rel" / "ml2.ini": f"[ml2]\n{stale}",
+        }
     merge(tmp_path, localconf.render({"A": "1"}, (), meta), existing=before)
     want = {f"o{index}": text for index, text in enumerate(expected)}
     assert read_ini(tmp_path / "etc" / "nova" / "nova.conf") == {"DEFAULT": want, "filter:authtoken": want}
@@ -261,8 +279,9 @@ HOSTILE_NAMES = [
 ]
 
 
-@pytest.mark.parametrize("header,section,option", [case[1:] for case in HOSTILE_NAMES],
-                         ids=[case[0] for case in HOSTILE_NAMES])
+@pytest.mark.parametrize(
+    "header,section,option", [case[1:] for case in HOSTILE_NAMES], ids=[case[0] for case in HOSTILE_NAMES]
+)
 def test_hostile_files_sections_and_options_are_refused_with_their_path(tmp_path, header, section, option):
     header = header.replace("PWN", str(tmp_path))
     section = (section or "DEFAULT").replace("PWN", str(tmp_path))
@@ -270,20 +289,34 @@ def test_hostile_files_sections_and_options_are_refused_with_their_path(tmp_path
     meta = {header: {section: {option: "1"}}}
     with pytest.raises(ValueError):
         localconf.render({}, (), meta)
-    data = {"type": "DevstackEngine", "meta_sections": meta,
-            "provider": {"type": "ExistingServers", "credentials": [{"host": "h"}]}}
+    data = {
+        "type": "DevstackEngine",
+        "meta_sections": meta,
+        "provider": {"type": "ExistingServers", "credentials": [{"host": "h"}]},
+    }
     with pytest.raises(ConfigError) as caught:
         validate(data)
     paths = {problem.path for problem in caught.value.problems}
-    assert paths & {f"meta_sections[{json.dumps(header)}]" + tail for tail in
-                    ("", f"[{json.dumps(section)}]", f".{section}", f".{section}.{option}",
-                     f".{section}[{json.dumps(option)}]", f"[{json.dumps(section)}].{option}",
-                     f"[{json.dumps(section)}][{json.dumps(option)}]")}, caught.value.problems
+    assert paths & {
+        f"meta_sections[{json.dumps(header)}]" + tail
+        for tail in (
+            "",
+            f"[{json.dumps(section)}]",
+            f".{section}",
+            f".{section}.{option}",
+            f".{section}[{json.dumps(option)}]",
+            f"[{json.dumps(section)}].{option}",
+            f"[{json.dumps(section)}][{json.dumps(option)}]",
+        )
+    }, caught.value.problems
 
 
 def test_phases_are_merged_only_in_their_own_phase(tmp_path):
-    meta = {"post-config|$NOVA_CONF": {"DEFAULT": {"a": "1"}}, "extra|$OTHER_CONF": {"s": {"b": "2"}},
-            "test-config|$OTHER_CONF": {"t": {"c": "3"}}}
+    meta = {
+        "post-config|$NOVA_CONF": {"DEFAULT": {"a": "1"}},
+        "extra|$OTHER_CONF": {"s": {"b": "2"}},
+        "test-config|$OTHER_CONF": {"t": {"c": "3"}},
+    }
     merge(tmp_path, localconf.render({}, (), meta))
     assert read_ini(tmp_path / "etc" / "nova" / "nova.conf") == {"DEFAULT": {"a": "1"}}
     assert not (tmp_path / "etc" / "other" / "other.conf").exists()
@@ -292,12 +325,15 @@ def test_phases_are_merged_only_in_their_own_phase(tmp_path):
 
 
 def test_the_localrc_section_devstack_extracts_holds_no_meta_section(tmp_path):
-    text = localconf.render({"VIRT_DRIVER": "fake"}, (("heat", "https://h/heat"),),
-                            {"post-config|$NOVA_CONF": {"DEFAULT": {"x": "1"}}})
+    text = localconf.render(
+        {"VIRT_DRIVER": "fake"}, (("heat", "https://h/heat"),), {"post-config|$NOVA_CONF": {"DEFAULT": {"x": "1"}}}
+    )
     (tmp_path / "local.conf").write_text(text)
-    script = (f"CONFIG_AWK_CMD={awk_command(tmp_path)}\n"
-              f"source {TREE}/inc/meta-config\n"
-              f"extract_localrc_section {tmp_path}/local.conf {tmp_path}/localrc {tmp_path}/.localrc.auto\n")
+    script = (
+        f"CONFIG_AWK_CMD={awk_command(tmp_path)}\n"
+        f"source {TREE}/inc/meta-config\n"
+        f"extract_localrc_section {tmp_path}/local.conf {tmp_path}/localrc {tmp_path}/.localrc.auto\n"
+    )
     result = subprocess.run(["bash", "-c", script], capture_output=True, timeout=60, env={"PATH": os.environ["PATH"]})
     assert result.returncode == 0, result.stderr.decode()
     lines = [line for line in (tmp_path / ".localrc.auto").read_text().splitlines() if line.strip()]
@@ -306,23 +342,45 @@ def test_the_localrc_section_devstack_extracts_holds_no_meta_section(tmp_path):
 
 # ---------------------------------------------------------------- the whole way: config, plan, devstack
 
+
 def test_a_planned_compute_gets_its_settings_and_the_defaults_into_nova_conf(tmp_path):
     folder = tmp_path / "pwn"
     config = {
         "type": "MultihostEngine",
-        "controller": {"type": "DevstackEngine", "localrc": {"ENABLED_SERVICES+": ",-n-cpu"},
-                       "provider": {"type": "LxcProvider", "host_provider": {
-                           "type": "ExistingServers", "credentials": [{"host": "localhost"}]}}},
-        "nodes": [{"type": "LxcEngine", "provider": {"type": "ExistingServers", "credentials": [{"host": "localhost"}]},
-                   "engine": {"type": "DevstackEngine", "localrc": {"VIRT_DRIVER": "fake"}, "meta_sections": {
-                       "post-config|${NOVA_CONF}": {"DEFAULT": {"my_ip": "{controller_ip}",
-                                                                "evil": f"$(touch {folder}/evil)"},
-                                                    "quota": {"instances": -1, "enabled": True}}}}}],
+        "controller": {
+            "type": "DevstackEngine",
+            "localrc": {"ENABLED_SERVICES+": ",-n-cpu"},
+            "provider": {
+                "type": "LxcProvider",
+                "host_provider": {"type": "ExistingServers", "credentials": [{"host": "localhost"}]},
+            },
+        },
+        "nodes": [
+            {
+                "type": "LxcEngine",
+                "provider": {"type": "ExistingServers", "credentials": [{"host": "localhost"}]},
+                "engine": {
+                    "type": "DevstackEngine",
+                    "localrc": {"VIRT_DRIVER": "fake"},
+                    "meta_sections": {
+                        "post-config|${NOVA_CONF}": {
+                            "DEFAULT": {"my_ip": "{controller_ip}", "evil": f"$(touch {folder}/evil)"},
+                            "quota": {"instances": -1, "enabled": True},
+                        }
+                    },
+                },
+            }
+        ],
     }
     node = topology.plan(validate(config)).nodes[1]
     merge(tmp_path, node.local_conf)
     assert read_ini(tmp_path / "etc" / "nova" / "nova.conf") == {
-        "DEFAULT": {"my_ip": "10.100.1.2", "evil": f"$(touch {folder}/evil)", "report_interval": "10",
-                    "service_down_time": "60"},
-        "quota": {"instances": "-1", "enabled": "True"}}
+        "DEFAULT": {
+            "my_ip": "10.100.1.2",
+            "evil": f"$(touch {folder}/evil)",
+            "report_interval": "10",
+            "service_down_time": "60",
+        },
+        "quota": {"instances": "-1", "enabled": "True"},
+    }
     assert pwned(folder) == []

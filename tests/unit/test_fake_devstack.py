@@ -26,8 +26,12 @@ def test_units_starting_together_each_read_the_whole_localrc(tmp_path):
     """The controller and compute units of one node start at once on a clone's restart; each must see every
     setting (a half-read localrc made a compute report 127.0.0.1 forever)."""
     (tmp_path / "local.conf").write_text(LOCAL_CONF)
-    loads = [subprocess.Popen(["bash", "-c", SERVICE_LOADS, "loads", str(LIB), str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    loads = [
+        subprocess.Popen(
+            ["bash", "-c", SERVICE_LOADS, "loads", str(LIB), str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
     outputs = [load.communicate(timeout=120)[0].splitlines() for load in loads]
     assert [load.returncode for load in loads] == [0, 0, 0]
     for lines in outputs:
@@ -39,7 +43,8 @@ def test_units_starting_together_each_read_the_whole_localrc(tmp_path):
 def test_stack_sh_load_writes_localrc_auto_as_devstack_does(tmp_path):
     (tmp_path / "local.conf").write_text(LOCAL_CONF)
     script = 'source "$1"; fake_load_localrc "$2"; echo "$HOST_IP"'
-    out = subprocess.run(["bash", "-c", script, "load", str(LIB), str(tmp_path)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["bash", "-c", script, "load", str(LIB), str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout
     assert out == "10.100.1.3\n"
     assert (tmp_path / ".localrc.auto").read_text().splitlines()[1:] == LOCAL_CONF.splitlines()[1:]

@@ -31,21 +31,26 @@ def source(text, names, tmp_path, env=None, xtrace=False):
     section = tmp_path / "localrc"
     section.write_text(localrc_section(text))
     script = (
-        'PLUGINS=()\n'
+        "PLUGINS=()\n"
         'enable_plugin() { local a; for a in "$@"; do PLUGINS+=("$a"); done; PLUGINS+=("--"); }\n'
         + ("set -o xtrace\n" if xtrace else "")
-        + f'source {section}\n'
+        + f"source {section}\n"
         + ("set +o xtrace\n" if xtrace else "")
         + "".join(f'printf "%s\\0" "${{{name}}}"\n' for name in names)
-        + 'printf "%s\\0" "${PLUGINS[@]}"\n')
-    result = subprocess.run(["bash", "-c", script], capture_output=True, env={"PATH": os.environ["PATH"],
-                                                                              **(env or {})},
-                            cwd=tmp_path, timeout=30)
+        + 'printf "%s\\0" "${PLUGINS[@]}"\n'
+    )
+    result = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        env={"PATH": os.environ["PATH"], **(env or {})},
+        cwd=tmp_path,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr.decode()
     fields = result.stdout.decode().split("\0")[:-1]
-    values = dict(zip(names, fields[:len(names)]))
+    values = dict(zip(names, fields[: len(names)], strict=True))
     calls, current = [], []
-    for word in fields[len(names):]:
+    for word in fields[len(names) :]:
         if word == "--":
             calls.append(tuple(current))
             current = []
@@ -96,14 +101,13 @@ REFERENCES = [
 
 @pytest.mark.parametrize("value,expected", [(v, e) for _, v, e in REFERENCES], ids=[n for n, _, _ in REFERENCES])
 def test_references_expand_like_devstack_expects(value, expected, tmp_path):
-    values, _ = source(localconf.render({"DEST": "/opt/stack", "HOST": "h1", "VALUE": value}), ["VALUE"],
-                       tmp_path)
+    values, _ = source(localconf.render({"DEST": "/opt/stack", "HOST": "h1", "VALUE": value}), ["VALUE"], tmp_path)
     assert values["VALUE"] == expected
 
 
 def test_plus_key_appends(tmp_path):
     text = localconf.render({"ENABLED_SERVICES": "n-api,n-cpu", "ENABLED_SERVICES+": ",-n-cpu"})
-    assert "ENABLED_SERVICES+=\",-n-cpu\"" in text.splitlines()
+    assert 'ENABLED_SERVICES+=",-n-cpu"' in text.splitlines()
     values, _ = source(text, ["ENABLED_SERVICES"], tmp_path)
     assert values["ENABLED_SERVICES"] == "n-api,n-cpu,-n-cpu"
 
@@ -128,8 +132,11 @@ def test_render_refuses_keys_that_are_not_shell_names(key):
         localconf.render({key: "x"})
 
 
-@pytest.mark.parametrize("value", ["a\nb", "a\rb", "a\x00b", "a\x85b", "a\u2028b", "a\x1bb", "a\ud800b"],
-                         ids=["newline", "return", "nul", "next-line", "line-separator", "escape", "surrogate"])
+@pytest.mark.parametrize(
+    "value",
+    ["a\nb", "a\rb", "a\x00b", "a\x85b", "a\u2028b", "a\x1bb", "a\ud800b"],
+    ids=["newline", "return", "nul", "next-line", "line-separator", "escape", "surrogate"],
+)
 def test_render_refuses_values_that_break_lines(value):
     with pytest.raises(ValueError):
         localconf.render({"A": value})
@@ -152,22 +159,27 @@ PLACEHOLDER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text,names,resolved", [(t, n, r) for _, t, n, r in PLACEHOLDER_CASES],
-                         ids=[case[0] for case in PLACEHOLDER_CASES])
+@pytest.mark.parametrize(
+    "text,names,resolved", [(t, n, r) for _, t, n, r in PLACEHOLDER_CASES], ids=[case[0] for case in PLACEHOLDER_CASES]
+)
 def test_placeholders_found_and_resolved(text, names, resolved):
     assert localconf.placeholders(text) == names
     assert localconf.resolve(text, {"controller_ip": "10.0.0.2"}) == resolved
 
 
-@pytest.mark.parametrize("value,text", [(True, "True"), (False, "False"), (1, "1"), (2.5, "2.5"), ("x", "x")],
-                         ids=["true", "false", "int", "float", "str"])
+@pytest.mark.parametrize(
+    "value,text",
+    [(True, "True"), (False, "False"), (1, "1"), (2.5, "2.5"), ("x", "x")],
+    ids=["true", "false", "int", "float", "str"],
+)
 def test_json_scalars_as_devstack_text(value, text):
     assert localconf.as_text(value) == text
 
 
 # Lone surrogates (category Cs) included: render must refuse them, never write text it cannot encode.
-ONE_LINE = st.text(st.characters(blacklist_categories=("Cc", "Zl", "Zp")) | st.sampled_from(["\t", "\ud800", "\udfff"]),
-                   max_size=40)
+ONE_LINE = st.text(
+    st.characters(blacklist_categories=("Cc", "Zl", "Zp")) | st.sampled_from(["\t", "\ud800", "\udfff"]), max_size=40
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -185,6 +197,7 @@ def test_any_one_line_value_without_references_round_trips(value, tmp_path):
 
 # ---------------------------------------------------------------- sourced as devstack does: under set -o xtrace
 
+
 def pwned(tmp_path):
     return [path.name for path in tmp_path.iterdir() if path.name.startswith("pwned")]
 
@@ -199,16 +212,48 @@ def test_xtrace_harness_would_catch_a_command_in_ps4(tmp_path):
 @pytest.mark.parametrize("value", [value for _, value in HOSTILE], ids=[name for name, _ in HOSTILE])
 def test_hostile_value_stays_a_literal_string_under_xtrace(value, tmp_path):
     plugins = (("p", value or "x"),)
-    values, calls = source(localconf.render({"VALUE": value, "ps4": value, "After": "1"}, plugins),
-                           ["VALUE", "ps4", "After"], tmp_path, xtrace=True)
+    values, calls = source(
+        localconf.render({"VALUE": value, "ps4": value, "After": "1"}, plugins),
+        ["VALUE", "ps4", "After"],
+        tmp_path,
+        xtrace=True,
+    )
     assert values == {"VALUE": value, "ps4": value, "After": "1"}
     assert calls == list(plugins)
     assert not pwned(tmp_path)
 
 
-BASH_OWN = ["PS0", "PS1", "PS2", "PS3", "PS4", "PS4+", "PROMPT_COMMAND", "BASH_ENV", "ENV", "IFS", "SHELLOPTS",
-            "BASHOPTS", "BASH", "BASH_XTRACEFD", "BASH_CMDS", "BASH_ALIASES", "CDPATH", "GLOBIGNORE", "EXECIGNORE",
-            "UID", "EUID", "PPID", "BASHPID", "GROUPS", "RANDOM", "SECONDS", "LINENO", "COMP_WORDS", "_"]
+BASH_OWN = [
+    "PS0",
+    "PS1",
+    "PS2",
+    "PS3",
+    "PS4",
+    "PS4+",
+    "PROMPT_COMMAND",
+    "BASH_ENV",
+    "ENV",
+    "IFS",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "BASH",
+    "BASH_XTRACEFD",
+    "BASH_CMDS",
+    "BASH_ALIASES",
+    "CDPATH",
+    "GLOBIGNORE",
+    "EXECIGNORE",
+    "UID",
+    "EUID",
+    "PPID",
+    "BASHPID",
+    "GROUPS",
+    "RANDOM",
+    "SECONDS",
+    "LINENO",
+    "COMP_WORDS",
+    "_",
+]
 
 
 @pytest.mark.parametrize("key", BASH_OWN, ids=BASH_OWN)
@@ -234,14 +279,22 @@ def test_render_refuses_plugin_words_that_break_lines(word):
 # ---------------------------------------------------------------- meta-sections
 # (through devstack's own merge: test_core_devstack_merge.py)
 
+
 def test_meta_sections_follow_the_localrc_section_and_plugins():
-    text = localconf.render({"A": "1"}, (("heat", "https://h/heat"),), {
-        "post-config|$NOVA_CONF": {"DEFAULT": {"report_interval": "10"}, "quota": {"instances": "-1"}},
-        "extra|/etc/x.conf": {"s": {"o": True}}})
-    assert text == ('[[local|localrc]]\nA="1"\nenable_plugin \'heat\' \'https://h/heat\'\n\n'
-                    '[[post-config|$NOVA_CONF]]\n[DEFAULT]\nreport_interval = 10\n[quota]\ninstances = -1\n\n'
-                    '[[extra|/etc/x.conf]]\n[s]\no = True\n')
-    assert localrc_section(text) == 'A="1"\nenable_plugin \'heat\' \'https://h/heat\'\n\n'
+    text = localconf.render(
+        {"A": "1"},
+        (("heat", "https://h/heat"),),
+        {
+            "post-config|$NOVA_CONF": {"DEFAULT": {"report_interval": "10"}, "quota": {"instances": "-1"}},
+            "extra|/etc/x.conf": {"s": {"o": True}},
+        },
+    )
+    assert text == (
+        "[[local|localrc]]\nA=\"1\"\nenable_plugin 'heat' 'https://h/heat'\n\n"
+        "[[post-config|$NOVA_CONF]]\n[DEFAULT]\nreport_interval = 10\n[quota]\ninstances = -1\n\n"
+        "[[extra|/etc/x.conf]]\n[s]\no = True\n"
+    )
+    assert localrc_section(text) == "A=\"1\"\nenable_plugin 'heat' 'https://h/heat'\n\n"
 
 
 QUOTED = [
@@ -261,10 +314,21 @@ def test_meta_values_are_escaped_for_read_and_eval(value, text):
     assert localconf.quote_meta(value) == text
 
 
-@pytest.mark.parametrize("header", ["post-config|$NOVA_CONF", "post-config|${NOVA_CONF}", "extra|/etc/a-b/c_d.conf",
-                                    "post-extra|$A/$B", "test-config|$TEMPEST_CONFIG",
-                                    "post-config|/$Q_PLUGIN_CONF_FILE", "post-config|$NOVA_CPU_CONF",
-                                    "extra|${NOVA_CPU_CONF}", "post-config|$NEUTRON_UWSGI_CONF"], ids=str)
+@pytest.mark.parametrize(
+    "header",
+    [
+        "post-config|$NOVA_CONF",
+        "post-config|${NOVA_CONF}",
+        "extra|/etc/a-b/c_d.conf",
+        "post-extra|$A/$B",
+        "test-config|$TEMPEST_CONFIG",
+        "post-config|/$Q_PLUGIN_CONF_FILE",
+        "post-config|$NOVA_CPU_CONF",
+        "extra|${NOVA_CPU_CONF}",
+        "post-config|$NEUTRON_UWSGI_CONF",
+    ],
+    ids=str,
+)
 def test_meta_headers_devstack_can_take(header):
     assert localconf.meta_header_problems(header) == []
 
@@ -274,8 +338,9 @@ def test_two_spellings_of_one_file_are_one_file():
     assert localconf.meta_file("/$A/b") != localconf.meta_file("$A/b")
 
 
-@pytest.mark.parametrize("name", ["DEFAULT", "keystone_authtoken", "filter:authtoken", "oslo.messaging", "a-b", "0x"],
-                         ids=str)
+@pytest.mark.parametrize(
+    "name", ["DEFAULT", "keystone_authtoken", "filter:authtoken", "oslo.messaging", "a-b", "0x"], ids=str
+)
 def test_ini_names_devstack_can_take(name):
     assert localconf.ini_name_problem(name, "section") is None
 
@@ -285,13 +350,19 @@ def test_ini_names_devstack_can_take(name):
 SERVICES = [
     ("default", {}, localconf.DEFAULT_SERVICES),
     ("replaced", {"ENABLED_SERVICES": "n-cpu,n-net"}, ("n-cpu", "n-net")),
-    ("negated", {"ENABLED_SERVICES+": ",-n-cpu,-c-vol"},
-     tuple(s for s in localconf.DEFAULT_SERVICES if s not in ("n-cpu", "c-vol"))),
+    (
+        "negated",
+        {"ENABLED_SERVICES+": ",-n-cpu,-c-vol"},
+        tuple(s for s in localconf.DEFAULT_SERVICES if s not in ("n-cpu", "c-vol")),
+    ),
     ("replaced-then-appended", {"ENABLED_SERVICES": "key", "ENABLED_SERVICES+": ",n-api"}, ("key", "n-api")),
     ("appended-then-replaced", {"ENABLED_SERVICES+": ",n-api", "ENABLED_SERVICES": "key"}, ("key",)),
     ("appended-without-comma", {"ENABLED_SERVICES": "key", "ENABLED_SERVICES+": "x"}, ("keyx",)),
-    ("self-reference", {"ENABLED_SERVICES": "$ENABLED_SERVICES,-key"},
-     tuple(s for s in localconf.DEFAULT_SERVICES if s != "key")),
+    (
+        "self-reference",
+        {"ENABLED_SERVICES": "$ENABLED_SERVICES,-key"},
+        tuple(s for s in localconf.DEFAULT_SERVICES if s != "key"),
+    ),
     ("negation-before-name", {"ENABLED_SERVICES": "-a,a,b"}, ("b",)),
     ("twice-and-empty", {"ENABLED_SERVICES": "a,,a, b,"}, ("a", "b")),
     ("empty", {"ENABLED_SERVICES": ""}, ()),
@@ -309,15 +380,23 @@ def test_enabled_services_agree_with_devstack_itself(tmp_path):
     if not (tree / "functions-common").is_file():
         pytest.skip(f"no devstack tree at {tree} (set DEVSTACK_TREE)")
     stackrc = (tree / "stackrc").read_text()
-    block = stackrc[stackrc.index("if ! isset ENABLED_SERVICES"):]
-    block = block[:block.index("\nfi\n") + 4]
+    block = stackrc[stackrc.index("if ! isset ENABLED_SERVICES") :]
+    block = block[: block.index("\nfi\n") + 4]
     localrc = {"ENABLED_SERVICES+": ",-n-cpu,-c-vol,extra,-extra", "X": "1"}
-    script = (f"isset() {{ [[ -v \"$1\" ]]; }}\n{block}"
-              f"source <(sed -n '/^function _cleanup_service_list/,/^}}/p;/^function remove_disabled_services/,/^}}/p;"
-              f"/^function disable_negated_services/,/^}}/p' {tree}/functions-common)\n"
-              + localconf.render(localrc).split("\n", 1)[1]
-              + "disable_negated_services\nprintf '%s' \"$ENABLED_SERVICES\"\n")
-    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, cwd=tmp_path,
-                            env={"PATH": os.environ["PATH"]})
+    script = (
+        f'isset() {{ [[ -v "$1" ]]; }}\n{block}'
+        f"source <(sed -n '/^function _cleanup_service_list/,/^}}/p;/^function remove_disabled_services/,/^}}/p;"
+        f"/^function disable_negated_services/,/^}}/p' {tree}/functions-common)\n"
+        + localconf.render(localrc).split("\n", 1)[1]
+        + "disable_negated_services\nprintf '%s' \"$ENABLED_SERVICES\"\n"
+    )
+    result = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+    )
     assert result.returncode == 0, result.stderr
     assert tuple(result.stdout.split(",")) == localconf.enabled_services(localrc)

@@ -10,18 +10,48 @@ import pytest
 
 from coordinator import nova
 
-SERVICES = [{"ID": "1", "Binary": "nova-compute", "Host": "cpu-0001", "Zone": "nova", "Status": "enabled",
-             "State": "up", "Updated At": "2026-11-30T23:03:55.000000"},
-            {"ID": "2", "Binary": "nova-compute", "Host": "cpu-0011", "Zone": "nova", "Status": "enabled",
-             "State": "down", "Updated At": "2026-11-30T23:03:55.000000"},
-            {"ID": "3", "Binary": "nova-compute", "Host": "cpu-0021", "Zone": "nova", "Status": "disabled",
-             "State": "up", "Updated At": "2026-11-30T23:03:55.000000"},
-            {"ID": "4", "Binary": "nova-compute", "Host": "cpu-0031", "Zone": "nova", "Status": "enabled",
-             "State": "up", "Updated At": "2026-11-30T23:03:55.000000"}]
-HYPERVISORS = [{"ID": "a", "Hypervisor Hostname": "cpu-0001", "Hypervisor Type": "fake", "Host IP": "10.0.0.3",
-                "State": "up"},
-               {"ID": "b", "Hypervisor Hostname": "cpu-0031", "Hypervisor Type": "fake", "Host IP": "10.0.0.6",
-                "State": "up"}]
+SERVICES = [
+    {
+        "ID": "1",
+        "Binary": "nova-compute",
+        "Host": "cpu-0001",
+        "Zone": "nova",
+        "Status": "enabled",
+        "State": "up",
+        "Updated At": "2026-11-30T23:03:55.000000",
+    },
+    {
+        "ID": "2",
+        "Binary": "nova-compute",
+        "Host": "cpu-0011",
+        "Zone": "nova",
+        "Status": "enabled",
+        "State": "down",
+        "Updated At": "2026-11-30T23:03:55.000000",
+    },
+    {
+        "ID": "3",
+        "Binary": "nova-compute",
+        "Host": "cpu-0021",
+        "Zone": "nova",
+        "Status": "disabled",
+        "State": "up",
+        "Updated At": "2026-11-30T23:03:55.000000",
+    },
+    {
+        "ID": "4",
+        "Binary": "nova-compute",
+        "Host": "cpu-0031",
+        "Zone": "nova",
+        "Status": "enabled",
+        "State": "up",
+        "Updated At": "2026-11-30T23:03:55.000000",
+    },
+]
+HYPERVISORS = [
+    {"ID": "a", "Hypervisor Hostname": "cpu-0001", "Hypervisor Type": "fake", "Host IP": "10.0.0.3", "State": "up"},
+    {"ID": "b", "Hypervisor Hostname": "cpu-0031", "Hypervisor Type": "fake", "Host IP": "10.0.0.6", "State": "up"},
+]
 # nova-manage prints its log lines on stdout around the table (devstack's dbcounter), as seen on a controller.
 MAPPED = """INFO dbcounter [None req-66de] Registered counter for database nova_api
 DEBUG dbcounter [-] [52319] Writer thread running {{(pid=52319) stat_writer dbcounter.py:102}}
@@ -34,29 +64,39 @@ DEBUG dbcounter [-] [52319] Writer thread running {{(pid=52319) stat_writer dbco
 
 
 def status_text(services=SERVICES, hypervisors=HYPERVISORS, mapped=MAPPED):
-    return (f"== services\n{json.dumps(services, indent=2)}\n== hypervisors\n{json.dumps(hypervisors)}\n"
-            f"== mapped\n{mapped}")
+    return (
+        f"== services\n{json.dumps(services, indent=2)}\n== hypervisors\n{json.dumps(hypervisors)}\n== mapped\n{mapped}"
+    )
 
 
 def test_status_reads_services_hypervisors_and_the_cell_table():
     status = nova.parse_status(status_text())
-    assert status == {"services": {"cpu-0001": "up", "cpu-0011": "down", "cpu-0021": "disabled", "cpu-0031": "up"},
-                      "hypervisors": {"cpu-0001": "up", "cpu-0031": "up"}, "mapped": {"cpu-0001"}}
+    assert status == {
+        "services": {"cpu-0001": "up", "cpu-0011": "down", "cpu-0021": "disabled", "cpu-0031": "up"},
+        "hypervisors": {"cpu-0001": "up", "cpu-0031": "up"},
+        "mapped": {"cpu-0001"},
+    }
 
 
 def test_an_empty_cloud_reads_as_nothing():
-    empty = "+-----------+-----------+----------+\n| Cell Name | Cell UUID | Hostname |\n" \
-            "+-----------+-----------+----------+\n+-----------+-----------+----------+\n"
+    empty = (
+        "+-----------+-----------+----------+\n| Cell Name | Cell UUID | Hostname |\n"
+        "+-----------+-----------+----------+\n+-----------+-----------+----------+\n"
+    )
     assert nova.parse_status(status_text([], [], empty)) == {"services": {}, "hypervisors": {}, "mapped": set()}
 
 
-@pytest.mark.parametrize("host, why", [
-    ("cpu-0001", None),
-    ("cpu-0011", "nova-compute service is down"),
-    ("cpu-0021", "nova-compute service is disabled"),
-    ("cpu-0031", "not mapped to a cell yet"),
-    ("cpu-0041", "no nova-compute service registered"),
-], ids=["ready", "down", "disabled", "unmapped", "missing"])
+@pytest.mark.parametrize(
+    "host, why",
+    [
+        ("cpu-0001", None),
+        ("cpu-0011", "nova-compute service is down"),
+        ("cpu-0021", "nova-compute service is disabled"),
+        ("cpu-0031", "not mapped to a cell yet"),
+        ("cpu-0041", "no nova-compute service registered"),
+    ],
+    ids=["ready", "down", "disabled", "unmapped", "missing"],
+)
 def test_what_each_host_still_waits_for(host, why):
     waiting = nova.not_ready([host], nova.parse_status(status_text()))
     assert waiting == ({} if why is None else {host: why})
@@ -67,19 +107,31 @@ def test_an_up_service_without_a_hypervisor_waits():
     assert nova.not_ready(["cpu-0001"], status) == {"cpu-0001": "no hypervisor"}
 
 
-@pytest.mark.parametrize("seconds, text", [(0.4, "0s"), (45, "45s"), (161, "2m41s"), (3720, "1h02m")],
-                         ids=["zero", "seconds", "minutes", "hours"])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(0.4, "0s"), (45, "45s"), (161, "2m41s"), (3720, "1h02m")],
+    ids=["zero", "seconds", "minutes", "hours"],
+)
 def test_durations_read_like_a_person_writes_them(seconds, text):
     assert nova.duration(seconds) == text
 
 
 def test_the_closing_line():
-    line = nova.summary({"expected": 64, "services_up": 64, "hypervisors_up": 64, "seconds": 161,
-                         "controller": "10.100.1.2", "waiting": {}})
+    line = nova.summary(
+        {
+            "expected": 64,
+            "services_up": 64,
+            "hypervisors_up": 64,
+            "seconds": 161,
+            "controller": "10.100.1.2",
+            "waiting": {},
+        }
+    )
     assert line == "64/64 nova-compute services up as 64 hypervisors (controller 10.100.1.2) in 2m41s"
 
 
 # ---------------------------------------------------------------- the identity script, on a tree of the test's own
+
 
 def stacked_first(tmp_path, first="cpu-000", fakes=2):
     """What devstack's fake driver leaves in the first compute: nova-fake.conf-N naming host `<name>N` and a
@@ -91,7 +143,8 @@ def stacked_first(tmp_path, first="cpu-000", fakes=2):
         state.mkdir(parents=True)
         (state / "compute_id").write_text(f"id-of-{first}{index}\n")
         (conf_dir / f"nova-fake.conf-{index}").write_text(
-            f"# devstack wrote this\n[DEFAULT]\nhost = {first}{index}\nstate_path = {state}\n\n[fake]\nx = 1\n")
+            f"# devstack wrote this\n[DEFAULT]\nhost = {first}{index}\nstate_path = {state}\n\n[fake]\nx = 1\n"
+        )
     (conf_dir / "nova-cpu.conf").write_text("[DEFAULT]\nmy_ip = 10.0.0.3\n")
     record = tmp_path / "identity"
     record.write_text(first + "\n")
@@ -99,8 +152,11 @@ def stacked_first(tmp_path, first="cpu-000", fakes=2):
 
 
 def identify(name, state_root, record, conf_dir):
-    result = subprocess.run([sys.executable, "-c", nova.IDENTIFY, name, str(state_root), str(record),
-                             str(conf_dir)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", nova.IDENTIFY, name, str(state_root), str(record), str(conf_dir)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -159,18 +215,24 @@ STACK_LOG = """+ ./stack.sh:main:779                      :   echo_summary 'Inst
 """
 
 
-@pytest.mark.parametrize("text, phase", [
-    (STACK_LOG, "Starting Nova API"),
-    (STACK_LOG.split("+ ./stack.sh:main:1190")[0], "Installing package prerequisites"),
-    ("Collecting neutron-lib>=3.24.0\n", None),
-    ("", None),
-], ids=["latest", "earlier", "no-summary", "empty"])
+@pytest.mark.parametrize(
+    "text, phase",
+    [
+        (STACK_LOG, "Starting Nova API"),
+        (STACK_LOG.split("+ ./stack.sh:main:1190")[0], "Installing package prerequisites"),
+        ("Collecting neutron-lib>=3.24.0\n", None),
+        ("", None),
+    ],
+    ids=["latest", "earlier", "no-summary", "empty"],
+)
 def test_the_devstack_phase_is_the_last_summary_in_the_log(text, phase):
     from coordinator.devstack import stack_phase
+
     assert stack_phase(text) == phase
 
 
 # ---------------------------------------------------------------- waiting for the cloud, against a scripted controller
+
 
 class Controller:
     """Answers nova.converge's calls as a controller would: the status script from `answers` in turn (the last one
@@ -206,8 +268,15 @@ class Node:
 def test_converge_maps_new_hosts_and_ends_when_all_are_up():
     controller = Controller([(["a1"], []), 5, (["a1", "b1"], ["a1", "b1"])])
     seen = []
-    result = nova.converge(controller, Node(), ["a1", "b1"], started=0.0, timeout=60, interval=0,
-                           progress=lambda done, total: seen.append((done, total)))
+    result = nova.converge(
+        controller,
+        Node(),
+        ["a1", "b1"],
+        started=0.0,
+        timeout=60,
+        interval=0,
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert result["waiting"] == {} and result["services_up"] == 2 and result["hypervisors_up"] == 2
     assert result["error"] is None
     assert controller.calls.count("discover") >= 1 and controller.mapped == {"a1", "b1"}

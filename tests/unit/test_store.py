@@ -49,7 +49,10 @@ def test_resources_come_back_in_the_order_they_were_recorded_and_once(store):
         store.add_resource("demo", "localhost", kind, name, {"why": kind})
     store.add_resource("demo", "localhost", "container", "c1")
     assert [(r["kind"], r["name"]) for r in store.resources("demo")] == [
-        ("network", "lxcbr-0a640100"), ("container", "c1"), ("container", "c2")]
+        ("network", "lxcbr-0a640100"),
+        ("container", "c1"),
+        ("container", "c2"),
+    ]
     store.remove_resource("demo", "localhost", "container", "c1")
     assert [r["name"] for r in store.resources("demo")] == ["lxcbr-0a640100", "c2"]
     store.delete("demo")
@@ -63,13 +66,21 @@ def test_a_missing_deployment_says_how_to_find_the_others(store):
 
 def hold_lock(store, name):
     """Another process holding the deployment's lock, as a second coordinator would; kill it to let go."""
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from coordinator.store import Store
         with Store({store.path!r}).lock({name!r}):
             print("locked", flush=True)
             time.sleep(30)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     return holder
 
@@ -77,9 +88,8 @@ def hold_lock(store, name):
 def test_two_coordinators_cannot_work_on_one_deployment(store):
     holder = hold_lock(store, "demo")
     try:
-        with pytest.raises(StoreError, match=rf"being worked on by coordinator pid {holder.pid}"):
-            with store.lock("demo"):
-                pass
+        with pytest.raises(StoreError, match=rf"being worked on by coordinator pid {holder.pid}"), store.lock("demo"):
+            pass
         with store.lock("other"):
             pass
     finally:
@@ -115,8 +125,11 @@ def test_an_unwritable_store_location_is_a_clear_error(tmp_path):
 def test_a_record_that_is_not_json_names_the_deployment_and_how_to_remove_it(store):
     store.begin("demo", CONFIG, PLAN)
     store._sql("UPDATE deployments SET plan = '{' WHERE name = 'demo'")
-    with pytest.raises(StoreError, match=r"deployment 'demo' in .*: its recorded plan is damaged \(not JSON: "
-                                         r".*DELETE FROM deployments WHERE name = 'demo'"):
+    with pytest.raises(
+        StoreError,
+        match=r"deployment 'demo' in .*: its recorded plan is damaged \(not JSON: "
+        r".*DELETE FROM deployments WHERE name = 'demo'",
+    ):
         store.get("demo")
     assert [entry["name"] for entry in store.list()] == ["demo"], "list reads no plan"
 
@@ -124,8 +137,11 @@ def test_a_record_that_is_not_json_names_the_deployment_and_how_to_remove_it(sto
 def test_a_file_that_is_no_database_is_a_clear_error(tmp_path):
     path = tmp_path / "deployments.sqlite"
     path.write_bytes(b"\x00not sqlite\x00" * 200)
-    with pytest.raises(StoreError, match=rf"cannot use the deployment store {path}: file is not a database; is it "
-                                         r"the coordinator's store\?"):
+    with pytest.raises(
+        StoreError,
+        match=rf"cannot use the deployment store {path}: file is not a database; is it "
+        r"the coordinator's store\?",
+    ):
         Store(str(path))
 
 
@@ -135,5 +151,8 @@ def test_store_writes_are_logged(store, caplog):
     store.mark_step("demo", "devstack:c", "done")
     store.begin("demo", CONFIG, PLAN)
     assert [record.getMessage() for record in caplog.records] == [
-        f"recorded new deployment 'demo' in {store.path}", "deployment 'demo': step devstack:c done",
-        "deployment 'demo': status deploying", "deployment 'demo' is on record with this config: resuming"]
+        f"recorded new deployment 'demo' in {store.path}",
+        "deployment 'demo': step devstack:c done",
+        "deployment 'demo': status deploying",
+        "deployment 'demo' is on record with this config: resuming",
+    ]

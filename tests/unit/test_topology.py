@@ -2,6 +2,7 @@
 
 import dataclasses
 import ipaddress
+import itertools
 import json
 import re
 from pathlib import Path
@@ -22,8 +23,13 @@ def servers(*hosts, **extra):
 
 
 def lxc_provider(*hosts, count=1, prefix="controller", **extra):
-    return {"type": "LxcProvider", "containers_per_host": count, "container_name_prefix": prefix,
-            "host_provider": servers(*hosts), **extra}
+    return {
+        "type": "LxcProvider",
+        "containers_per_host": count,
+        "container_name_prefix": prefix,
+        "host_provider": servers(*hosts),
+        **extra,
+    }
 
 
 def devstack(provider=None, **localrc):
@@ -34,8 +40,14 @@ def devstack(provider=None, **localrc):
 
 
 def lxc_engine(*hosts, count=4, prefix="compute", **extra):
-    return {"type": "LxcEngine", "container_name": prefix, "nodes_per_server": count, "provider": servers(*hosts),
-            "engine": {"name": "DevstackEngine", "localrc": {"MYSQL_HOST": "{controller_ip}"}}, **extra}
+    return {
+        "type": "LxcEngine",
+        "container_name": prefix,
+        "nodes_per_server": count,
+        "provider": servers(*hosts),
+        "engine": {"name": "DevstackEngine", "localrc": {"MYSQL_HOST": "{controller_ip}"}},
+        **extra,
+    }
 
 
 def multihost(controller, *nodes):
@@ -54,6 +66,7 @@ def problems_of(data):
 
 # ---------------------------------------------------------------- the seed
 
+
 def test_seed_plans_one_controller_and_64_computes_on_localhost():
     result = topology.plan(load_config(SEED))
     controllers = [n for n in result.nodes if n.role == "controller"]
@@ -64,8 +77,11 @@ def test_seed_plans_one_controller_and_64_computes_on_localhost():
     assert {n.host for n in result.nodes} == {"localhost"}
     assert [h.address for h in result.hosts] == ["localhost"]
     controller = controllers[0]
-    assert (controller.name, controller.address, controller.kind) == ("controller-10-100-1-000", "10.100.1.2",
-                                                                      "standalone")
+    assert (controller.name, controller.address, controller.kind) == (
+        "controller-10-100-1-000",
+        "10.100.1.2",
+        "standalone",
+    )
     assert result.controller_address == controller.address
     for node in computes:
         assert node.localrc["MYSQL_HOST"] == controller.address
@@ -84,8 +100,12 @@ def test_seed_plans_one_controller_and_64_computes_on_localhost():
 
 def test_seed_host_carries_bridge_subnet_and_gateway():
     host = topology.plan(load_config(SEED)).hosts[0]
-    assert (host.subnet, host.gateway, host.bridge, host.user) == ("10.100.1.0/24", "10.100.1.1", "lxcbr-0a640100",
-                                                                   "root")
+    assert (host.subnet, host.gateway, host.bridge, host.user) == (
+        "10.100.1.0/24",
+        "10.100.1.1",
+        "lxcbr-0a640100",
+        "root",
+    )
     assert [(n.subnet, n.containers) for n in host.networks] == [("10.100.1.0/24", 65)]
 
 
@@ -93,13 +113,35 @@ def test_seed_plan_json_has_the_promised_shape():
     data = json.loads(topology.plan(load_config(SEED)).to_json())
     assert isinstance(data["tunnels"], list)
     for node in data["nodes"]:
-        assert {"name", "role", "host", "address", "local_conf", "kind", "source", "group", "prefixlen", "gateway",
-                "distribution", "release", "devstack_repo", "devstack_branch", "start_script", "localrc"} <= set(node)
+        assert {
+            "name",
+            "role",
+            "host",
+            "address",
+            "local_conf",
+            "kind",
+            "source",
+            "group",
+            "prefixlen",
+            "gateway",
+            "distribution",
+            "release",
+            "devstack_repo",
+            "devstack_branch",
+            "start_script",
+            "localrc",
+        } <= set(node)
         assert node["role"] in ("controller", "compute")
     node = data["nodes"][1]
-    assert (node["devstack_repo"], node["devstack_branch"], node["start_script"], node["distribution"],
-            node["release"], node["prefixlen"], node["gateway"]) == (
-        "https://opendev.org/openstack/devstack", "master", None, "ubuntu", "noble", 24, "10.100.1.1")
+    assert (
+        node["devstack_repo"],
+        node["devstack_branch"],
+        node["start_script"],
+        node["distribution"],
+        node["release"],
+        node["prefixlen"],
+        node["gateway"],
+    ) == ("https://opendev.org/openstack/devstack", "master", None, "ubuntu", "noble", 24, "10.100.1.1")
 
 
 def test_plan_round_trips_through_json():
@@ -110,17 +152,21 @@ def test_plan_round_trips_through_json():
 
 # ---------------------------------------------------------------- hosts and subnets
 
+
 def test_hosts_get_consecutive_default_subnets():
     result = plan_of(multihost(devstack(lxc_provider("a")), lxc_engine("a", "b", "c")))
     assert [(h.address, h.subnet, h.gateway) for h in result.hosts] == [
-        ("a", "10.100.1.0/24", "10.100.1.1"), ("b", "10.100.2.0/24", "10.100.2.1"),
-        ("c", "10.100.3.0/24", "10.100.3.1")]
+        ("a", "10.100.1.0/24", "10.100.1.1"),
+        ("b", "10.100.2.0/24", "10.100.2.1"),
+        ("c", "10.100.3.0/24", "10.100.3.1"),
+    ]
     assert len({h.bridge for h in result.hosts}) == 3
 
 
 def test_start_lxc_network_is_incremented_per_host():
-    result = plan_of(multihost(devstack(lxc_provider("ctl")),
-                               lxc_engine("a", "b", count=2, start_lxc_network="10.100.1.0/28")))
+    result = plan_of(
+        multihost(devstack(lxc_provider("ctl")), lxc_engine("a", "b", count=2, start_lxc_network="10.100.1.0/28"))
+    )
     by_host = {n.host: n.subnet for n in result.nodes if n.role == "compute"}
     assert by_host == {"a": "10.100.1.0/28", "b": "10.100.1.16/28"}
     names = [n.name for n in result.nodes if n.host == "b"]
@@ -130,8 +176,9 @@ def test_start_lxc_network_is_incremented_per_host():
 
 
 def test_groups_on_one_host_share_its_subnet_and_bridge_with_disjoint_addresses():
-    result = plan_of(multihost(devstack(lxc_provider("h")), lxc_engine("h", count=3),
-                               lxc_engine("h", count=2, prefix="other")))
+    result = plan_of(
+        multihost(devstack(lxc_provider("h")), lxc_engine("h", count=3), lxc_engine("h", count=2, prefix="other"))
+    )
     assert len(result.hosts[0].networks) == 1
     assert {(n.subnet, n.bridge) for n in result.nodes} == {("10.100.1.0/24", "lxcbr-0a640100")}
     assert [n.address for n in result.nodes] == [f"10.100.1.{i}" for i in range(2, 8)]
@@ -142,7 +189,9 @@ def test_group_with_its_own_network_gets_its_own_bridge_on_the_same_host():
     result = plan_of(multihost(devstack(lxc_provider("h")), lxc_engine("h", start_lxc_network="10.200.0.0/24")))
     networks = result.hosts[0].networks
     assert [(n.subnet, n.bridge, n.containers) for n in networks] == [
-        ("10.100.1.0/24", "lxcbr-0a640100", 1), ("10.200.0.0/24", "lxcbr-0ac80000", 4)]
+        ("10.100.1.0/24", "lxcbr-0a640100", 1),
+        ("10.200.0.0/24", "lxcbr-0ac80000", 4),
+    ]
     assert [n.address for n in result.nodes if n.role == "compute"] == [f"10.200.0.{i}" for i in range(2, 6)]
 
 
@@ -154,12 +203,24 @@ def test_same_subnet_given_twice_on_one_host_is_shared():
 
 
 OVERLAPS = [
-    ("same-subnet-two-hosts", lxc_provider("a", start_lxc_network="10.9.0.0/24"),
-     lxc_engine("b", start_lxc_network="10.9.0.0/24"), "nodes[0].start_lxc_network"),
-    ("nested-on-one-host", lxc_provider("a", start_lxc_network="10.9.0.0/24"),
-     lxc_engine("a", start_lxc_network="10.9.0.0/25"), "nodes[0].start_lxc_network"),
-    ("second-host-runs-into-other", lxc_provider("a", start_lxc_network="10.9.1.0/24"),
-     lxc_engine("b", "c", start_lxc_network="10.9.0.0/24"), "nodes[0].start_lxc_network"),
+    (
+        "same-subnet-two-hosts",
+        lxc_provider("a", start_lxc_network="10.9.0.0/24"),
+        lxc_engine("b", start_lxc_network="10.9.0.0/24"),
+        "nodes[0].start_lxc_network",
+    ),
+    (
+        "nested-on-one-host",
+        lxc_provider("a", start_lxc_network="10.9.0.0/24"),
+        lxc_engine("a", start_lxc_network="10.9.0.0/25"),
+        "nodes[0].start_lxc_network",
+    ),
+    (
+        "second-host-runs-into-other",
+        lxc_provider("a", start_lxc_network="10.9.1.0/24"),
+        lxc_engine("b", "c", start_lxc_network="10.9.0.0/24"),
+        "nodes[0].start_lxc_network",
+    ),
 ]
 
 
@@ -170,12 +231,16 @@ def test_overlapping_subnets_are_refused(provider, node, where):
 
 
 def test_shared_subnet_too_small_names_every_group_in_it():
-    found = problems_of(multihost(devstack(lxc_provider("h")), lxc_engine("h", count=200),
-                                  lxc_engine("h", count=60, prefix="more")))
-    assert found == {"nodes[1].nodes_per_server": (
-        "10.100.1.0/24 is too small for 261 containers on h (shared: controller 1, nodes[0] 200, nodes[1] 60): "
-        "it holds 253 (network, gateway and broadcast addresses are reserved); a /23 would hold them; "
-        "set start_lxc_network to a network that size")}
+    found = problems_of(
+        multihost(devstack(lxc_provider("h")), lxc_engine("h", count=200), lxc_engine("h", count=60, prefix="more"))
+    )
+    assert found == {
+        "nodes[1].nodes_per_server": (
+            "10.100.1.0/24 is too small for 261 containers on h (shared: controller 1, nodes[0] 200, nodes[1] 60): "
+            "it holds 253 (network, gateway and broadcast addresses are reserved); a /23 would hold them; "
+            "set start_lxc_network to a network that size"
+        )
+    }
 
 
 def test_253_containers_fill_a_default_subnet_exactly():
@@ -184,18 +249,24 @@ def test_253_containers_fill_a_default_subnet_exactly():
 
 
 def test_later_host_subnet_running_into_a_special_range_is_refused():
-    found = problems_of(multihost(devstack(lxc_provider("a")),
-                                  lxc_engine("b", "c", start_lxc_network="223.255.255.0/24")))
-    assert found == {"nodes[0].start_lxc_network": (
-        "the subnet for host 2 (c): 224.0.0.0/24 overlaps the multicast range 224.0.0.0/4; container subnets must "
-        "be ordinary unicast addresses")}
+    found = problems_of(
+        multihost(devstack(lxc_provider("a")), lxc_engine("b", "c", start_lxc_network="223.255.255.0/24"))
+    )
+    assert found == {
+        "nodes[0].start_lxc_network": (
+            "the subnet for host 2 (c): 224.0.0.0/24 overlaps the multicast range 224.0.0.0/4; container subnets must "
+            "be ordinary unicast addresses"
+        )
+    }
 
 
 def test_default_subnets_skip_hardware_node_addresses():
     # A host at 10.100.1.1 must not get 10.100.1.0/24, whose gateway would be its own address.
     result = plan_of(multihost(devstack(lxc_provider("10.100.1.1")), lxc_engine("10.100.2.7")))
-    assert [(h.address, h.subnet) for h in result.hosts] == [("10.100.1.1", "10.100.3.0/24"),
-                                                              ("10.100.2.7", "10.100.4.0/24")]
+    assert [(h.address, h.subnet) for h in result.hosts] == [
+        ("10.100.1.1", "10.100.3.0/24"),
+        ("10.100.2.7", "10.100.4.0/24"),
+    ]
 
 
 def test_default_subnets_skip_tunnel_ends():
@@ -204,36 +275,49 @@ def test_default_subnets_skip_tunnel_ends():
 
 
 def test_explicit_subnet_holding_a_hardware_node_address_is_refused():
-    found = problems_of(multihost(devstack(lxc_provider("10.9.0.1", start_lxc_network="10.9.0.0/24")),
-                                  lxc_engine("a")))
-    assert found == {"controller.provider.start_lxc_network": (
-        "subnet 10.9.0.0/24 (for controller on 10.9.0.1) holds the address of hardware node 10.9.0.1 (at "
-        "controller.provider.host_provider.credentials[0]); a container subnet must not hold a hardware node's "
-        "address; give a different start_lxc_network")}
+    found = problems_of(multihost(devstack(lxc_provider("10.9.0.1", start_lxc_network="10.9.0.0/24")), lxc_engine("a")))
+    assert found == {
+        "controller.provider.start_lxc_network": (
+            "subnet 10.9.0.0/24 (for controller on 10.9.0.1) holds the address of hardware node 10.9.0.1 (at "
+            "controller.provider.host_provider.credentials[0]); a container subnet must not hold a hardware node's "
+            "address; give a different start_lxc_network"
+        )
+    }
 
 
 def test_explicit_subnet_holding_another_hosts_address_is_refused():
-    found = problems_of(multihost(devstack(lxc_provider("a", start_lxc_network="192.168.10.0/24")),
-                                  lxc_engine("192.168.10.2")))
+    found = problems_of(
+        multihost(devstack(lxc_provider("a", start_lxc_network="192.168.10.0/24")), lxc_engine("192.168.10.2"))
+    )
     assert "holds the address of hardware node 192.168.10.2" in found["controller.provider.start_lxc_network"]
 
 
 # ---------------------------------------------------------------- names
 
+
 def test_names_follow_prefix_subnet_index_without_doubled_separators():
     result = plan_of(devstack(lxc_provider("h", count=2, prefix="rally-providertest-02-")))
-    assert [n.name for n in result.nodes] == ["rally-providertest-02-10-100-1-000",
-                                              "rally-providertest-02-10-100-1-001"]
+    assert [n.name for n in result.nodes] == [
+        "rally-providertest-02-10-100-1-000",
+        "rally-providertest-02-10-100-1-001",
+    ]
 
 
 def test_groups_sharing_prefix_and_subnet_get_names_of_their_own():
     result = plan_of(multihost(devstack(lxc_provider("h")), lxc_engine("h", count=2), lxc_engine("h", count=2)))
     assert [n.name for n in result.nodes if n.role == "compute"] == [
-        "compute-10-100-1-000", "compute-10-100-1-001", "compute-10-100-1-g2-000", "compute-10-100-1-g2-001"]
+        "compute-10-100-1-000",
+        "compute-10-100-1-001",
+        "compute-10-100-1-g2-000",
+        "compute-10-100-1-g2-001",
+    ]
     assert [n.source for n in result.nodes if n.role == "compute"] == [
-        None, "compute-10-100-1-000", None, "compute-10-100-1-g2-000"]
-    assert [n.address for n in result.nodes] == ["10.100.1.2", "10.100.1.3", "10.100.1.4", "10.100.1.5",
-                                                 "10.100.1.6"]
+        None,
+        "compute-10-100-1-000",
+        None,
+        "compute-10-100-1-g2-000",
+    ]
+    assert [n.address for n in result.nodes] == ["10.100.1.2", "10.100.1.3", "10.100.1.4", "10.100.1.5", "10.100.1.6"]
 
 
 def _grown(count, previous=None):
@@ -260,16 +344,17 @@ def test_shrinking_a_group_keeps_the_others_and_frees_the_addresses_for_later_gr
     smaller = _grown(2, previous=before)
     old = {node.name: node.address for node in before.nodes}
     assert {node.name: node.address for node in smaller.nodes} == {
-        name: address for name, address in old.items()
-        if name not in ("compute-10-100-1-002", "compute-10-100-1-003")}
+        name: address for name, address in old.items() if name not in ("compute-10-100-1-002", "compute-10-100-1-003")
+    }
     again = _grown(3, previous=smaller)
     assert again.node("compute-10-100-1-002").address == "10.100.1.5", "a freed address is taken again"
 
 
 def test_a_previous_address_outside_the_subnet_or_taken_twice_is_replaced():
     before = _grown(2)
-    broken = dataclasses.replace(before, nodes=tuple(
-        dataclasses.replace(node, address="10.100.1.2") for node in before.nodes))
+    broken = dataclasses.replace(
+        before, nodes=tuple(dataclasses.replace(node, address="10.100.1.2") for node in before.nodes)
+    )
     again = _grown(2, previous=broken)
     addresses = [node.address for node in again.nodes]
     assert len(set(addresses)) == len(addresses)
@@ -284,8 +369,9 @@ def test_default_prefixes_come_from_the_role():
 
 
 def test_more_than_999_containers_keep_unique_names():
-    result = plan_of(multihost(devstack(lxc_provider("h")),
-                               lxc_engine("h", count=1200, start_lxc_network="10.120.0.0/21")))
+    result = plan_of(
+        multihost(devstack(lxc_provider("h")), lxc_engine("h", count=1200, start_lxc_network="10.120.0.0/21"))
+    )
     names = [n.name for n in result.nodes]
     assert len(set(names)) == len(names)
     assert names[-1] == "compute-10-120-0-1199"
@@ -297,8 +383,9 @@ def test_devstack_twice_on_one_hardware_node_is_refused():
 
 
 def test_host_names_are_compared_without_case_and_trailing_dot():
-    result = plan_of(multihost(devstack(lxc_provider("Node-A.example.")), lxc_engine("node-a.EXAMPLE"),
-                               lxc_engine("b")))
+    result = plan_of(
+        multihost(devstack(lxc_provider("Node-A.example.")), lxc_engine("node-a.EXAMPLE"), lxc_engine("b"))
+    )
     assert [h.address for h in result.hosts] == ["node-a.example", "b"]
     found = problems_of(multihost(devstack(servers("H1")), devstack(servers("h1."))))
     assert "devstack would run twice on one hardware node" in found["nodes[0]"]
@@ -306,15 +393,18 @@ def test_host_names_are_compared_without_case_and_trailing_dot():
 
 # ---------------------------------------------------------------- the controller
 
+
 def test_controller_must_be_exactly_one_node():
     found = problems_of(multihost(devstack(lxc_provider("a", count=2)), lxc_engine("a")))
-    assert found == {"controller": "the controller must be exactly one node; this config makes 2 (2 per host on "
-                                   "1 host(s))"}
+    assert found == {
+        "controller": "the controller must be exactly one node; this config makes 2 (2 per host on 1 host(s))"
+    }
 
 
 def test_controller_on_a_hardware_node_lends_its_address():
-    result = plan_of(multihost(devstack(servers("192.168.1.13")),
-                               lxc_engine("192.168.10.1", tunnel_to=["192.168.1.13"])))
+    result = plan_of(
+        multihost(devstack(servers("192.168.1.13")), lxc_engine("192.168.10.1", tunnel_to=["192.168.1.13"]))
+    )
     assert result.nodes[0].kind == "host" and result.nodes[0].address == "192.168.1.13"
     assert result.nodes[0].subnet is None and result.nodes[0].bridge is None
     assert {n.localrc["MYSQL_HOST"] for n in result.nodes[1:]} == {"192.168.1.13"}
@@ -328,85 +418,139 @@ def test_controller_on_localhost_itself_is_unreachable_from_containers():
 
 # ---------------------------------------------------------------- tunnels
 
+
 def test_tunnels_carry_both_ends_and_the_subnets_on_each():
     # The seed's tunnel picture: the controller in a container on 192.168.1.13, computes on 192.168.10.x.
-    result = plan_of(multihost(devstack(lxc_provider("192.168.1.13")),
-                               lxc_engine("192.168.10.1", "192.168.10.2", start_lxc_network="10.100.10.0/24",
-                                          tunnel_to=["10.1.1.20", "192.168.1.13"])))
+    result = plan_of(
+        multihost(
+            devstack(lxc_provider("192.168.1.13")),
+            lxc_engine(
+                "192.168.10.1",
+                "192.168.10.2",
+                start_lxc_network="10.100.10.0/24",
+                tunnel_to=["10.1.1.20", "192.168.1.13"],
+            ),
+        )
+    )
     assert result.controller_address == "10.100.1.2"
     assert [(t.kind, t.host, t.subnet, t.remote, t.remote_host, t.remote_subnets) for t in result.tunnels] == [
         ("ipip", "192.168.10.1", "10.100.10.0/24", "10.1.1.20", None, ()),
         ("ipip", "192.168.10.1", "10.100.10.0/24", "192.168.1.13", "192.168.1.13", ("10.100.1.0/24",)),
         ("ipip", "192.168.10.2", "10.100.11.0/24", "10.1.1.20", None, ()),
-        ("ipip", "192.168.10.2", "10.100.11.0/24", "192.168.1.13", "192.168.1.13", ("10.100.1.0/24",))]
+        ("ipip", "192.168.10.2", "10.100.11.0/24", "192.168.1.13", "192.168.1.13", ("10.100.1.0/24",)),
+    ]
     assert result.tunnels_from("192.168.10.2") == result.tunnels[2:]
 
 
 def test_tunnel_lists_every_container_subnet_on_the_remote():
-    result = plan_of(multihost(devstack(lxc_provider("192.168.1.13")),
-                               lxc_engine("192.168.1.13", start_lxc_network="10.50.0.0/24", prefix="local"),
-                               lxc_engine("192.168.10.1", tunnel_to=["192.168.1.13"])))
+    result = plan_of(
+        multihost(
+            devstack(lxc_provider("192.168.1.13")),
+            lxc_engine("192.168.1.13", start_lxc_network="10.50.0.0/24", prefix="local"),
+            lxc_engine("192.168.10.1", tunnel_to=["192.168.1.13"]),
+        )
+    )
     (tunnel,) = result.tunnels
-    assert (tunnel.host, tunnel.subnet, tunnel.remote_subnets) == ("192.168.10.1", "10.100.2.0/24",
-                                                                   ("10.50.0.0/24", "10.100.1.0/24"))
+    assert (tunnel.host, tunnel.subnet, tunnel.remote_subnets) == (
+        "192.168.10.1",
+        "10.100.2.0/24",
+        ("10.50.0.0/24", "10.100.1.0/24"),
+    )
 
 
 def test_tunnel_json_shape():
-    result = plan_of(multihost(devstack(lxc_provider("192.168.1.13")),
-                               lxc_engine("192.168.10.1", tunnel_to=["192.168.1.13"])))
+    result = plan_of(
+        multihost(devstack(lxc_provider("192.168.1.13")), lxc_engine("192.168.10.1", tunnel_to=["192.168.1.13"]))
+    )
     assert json.loads(result.to_json())["tunnels"] == [
-        {"name": "lxt-6628ff031f7", "kind": "ipip", "host": "192.168.10.1", "remote": "192.168.1.13",
-         "subnet": "10.100.2.0/24", "remote_host": "192.168.1.13", "remote_subnets": ["10.100.1.0/24"]}]
+        {
+            "name": "lxt-6628ff031f7",
+            "kind": "ipip",
+            "host": "192.168.10.1",
+            "remote": "192.168.1.13",
+            "subnet": "10.100.2.0/24",
+            "remote_host": "192.168.1.13",
+            "remote_subnets": ["10.100.1.0/24"],
+        }
+    ]
     assert topology.Plan.from_dict(json.loads(result.to_json())) == result
 
 
 def test_tunnel_names_fit_linux_and_depend_only_on_their_own_ends():
-    one = plan_of(multihost(devstack(lxc_provider("192.168.1.13")),
-                            lxc_engine("192.168.10.1", "192.168.10.2", tunnel_to=["192.168.1.13"])))
+    one = plan_of(
+        multihost(
+            devstack(lxc_provider("192.168.1.13")),
+            lxc_engine("192.168.10.1", "192.168.10.2", tunnel_to=["192.168.1.13"]),
+        )
+    )
     names = {tunnel.name for tunnel in one.tunnels}
     assert len(names) == len(one.tunnels) == 2
     assert all(re.fullmatch(r"lxt-[0-9a-f]{11}", name) for name in names), "15 characters, Linux's limit"
     # A group added before them changes neither their order-free names nor anything else about them.
-    two = plan_of(multihost(devstack(lxc_provider("192.168.1.13")),
-                            lxc_engine("192.168.10.3", tunnel_to=["192.168.1.13"], start_lxc_network="10.9.0.0/24"),
-                            lxc_engine("192.168.10.1", "192.168.10.2", tunnel_to=["192.168.1.13"])))
+    two = plan_of(
+        multihost(
+            devstack(lxc_provider("192.168.1.13")),
+            lxc_engine("192.168.10.3", tunnel_to=["192.168.1.13"], start_lxc_network="10.9.0.0/24"),
+            lxc_engine("192.168.10.1", "192.168.10.2", tunnel_to=["192.168.1.13"]),
+        )
+    )
     assert set(one.tunnels) < set(two.tunnels)
 
 
 def test_no_tunnel_from_a_host_to_itself():
-    result = plan_of(multihost(devstack(lxc_provider("192.168.1.13")),
-                               lxc_engine("192.168.1.13", "192.168.10.1", tunnel_to=["192.168.1.13"])))
+    result = plan_of(
+        multihost(
+            devstack(lxc_provider("192.168.1.13")),
+            lxc_engine("192.168.1.13", "192.168.10.1", tunnel_to=["192.168.1.13"]),
+        )
+    )
     assert [(t.host, t.remote) for t in result.tunnels] == [("192.168.10.1", "192.168.1.13")]
 
 
 def test_one_host_reaches_one_remote_one_way():
-    found = problems_of(multihost(devstack(lxc_provider("c")),
-                                  lxc_engine("a", tunnel_to=["192.168.1.13"]),
-                                  lxc_engine("a", tunnel_to=["192.168.1.13"], tunnel_type="vxlan", prefix="x",
-                                             start_lxc_network="10.7.0.0/24")))
+    found = problems_of(
+        multihost(
+            devstack(lxc_provider("c")),
+            lxc_engine("a", tunnel_to=["192.168.1.13"]),
+            lxc_engine(
+                "a", tunnel_to=["192.168.1.13"], tunnel_type="vxlan", prefix="x", start_lxc_network="10.7.0.0/24"
+            ),
+        )
+    )
     assert "is vxlan here but ipip in nodes[0]" in found["nodes[1]"]
 
 
 def test_tunnel_into_a_container_subnet_is_refused():
-    found = problems_of(multihost(devstack(lxc_provider("c", start_lxc_network="10.50.0.0/24")),
-                                  lxc_engine("a", tunnel_to=["10.50.0.7"])))
+    found = problems_of(
+        multihost(
+            devstack(lxc_provider("c", start_lxc_network="10.50.0.0/24")), lxc_engine("a", tunnel_to=["10.50.0.7"])
+        )
+    )
     assert "inside a container subnet of this deployment" in found["nodes[0].tunnel_to[0]"]
 
 
 def test_shared_subnet_tunnels_are_listed_once():
-    result = plan_of(multihost(devstack(lxc_provider("a", tunnel_to=["192.168.1.13"])),
-                               lxc_engine("a", tunnel_to=["192.168.1.13"])))
+    result = plan_of(
+        multihost(devstack(lxc_provider("a", tunnel_to=["192.168.1.13"])), lxc_engine("a", tunnel_to=["192.168.1.13"]))
+    )
     assert len(result.tunnels) == 1
 
 
 # ---------------------------------------------------------------- credentials
 
+
 def test_agent_settings_from_credentials_are_kept_and_merged():
     data = multihost(devstack(lxc_provider("a")), lxc_engine("a"))
     data["nodes"][0]["provider"]["credentials"][0].update(port=7001, ca="ca.pem", token_file="/t")
     host = plan_of(data).hosts[0]
-    assert (host.user, host.port, host.ca, host.token_file, host.cert, host.key) == ("root", 7001, "ca.pem", "/t",
-                                                                                     None, None)
+    assert (host.user, host.port, host.ca, host.token_file, host.cert, host.key) == (
+        "root",
+        7001,
+        "ca.pem",
+        "/t",
+        None,
+        None,
+    )
 
 
 def test_one_host_with_two_different_agent_ports_is_refused():
@@ -414,15 +558,19 @@ def test_one_host_with_two_different_agent_ports_is_refused():
     data["controller"]["provider"]["host_provider"]["credentials"][0]["port"] = 7000
     data["nodes"][0]["provider"]["credentials"][0]["port"] = 7001
     found = problems_of(data)
-    assert found == {"nodes[0].provider.credentials[0].port": "host 'a' is given port 7001 here but 7000 at "
-                                                              "controller.provider.host_provider.credentials[0]"}
+    assert found == {
+        "nodes[0].provider.credentials[0].port": "host 'a' is given port 7001 here but 7000 at "
+        "controller.provider.host_provider.credentials[0]"
+    }
 
 
 # ---------------------------------------------------------------- scale and determinism
 
+
 def test_planning_thousands_of_containers_per_host():
-    data = multihost(devstack(lxc_provider("ctl")),
-                     lxc_engine("a", "b", "c", count=3000, start_lxc_network="10.64.0.0/20"))
+    data = multihost(
+        devstack(lxc_provider("ctl")), lxc_engine("a", "b", "c", count=3000, start_lxc_network="10.64.0.0/20")
+    )
     config = validate(data)
     result = topology.plan(config)
     assert len(result.nodes) == 9001
@@ -441,8 +589,7 @@ def networks(draw):
     # Inside 10.100.0.0/16, where the default subnets are too, so that collisions with them get tried.
     prefix = draw(st.integers(22, 27))
     index = draw(st.integers(0, 2 ** (prefix - 16) - 1))
-    return str(ipaddress.IPv4Network((int(ipaddress.IPv4Address("10.100.0.0")) + index * 2 ** (32 - prefix),
-                                      prefix)))
+    return str(ipaddress.IPv4Network((int(ipaddress.IPv4Address("10.100.0.0")) + index * 2 ** (32 - prefix), prefix)))
 
 
 @st.composite
@@ -480,16 +627,17 @@ def independent_expectation(data):
         if "start_lxc_network" in cfg:
             start = ipaddress.IPv4Network(cfg["start_lxc_network"])
             for position, host in enumerate(hosts):
-                net = ipaddress.IPv4Network((int(start.network_address) + position * start.num_addresses,
-                                             start.prefixlen))
+                net = ipaddress.IPv4Network(
+                    (int(start.network_address) + position * start.num_addresses, start.prefixlen)
+                )
                 explicit[(host, net)] = True
                 pool_counts[(host, net)] = pool_counts.get((host, net), 0) + count
         else:
             for host in hosts:
                 default_counts[host] = default_counts.get(host, 0) + count
     nets = list(explicit)
-    for i, (host_a, a) in enumerate(nets):
-        for host_b, b in nets[i + 1:]:
+    for i, (_, a) in enumerate(nets):
+        for _, b in nets[i + 1 :]:
             if a.overlaps(b):
                 return False
     if any(count > net.num_addresses - 3 for (_, net), count in pool_counts.items()):
@@ -515,10 +663,12 @@ def assert_plan_invariants(result):
         assert address not in (network.network_address, network.network_address + 1, network.broadcast_address)
         assert node.gateway == str(network.network_address + 1)
         if node.kind == "clone":
-            assert any(other.name == node.source and other.host == node.host and other.kind == "first"
-                       for other in result.nodes)
+            assert any(
+                other.name == node.source and other.host == node.host and other.kind == "first"
+                for other in result.nodes
+            )
     nets = sorted({ipaddress.IPv4Network(subnet) for _, subnet in subnets}, key=lambda n: int(n.network_address))
-    for before, after in zip(nets, nets[1:]):
+    for before, after in itertools.pairwise(nets):
         assert not before.overlaps(after)
     assert len(nets) == len(subnets), "one subnet on two hosts"
     bridges = [(host.address, n.bridge) for host in result.hosts for n in host.networks]
@@ -557,6 +707,7 @@ def test_property_plan_succeeds_exactly_when_subnets_fit_and_then_is_sound(data)
 
 # ---------------------------------------------------------------- devstack's defaults for a cloud in containers
 
+
 def seed_data():
     return json.loads(SEED.read_text())
 
@@ -574,39 +725,83 @@ def test_seed_nodes_get_the_defaults_after_the_passwords_and_before_the_config()
     assert 'SERVICE_HOST="10.100.1.2"' in compute.local_conf.splitlines()
     assert "SERVICE_HOST" not in controller.localrc and controller.localrc["ENABLE_KSMTUNED"] == "False"
     for node in (controller, compute):
-        assert node.meta_sections == {"post-config|$NOVA_CONF": {"DEFAULT": {"report_interval": "10",
-                                                                             "service_down_time": "60"}}}
-        assert node.local_conf.endswith("\n[[post-config|$NOVA_CONF]]\n[DEFAULT]\nreport_interval = 10\n"
-                                        "service_down_time = 60\n")
+        assert node.meta_sections == {
+            "post-config|$NOVA_CONF": {"DEFAULT": {"report_interval": "10", "service_down_time": "60"}}
+        }
+        assert node.local_conf.endswith(
+            "\n[[post-config|$NOVA_CONF]]\n[DEFAULT]\nreport_interval = 10\nservice_down_time = 60\n"
+        )
 
 
 CONFIGURED_WINS = [
-    ("service-host", ("localrc", "SERVICE_HOST"), "10.0.0.9",
-     lambda n: n.localrc["SERVICE_HOST"] == "10.0.0.9" and list(n.localrc).count("SERVICE_HOST") == 1),
+    (
+        "service-host",
+        ("localrc", "SERVICE_HOST"),
+        "10.0.0.9",
+        lambda n: n.localrc["SERVICE_HOST"] == "10.0.0.9" and list(n.localrc).count("SERVICE_HOST") == 1,
+    ),
     ("ksmtuned", ("localrc", "ENABLE_KSMTUNED"), True, lambda n: n.localrc["ENABLE_KSMTUNED"] == "True"),
-    ("placement-client-removed", ("localrc", "ENABLED_SERVICES"), "n-cpu,-placement-client",
-     lambda n: n.localrc["ENABLED_SERVICES"] == "n-cpu,-placement-client" and n.services == ("n-cpu",)),
-    ("placement-client-listed", ("localrc", "ENABLED_SERVICES"), "placement-client,n-cpu",
-     lambda n: n.services == ("placement-client", "n-cpu")),
-    ("no-n-cpu", ("localrc", "ENABLED_SERVICES"), "n-api",
-     lambda n: n.localrc["ENABLED_SERVICES"] == "n-api" and n.nova_hosts == ()),
-    ("appended-last", ("localrc", "ENABLED_SERVICES+"), ",n-api",
-     lambda n: n.localrc["ENABLED_SERVICES+"] == ",n-api,placement-client"
-     and n.services == ("n-cpu", "n-net", "n-api", "placement-client")),
-    ("report-interval", ("meta_sections",), {"post-config|${NOVA_CONF}": {"DEFAULT": {"report_interval": 5}}},
-     lambda n: n.meta_sections == {"post-config|${NOVA_CONF}": {"DEFAULT": {"report_interval": "5",
-                                                                             "service_down_time": "30"}}}),
-    ("down-time-in-another-phase", ("meta_sections",), {"extra|$NOVA_CONF": {"DEFAULT": {"service_down_time": 99}}},
-     lambda n: n.meta_sections == {"extra|$NOVA_CONF": {"DEFAULT": {"service_down_time": "99"}},
-                                   "post-config|$NOVA_CONF": {"DEFAULT": {"report_interval": "10"}}}),
-    ("other-file", ("meta_sections",), {"post-config|$NOVA_CPU_CONF": {"DEFAULT": {"report_interval": 5}}},
-     lambda n: n.meta_sections["post-config|$NOVA_CONF"]["DEFAULT"]["report_interval"] == "10"),
+    (
+        "placement-client-removed",
+        ("localrc", "ENABLED_SERVICES"),
+        "n-cpu,-placement-client",
+        lambda n: n.localrc["ENABLED_SERVICES"] == "n-cpu,-placement-client" and n.services == ("n-cpu",),
+    ),
+    (
+        "placement-client-listed",
+        ("localrc", "ENABLED_SERVICES"),
+        "placement-client,n-cpu",
+        lambda n: n.services == ("placement-client", "n-cpu"),
+    ),
+    (
+        "no-n-cpu",
+        ("localrc", "ENABLED_SERVICES"),
+        "n-api",
+        lambda n: n.localrc["ENABLED_SERVICES"] == "n-api" and n.nova_hosts == (),
+    ),
+    (
+        "appended-last",
+        ("localrc", "ENABLED_SERVICES+"),
+        ",n-api",
+        lambda n: (
+            n.localrc["ENABLED_SERVICES+"] == ",n-api,placement-client"
+            and n.services == ("n-cpu", "n-net", "n-api", "placement-client")
+        ),
+    ),
+    (
+        "report-interval",
+        ("meta_sections",),
+        {"post-config|${NOVA_CONF}": {"DEFAULT": {"report_interval": 5}}},
+        lambda n: (
+            n.meta_sections
+            == {"post-config|${NOVA_CONF}": {"DEFAULT": {"report_interval": "5", "service_down_time": "30"}}}
+        ),
+    ),
+    (
+        "down-time-in-another-phase",
+        ("meta_sections",),
+        {"extra|$NOVA_CONF": {"DEFAULT": {"service_down_time": 99}}},
+        lambda n: (
+            n.meta_sections
+            == {
+                "extra|$NOVA_CONF": {"DEFAULT": {"service_down_time": "99"}},
+                "post-config|$NOVA_CONF": {"DEFAULT": {"report_interval": "10"}},
+            }
+        ),
+    ),
+    (
+        "other-file",
+        ("meta_sections",),
+        {"post-config|$NOVA_CPU_CONF": {"DEFAULT": {"report_interval": 5}}},
+        lambda n: n.meta_sections["post-config|$NOVA_CONF"]["DEFAULT"]["report_interval"] == "10",
+    ),
     ("devstack-interval", ("localrc", "NOVA_SERVICE_REPORT_INTERVAL"), 30, lambda n: n.meta_sections == {}),
 ]
 
 
-@pytest.mark.parametrize("path,value,check", [case[1:] for case in CONFIGURED_WINS],
-                         ids=[case[0] for case in CONFIGURED_WINS])
+@pytest.mark.parametrize(
+    "path,value,check", [case[1:] for case in CONFIGURED_WINS], ids=[case[0] for case in CONFIGURED_WINS]
+)
 def test_a_configured_key_wins_over_the_defaults(path, value, check):
     data = seed_data()
     target = data["nodes"][0]["engine"]
@@ -618,14 +813,20 @@ def test_a_configured_key_wins_over_the_defaults(path, value, check):
 
 
 def test_devstack_on_a_hardware_node_gets_no_container_defaults():
-    config = multihost(devstack(servers("192.168.1.13"), ENABLED_SERVICES="key"),
-                       devstack(servers("192.168.1.14"), VIRT_DRIVER="fake", ENABLED_SERVICES="n-cpu"))
+    config = multihost(
+        devstack(servers("192.168.1.13"), ENABLED_SERVICES="key"),
+        devstack(servers("192.168.1.14"), VIRT_DRIVER="fake", ENABLED_SERVICES="n-cpu"),
+    )
     controller, compute = plan_of(config).nodes
     for node in (controller, compute):
         assert not {"SERVICE_HOST", "ENABLE_KSMTUNED"} & set(node.localrc)
         assert node.meta_sections["post-config|$NOVA_CONF"]["DEFAULT"]["report_interval"] == "10"
-        assert (node.distribution, node.release, node.host_proxy, node.host_ca_certificates) == (None, None, False,
-                                                                                                 False)
+        assert (node.distribution, node.release, node.host_proxy, node.host_ca_certificates) == (
+            None,
+            None,
+            False,
+            False,
+        )
     assert compute.services == ("n-cpu",) and len(compute.nova_hosts) == 1
 
 
@@ -666,7 +867,10 @@ def test_a_distribution_no_template_makes_is_refused_with_the_config():
 def test_each_container_carries_its_template_and_a_hardware_node_none():
     result = plan_of(multihost(devstack(lxc_provider("a", distribution="debian")), lxc_engine("a", count=2)))
     assert [(node.kind, node.template) for node in result.nodes] == [
-        ("standalone", "debian"), ("first", "ubuntu"), ("clone", "ubuntu")]
+        ("standalone", "debian"),
+        ("first", "ubuntu"),
+        ("clone", "ubuntu"),
+    ]
     hardware = plan_of(devstack(servers("b")))
     assert [(node.kind, node.template) for node in hardware.nodes] == [("host", None)]
 
@@ -716,7 +920,8 @@ def test_n_net_is_a_warning_naming_where_it_is_enabled():
     assert topology.warnings(result) == [
         "nodes[0].engine.localrc.ENABLED_SERVICES enables 'n-net' (nova-network), which was removed from nova in "
         "the Rocky release: devstack ignores the name and nothing gives these nodes networking through it; remove "
-        "it (nova's networking is neutron's, q-svc on the controller)"]
+        "it (nova's networking is neutron's, q-svc on the controller)"
+    ]
     data = seed_data()
     data["controller"]["localrc"]["ENABLED_SERVICES+"] = ",n-net"
     data["nodes"][0]["engine"]["localrc"]["ENABLED_SERVICES"] = "n-cpu,n-net,-n-net"
@@ -725,6 +930,7 @@ def test_n_net_is_a_warning_naming_where_it_is_enabled():
 
 
 # ---------------------------------------------------------------- kernel features
+
 
 def requirements_of(localrc):
     computes = lxc_engine("localhost", count=2)
@@ -735,12 +941,17 @@ def requirements_of(localrc):
 
 OVS = ("ovn-controller", "ovn-northd", "ovs-vswitchd", "ovsdb-server", "q-ovn-agent")
 KERNEL = [
-    ("devstack-defaults", {"ENABLED_SERVICES+": ",-n-cpu"},
-     [(s, "openvswitch") for s in OVS] + [("c-vol", "loop")]),
-    ("ovs-agent", {"ENABLED_SERVICES": "q-svc,q-agt,q-l3,q-dhcp", "Q_AGENT": "openvswitch"},
-     [("q-agt", "openvswitch"), ("q-l3", "openvswitch"), ("q-dhcp", "openvswitch")]),
-    ("ovn-by-default", {"ENABLED_SERVICES": "q-svc,neutron-agent,q-ovn-metadata-agent"},
-     [("neutron-agent", "openvswitch"), ("q-ovn-metadata-agent", "openvswitch")]),
+    ("devstack-defaults", {"ENABLED_SERVICES+": ",-n-cpu"}, [(s, "openvswitch") for s in OVS] + [("c-vol", "loop")]),
+    (
+        "ovs-agent",
+        {"ENABLED_SERVICES": "q-svc,q-agt,q-l3,q-dhcp", "Q_AGENT": "openvswitch"},
+        [("q-agt", "openvswitch"), ("q-l3", "openvswitch"), ("q-dhcp", "openvswitch")],
+    ),
+    (
+        "ovn-by-default",
+        {"ENABLED_SERVICES": "q-svc,neutron-agent,q-ovn-metadata-agent"},
+        [("neutron-agent", "openvswitch"), ("q-ovn-metadata-agent", "openvswitch")],
+    ),
     ("other-agent", {"ENABLED_SERVICES": "q-svc,q-agt,q-dhcp", "Q_AGENT": "linuxbridge"}, []),
     ("none", {"ENABLED_SERVICES": "key,n-api,q-svc"}, []),
 ]
@@ -757,8 +968,10 @@ def test_kernel_advice_names_the_module_and_how_to_do_without():
     found = {r.service: r for r in requirements_of({"ENABLED_SERVICES+": ",-n-cpu"})}
     ovn = found["ovn-controller"].advice
     assert "module openvswitch (CONFIG_OPENVSWITCH)" in ovn and "modprobe openvswitch" in ovn
-    assert ('or use a host whose kernel has it; or disable what needs it on this node: add ",-ovn-controller,'
-            '-ovn-northd,-ovs-vswitchd,-ovsdb-server,-q-ovn-agent" to `ENABLED_SERVICES+` in controller.localrc') in ovn
+    assert (
+        'or use a host whose kernel has it; or disable what needs it on this node: add ",-ovn-controller,'
+        '-ovn-northd,-ovs-vswitchd,-ovsdb-server,-q-ovn-agent" to `ENABLED_SERVICES+` in controller.localrc'
+    ) in ovn
     assert "module loop (CONFIG_BLK_DEV_LOOP)" in found["c-vol"].advice
     assert 'add ",-c-vol" to `ENABLED_SERVICES+`' in found["c-vol"].advice
 
@@ -770,21 +983,28 @@ def test_the_seeds_computes_need_nothing_from_the_kernel():
 
 # ---------------------------------------------------------------- plan versions
 
+
 def test_plan_version_4_is_read_back_with_every_field():
     result = topology.plan(load_config(SEED))
     data = json.loads(result.to_json())
     assert data["version"] == topology.PLAN_VERSION == 4
     node = data["nodes"][1]
-    assert {"meta_sections", "services", "nova_hosts", "git_mirror", "host_ca_certificates", "host_proxy",
-            "template"} <= set(node)
+    assert {
+        "meta_sections",
+        "services",
+        "nova_hosts",
+        "git_mirror",
+        "host_ca_certificates",
+        "host_proxy",
+        "template",
+    } <= set(node)
     again = topology.Plan.from_dict(data).nodes[1]
     assert again.services == ("n-cpu", "n-net", "placement-client")
     assert again.nova_hosts == ("devstack-compute-10-100-1-0001",)
 
 
 def test_a_version_3_plan_is_read_with_the_template_and_tunnel_names_version_4_gives():
-    config = multihost(devstack(lxc_provider("192.168.1.13")),
-                       lxc_engine("192.168.10.1", tunnel_to=["192.168.1.13"]))
+    config = multihost(devstack(lxc_provider("192.168.1.13")), lxc_engine("192.168.10.1", tunnel_to=["192.168.1.13"]))
     result = plan_of(config)
     data = json.loads(result.to_json())
     data["version"] = 3
@@ -795,13 +1015,23 @@ def test_a_version_3_plan_is_read_with_the_template_and_tunnel_names_version_4_g
     assert topology.Plan.from_dict(data) == result
 
 
-@pytest.mark.parametrize("version,words", [
-    (2, "deployment made by an older coordinator (plan version 2; this one reads versions 3 and 4); destroy it "
-        "with the coordinator that made it"),
-    (5, "deployment made by a newer coordinator (plan version 5; this one reads versions 3 and 4); use that "
-        "coordinator"),
-    (None, "not a plan this coordinator can read (version None"),
-], ids=["older", "newer", "none"])
+@pytest.mark.parametrize(
+    "version,words",
+    [
+        (
+            2,
+            "deployment made by an older coordinator (plan version 2; this one reads versions 3 and 4); destroy it "
+            "with the coordinator that made it",
+        ),
+        (
+            5,
+            "deployment made by a newer coordinator (plan version 5; this one reads versions 3 and 4); use that "
+            "coordinator",
+        ),
+        (None, "not a plan this coordinator can read (version None"),
+    ],
+    ids=["older", "newer", "none"],
+)
 def test_a_plan_of_another_version_is_refused_in_words(version, words):
     data = json.loads(topology.plan(load_config(SEED)).to_json())
     data["version"] = version

@@ -68,9 +68,18 @@ def show(rows, args):
 def openstack(args):
     if args[:3] == ["compute", "service", "list"]:
         host = option(args, "--host")
-        rows = [{"ID": name, "Binary": "nova-compute", "Host": name, "Zone": "nova", "Status": "enabled",
-                 "State": "up" if age < DOWN_AFTER else "down"} for name, (age, _) in computes().items()
-                if host in (None, name)]
+        rows = [
+            {
+                "ID": name,
+                "Binary": "nova-compute",
+                "Host": name,
+                "Zone": "nova",
+                "Status": "enabled",
+                "State": "up" if age < DOWN_AFTER else "down",
+            }
+            for name, (age, _) in computes().items()
+            if host in (None, name)
+        ]
         show(rows, args)
         return 0
     if args[:3] == ["compute", "service", "delete"]:
@@ -89,8 +98,11 @@ def openstack(args):
     if args[:2] == ["hypervisor", "list"]:
         # As nova: a compute node is listed once its host is mapped to a cell (nova-manage cell_v2 discover_hosts).
         known = mapped()
-        rows = [{"Hypervisor Hostname": host, "Hypervisor Type": "fake", "State": "up" if age < DOWN_AFTER else
-                 "down"} for host, (age, compute_id) in computes().items() if compute_id != "-" and host in known]
+        rows = [
+            {"Hypervisor Hostname": host, "Hypervisor Type": "fake", "State": "up" if age < DOWN_AFTER else "down"}
+            for host, (age, compute_id) in computes().items()
+            if compute_id != "-" and host in known
+        ]
         print(json.dumps(rows, indent=2))
         return 0
     if args[:2] in (["network", "list"], ["port", "list"]) or args[:3] == ["security", "group", "list"]:

@@ -87,8 +87,7 @@ def compute(args):
             address = report_once(args, hosts)
         except OSError as error:
             if str(error) != failing:
-                print(f"fake-compute: cannot report to {args.rabbit_host}:{args.port}: {error}; retrying",
-                      flush=True)
+                print(f"fake-compute: cannot report to {args.rabbit_host}:{args.port}: {error}; retrying", flush=True)
                 failing = str(error)
             time.sleep(args.interval if reported else 1)
             continue
