@@ -11,7 +11,7 @@ import Pyro5.api
 import Pyro5.errors
 from Pyro5 import protocol, serializers, socketutil
 
-from agent import errors, pki  # noqa: F401  (importing errors registers them with Pyro5)
+from agent import errors, pki  # importing errors registers them with Pyro5
 from agent.endpoint import DEFAULT_PKI, DEFAULT_PORT, OBJECT_ID
 
 

@@ -155,7 +155,7 @@ def ensure_image(lxcpath, name, template, release, packages):
     images = storage.images_path(lxcpath)
     os.makedirs(images, mode=0o700, exist_ok=True)
     image = _container(images, key)
-    args = ("--release", release) if release else ()
+    args: tuple[str, ...] = ("--release", release) if release else ()
     if packages:
         args += (f"{PACKAGE_OPTIONS[template]}={','.join(packages)}",)
     try:
@@ -243,7 +243,7 @@ def _from_image(lxcpath, name, key, backend, metadata):
 def _captured_output():
     """The template's stdout and stderr, into a file: for the error message, and never into the agent's own
     stdout (a pipe nobody reads would fill up and stop the template)."""
-    text = []
+    text: list[str] = []
     with tempfile.TemporaryFile() as capture:
         saved = os.dup(1), os.dup(2)
         os.dup2(capture.fileno(), 1)
@@ -343,7 +343,7 @@ def _check_rootfs(lxcpath, name, layers):
 def mac_address(name):
     """Stable per name, so a restarted container keeps its neighbours' ARP entries valid."""
     digest = hashlib.sha256(name.encode()).digest()
-    return "00:16:3e:%02x:%02x:%02x" % (digest[0] & 0x7F, digest[1], digest[2])
+    return f"00:16:3e:{digest[0] & 0x7F:02x}:{digest[1]:02x}:{digest[2]:02x}"
 
 
 def set_network(lxcpath, name, bridge, address, gateway, mtu=None):
@@ -553,7 +553,7 @@ def run(lxcpath, name, argv, stdin=None, env=None, user=None, timeout=None):
 def _kill_tree(pid):
     """Kill a timed-out command and everything it started (they would otherwise live on in the container)."""
     for _ in range(2):  # a second pass catches children forked while the first was killing
-        children = {}
+        children: dict[int, list[int]] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
@@ -568,10 +568,8 @@ def _kill_tree(pid):
             tree.append(current)
             queue.extend(children.get(current, []))
         for member in tree:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(member, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _close_on_exec_all():
@@ -579,16 +577,14 @@ def _close_on_exec_all():
     for entry in os.listdir("/proc/self/fd"):
         fd = int(entry)
         if fd > 2:
-            try:
+            with contextlib.suppress(OSError):  # the fd of the listdir itself, already closed
                 os.set_inheritable(fd, False)
-            except OSError:
-                pass  # the fd of the listdir itself, already closed
 
 
 def _collect(pid, name, argv, in_w, out_r, err_r, stdin, timeout):
     """Feed stdin and read both outputs without deadlock; kill the command when the timeout passes."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    chunks = {out_r: [], err_r: []}
+    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
     selector = selectors.DefaultSelector()
     for fd in (out_r, err_r):
         selector.register(fd, selectors.EVENT_READ)

@@ -17,8 +17,8 @@ import Pyro5.socketutil
 
 import agent
 from agent import pki, storage
-from agent.errors import AgentError, InvalidArgument, NetworkError
 from agent.endpoint import DEFAULT_PKI, DEFAULT_PORT, OBJECT_ID
+from agent.errors import AgentError, InvalidArgument, NetworkError
 from agent.service import AgentService
 
 DEFAULT_CONFIG = "/etc/lxc-agent/agent.toml"
@@ -56,7 +56,7 @@ class _LazyHandshakeSocket(ssl.SSLSocket):
     @classmethod
     def _create(cls, *args, **kwargs):
         kwargs["do_handshake_on_connect"] = False
-        return super()._create(*args, **kwargs)
+        return super()._create(*args, **kwargs)  # type: ignore[misc]  # private in typeshed, public enough here
 
 
 class AgentDaemon(Pyro5.api.Daemon):

@@ -283,7 +283,8 @@ def _describe(ipr, link):
     addresses = _ipv4_addresses(ipr, link["index"], bridge)
     if not addresses:
         return {"bridge": bridge, "subnet": None, "gateway": None, "prefixlen": None, "owner": owner}
-    interface = ipaddress.ip_interface("%s/%d" % addresses[0])
+    address, prefixlen = addresses[0]
+    interface = ipaddress.ip_interface(f"{address}/{prefixlen}")
     return {"bridge": bridge, "subnet": str(interface.network), "gateway": str(interface.ip),
             "prefixlen": interface.network.prefixlen, "owner": owner}
 

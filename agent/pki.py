@@ -1,6 +1,7 @@
 """The agent's PKI: create a private CA with agent and client certificates, read the shared token,
 and build the mutual-TLS contexts both ends use, so nobody needs openssl to set it up."""
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -146,7 +147,7 @@ def _new_key():
 
 
 def _validity(days, not_after_cap=None):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_after = now + datetime.timedelta(days=days)
     if not_after_cap is not None and not_after > not_after_cap:
         not_after = not_after_cap
@@ -218,6 +219,7 @@ def _parse_agent_names(agent_names):
         name = raw.strip()
         if name.startswith("[") and name.endswith("]"):
             name = name[1:-1]
+        entry: x509.GeneralName
         try:
             entry = x509.IPAddress(ipaddress.ip_address(name))
         except ValueError:
@@ -321,10 +323,8 @@ def _write_atomic(path, data, mode):
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-        except FileNotFoundError:
-            pass
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:

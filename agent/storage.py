@@ -15,6 +15,7 @@ names it; there is no other record that could drift. Bases go with their last us
 (destroy_images), and never while a container stacks on them.
 """
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -271,7 +272,7 @@ def _copy_owner_and_mode(model, directory):
 def base_users(lxcpath):
     """layer path -> names of the containers whose config stacks on it, for every base or image rootfs in use
     under lxcpath."""
-    users = {}
+    users: dict[str, list[str]] = {}
     if not os.path.isdir(lxcpath):
         return users
     for name in sorted(os.listdir(lxcpath)):
@@ -337,7 +338,7 @@ def image_keys(lxcpath):
 
 def image_users(lxcpath):
     """image key -> containers whose overlay stack names its rootfs (btrfs snapshots and copies do not hold it)."""
-    users = {}
+    users: dict[str, list[str]] = {}
     for layer, names in base_users(lxcpath).items():
         key = _image_of_layer(lxcpath, layer)
         if key is not None:
@@ -402,10 +403,8 @@ def destroy_images(lxcpath, keys=None):
 def remove_image_files(lxcpath, key):
     """Remove one image folder (unsealing it first, so a removal cut short leaves no usable half image)."""
     folder = image_folder(lxcpath, key)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(folder, IMAGE_METADATA))
-    except FileNotFoundError:
-        pass
     rootfs = image_rootfs(lxcpath, key)
     existed = os.path.isdir(folder)
     if btrfs.is_subvolume(rootfs):
@@ -419,10 +418,8 @@ def remove_image_files(lxcpath, key):
 
 def _remove_empty_agent_folders(lxcpath):
     for folder in (bases_path(lxcpath), images_path(lxcpath), os.path.join(lxcpath, AGENT_DIR)):
-        try:
+        with contextlib.suppress(OSError):  # not empty, or never made
             os.rmdir(folder)
-        except OSError:
-            pass  # not empty, or never made
 
 
 # -- the container's files seen from the host ----------------------------------------------------------------------
@@ -455,7 +452,7 @@ def lookup(directories, relative):
     for part in parts:
         if not stat.S_ISDIR(found[1].st_mode):
             return None  # a file or symlink where a folder should be
-        entries = []
+        entries: list[tuple[str, os.stat_result]] = []
         for directory in current:
             path = os.path.join(directory, part)
             try:

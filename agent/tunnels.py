@@ -9,6 +9,7 @@ plan_table(NAME), so nothing needs remembering: no state file.
 """
 
 import errno
+import functools
 import ipaddress
 import logging
 import re
@@ -39,8 +40,7 @@ _VNI_MAX = 2 ** 24 - 1
 _TRANSIT_OCTETS = tuple(octet for octet in range(1, 255) if octet != 169)
 _TRANSIT_SLOTS = len(_TRANSIT_OCTETS) * 128
 _IFF_UP = 0x1
-_RT_SCOPE_UNIVERSE, _RT_SCOPE_LINK = 0, 253
-_RT_TABLE_MAIN = 254
+_RT_SCOPE_LINK = 253
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def ensure_tunnel(name: str, kind: str, local: str, remote: str, local_subnets: 
             raise NetworkError(f"tunnel {name}: the underlay towards {remote} leaves only {mtu} bytes for packets "
                                f"inside the tunnel; raise the underlay link's MTU", tunnel=name)
         created = link is None
-        if created:
+        if link is None:
             link = _create_link(ipr, spec)
         try:
             _converge_link(ipr, spec, link, mtu)
@@ -375,24 +375,25 @@ def _create_link(ipr, spec):
 def _converge_link(ipr, spec, link, mtu):
     index, name = link["index"], spec.name
     if link.get_attr("IFLA_MTU") != mtu:
-        _netlink(f"set the MTU of tunnel {name} to {mtu}", name, lambda: ipr.link("set", index=index, mtu=mtu),
-                 done=f"MTU {mtu}")
+        _netlink(f"set the MTU of tunnel {name} to {mtu}", name,
+                 functools.partial(ipr.link, "set", index=index, mtu=mtu), done=f"MTU {mtu}")
     wanted = [spec.transit] if spec.transit else []
     held = [f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
             for addr in _dump(lambda: ipr.get_addr(family=2, index=index), name)]
     for stray in sorted(set(held) - set(wanted)):
         address, prefixlen = stray.split("/")
         _netlink(f"remove {stray} from tunnel {name}", name,
-                 lambda: ipr.addr("del", index=index, address=address, prefixlen=int(prefixlen)),
+                 functools.partial(ipr.addr, "del", index=index, address=address, prefixlen=int(prefixlen)),
                  done=f"removed the address {stray}")
     for missing in wanted:
         if missing not in held:
             address, prefixlen = missing.split("/")
             _netlink(f"give tunnel {name} the transit address {missing}", name,
-                     lambda: ipr.addr("add", index=index, address=address, prefixlen=int(prefixlen)),
+                     functools.partial(ipr.addr, "add", index=index, address=address, prefixlen=int(prefixlen)),
                      done=f"transit address {missing}")
     if not link["flags"] & _IFF_UP:
-        _netlink(f"bring tunnel {name} up", name, lambda: ipr.link("set", index=index, state="up"), done="up")
+        _netlink(f"bring tunnel {name} up", name, functools.partial(ipr.link, "set", index=index, state="up"),
+                 done="up")
 
 
 def _wanted_routes(spec, index):
@@ -412,13 +413,14 @@ def _converge_routes(ipr, spec, index):
     wanted = _wanted_routes(spec, index)
     for key in sorted(set(held) - wanted, key=str):
         _netlink(f"remove the stale route to {key[0]}/{key[1]} from table {spec.table}", spec.name,
-                 lambda: ipr.route("del", table=spec.table, dst=f"{key[0]}/{key[1]}", oif=key[2], proto=RTPROT),
+                 functools.partial(ipr.route, "del", table=spec.table, dst=f"{key[0]}/{key[1]}", oif=key[2],
+                                   proto=RTPROT),
                  done=f"removed the stale route to {key[0]}/{key[1]} from table {spec.table}")
     for dst, dst_len, oif, gateway, prefsrc in sorted(wanted - set(held), key=str):
         options = dict(gateway=gateway) if gateway else dict(scope=_RT_SCOPE_LINK)
         _netlink(f"route {dst}/{dst_len} through tunnel {spec.name} in table {spec.table}", spec.name,
-                 lambda: ipr.route("add", table=spec.table, dst=f"{dst}/{dst_len}", oif=oif, prefsrc=prefsrc,
-                                   proto=RTPROT, **options),
+                 functools.partial(ipr.route, "add", table=spec.table, dst=f"{dst}/{dst_len}", oif=oif,
+                                   prefsrc=prefsrc, proto=RTPROT, **options),
                  done=f"route to {dst}/{dst_len}" + (f" via {gateway}" if gateway else "")
                       + f" in table {spec.table}")
 
@@ -442,11 +444,11 @@ def _converge_rules(ipr, spec):
     wanted = _wanted_rules(spec)
     for key in sorted(held - wanted, key=str):
         _netlink(f"remove the stale rule {_key_text(key)} lookup {spec.table}", spec.name,
-                 lambda: ipr.rule("del", **_rule_fields(spec.table, key)),
+                 functools.partial(ipr.rule, "del", **_rule_fields(spec.table, key)),
                  done=f"removed the stale rule {_key_text(key)} lookup {spec.table}")
     for key in sorted(wanted - held, key=str):
         _netlink(f"add the rule {_key_text(key)} lookup {spec.table}", spec.name,
-                 lambda: ipr.rule("add", **_rule_fields(spec.table, key)),
+                 functools.partial(ipr.rule, "add", **_rule_fields(spec.table, key)),
                  done=f"rule {_key_text(key)} lookup {spec.table}")
 
 
@@ -478,7 +480,7 @@ def _remove_rules(ipr, name, table):
             continue  # not ours: ensure_tunnel refuses such a table, destroy leaves it alone
         key = _rule_key(rule)
         fields = _rule_fields(table, key, rule.get_attr("FRA_PRIORITY"))
-        _netlink(f"remove the rule {_key_text(key)} lookup {table}", name, lambda: ipr.rule("del", **fields),
+        _netlink(f"remove the rule {_key_text(key)} lookup {table}", name, functools.partial(ipr.rule, "del", **fields),
                  missing_ok=True, done=f"removed the rule {_key_text(key)} lookup {table}")
 
 
@@ -488,7 +490,7 @@ def _remove_routes(ipr, name, table):
             continue
         dst, dst_len, oif = _route_key(route)[:3]
         _netlink(f"remove the route to {dst}/{dst_len} from table {table}", name,
-                 lambda: ipr.route("del", table=table, dst=f"{dst}/{dst_len}", oif=oif, proto=RTPROT),
+                 functools.partial(ipr.route, "del", table=table, dst=f"{dst}/{dst_len}", oif=oif, proto=RTPROT),
                  missing_ok=True, done=f"removed the route to {dst}/{dst_len} from table {table}")
 
 
