@@ -88,7 +88,8 @@ def test_a_tunnel_and_its_rules_are_logged(lab, start_agent, lxcpath):
                     rf"^tunnel {TUNNEL}: rule from {SUBNET} to 10\.231\.10\.0/24 lookup \d+$",
                     rf"^tunnel {TUNNEL}: removed the rule from {SUBNET} to 10\.231\.10\.0/24 lookup \d+$",
                     rf"^tunnel {TUNNEL}: removed the route to 10\.231\.10\.0/24 from table \d+$",
-                    rf"^tunnel {TUNNEL}: removed$", rf"^tunnel {TUNNEL}: set /proc/sys/net/ipv4/conf/{TUNNEL}/rp_filter"):
+                    rf"^tunnel {TUNNEL}: removed$",
+                    rf"^tunnel {TUNNEL}: set /proc/sys/net/ipv4/conf/{TUNNEL}/rp_filter to 2$"):
         logger = "agent.network" if "rp_filter" in pattern else "agent.tunnels"
         assert_logged(process_a, "INFO", logger, pattern)
     assert_logged(process_a, "INFO", "agent.firewall", rf"tunnel {TUNNEL} is exempt from masquerade")
