@@ -1,4 +1,6 @@
-"""The one object the agent exposes over Pyro5: checks every argument, serialises changes, calls the modules."""
+"""The one object the agent exposes over Pyro5: checks every argument, serialises changes, calls the modules
+that own the host's containers, storage and networks (they decide what is done already), maps their results, and
+logs each call it refuses."""
 
 import functools
 import ipaddress
