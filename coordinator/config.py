@@ -287,7 +287,7 @@ def _canonical(value, cls, path, problems, renamed):
     return cfg, spelled
 
 
-_VALIDATORS = {}
+_VALIDATORS: dict[type, jsonschema.protocols.Validator] = {}
 
 
 def _validator(cls):

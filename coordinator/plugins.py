@@ -5,6 +5,7 @@ Each type carries its JSON Schema and its slots (the keys that hold another type
 """
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 
 class PluginError(Exception):
@@ -36,10 +37,10 @@ class Context:
 class Plugin:
     """Base of every engine and provider: a schema, slots, pure checks and a pure build into a model."""
 
-    NAME = ""
-    ALIASES = ()  # older type names that mean the same (Rally's DummyProvider)
-    SCHEMA = {"type": "object"}
-    SLOTS = {}
+    NAME: ClassVar[str] = ""
+    ALIASES: ClassVar[tuple[str, ...]] = ()  # older type names that mean the same (Rally's DummyProvider)
+    SCHEMA: ClassVar[dict[str, Any]] = {"type": "object"}
+    SLOTS: ClassVar[dict[str, "Slot"]] = {}
 
     @classmethod
     def check(cls, cfg, site, ctx):
