@@ -191,7 +191,7 @@ _KIND_WORDS = {
 
 
 def _count(items):
-    counts = {}
+    counts: dict = {}
     for item in items:
         counts[item] = counts.get(item, 0) + 1
     return counts
@@ -240,7 +240,7 @@ def render_table(result, source, nodes=False, local_conf=False, only=()):
     out.append("")
     out.append("Groups")
     rows = []
-    placed = {}
+    placed: dict = {}
     for node in result.nodes:
         placed.setdefault((node.group, node.host), []).append(node)
     for group in result.groups:

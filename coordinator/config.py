@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 
@@ -51,7 +52,7 @@ class Config:
     """A validated config: the top-level type and the model built by the plugins (see engines.py)."""
 
     type: str
-    root: object
+    root: Any
     data: dict
     source: str | None = None
     folder: str | None = None  # the config file's folder, absolute: relative paths in it start there
@@ -103,7 +104,7 @@ def _parse(text, source, fmt):
 
 
 def _plain(data, source):
-    problems = []
+    problems: list = []
     data = _clean(data, source, problems, [])
     if problems:
         raise ConfigError(problems, source)
@@ -124,7 +125,8 @@ def validate(data, source=None, folder=None):
     """Plain data -> Config, or ConfigError listing every problem found. `folder` is where relative paths in the
     config start (load_config gives the file's own folder)."""
     plugins.load()
-    problems, blocked = [], []
+    problems: list = []
+    blocked: list = []
     data = _clean(data, source, problems, blocked)
     checked_from = len(problems)
     if not isinstance(data, dict):
@@ -170,7 +172,7 @@ def _below(path, stop):
 
 def _in_order(problems, data):
     """Problems in the order of the config's text (a problem about a missing key sits at its object)."""
-    order = {}
+    order: dict = {}
 
     def visit(value, parts):
         order.setdefault(format_path(parts), len(order))
@@ -268,7 +270,8 @@ def _walk(value, path, slot, ctx, problems):
 def _canonical(value, cls, path, problems, renamed):
     """Map the seed's spellings onto one (where the type knows the setting); two spellings at once is a problem."""
     known = cls.SCHEMA.get("properties", {})
-    cfg, spelled = {}, {}
+    cfg: dict = {}
+    spelled: dict = {}
     for key, item in value.items():
         written = renamed.get(key, key)
         canonical = KEY_ALIASES.get(key, key)

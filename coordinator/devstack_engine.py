@@ -215,7 +215,8 @@ class Devstack(Engine):
 
     def _not_converged(self, d, result, expected, controller, shown=20, logs_of=3):
         """Which computes never came up and why, at most `shown` of them, with the journals of a few."""
-        lines, by_node = [], {}
+        lines: list = []
+        by_node: dict = {}
         for host, why in sorted(result["waiting"].items()):
             lines.append(f"{host} (node {expected[host].name}, host {expected[host].host}): {why}")
             by_node.setdefault(expected[host].name, []).append(host)

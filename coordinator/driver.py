@@ -262,8 +262,8 @@ class Deployer:
         """Remove what the deployment made, newest first, host by host; safe to run again."""
         resources = list(reversed(self.store.resources(self.name)))
         order = {"container": 0, "tunnel": 1, "network": 2}
-        for kind in sorted(order, key=order.get):
-            by_host = {}
+        for kind in sorted(order, key=order.__getitem__):
+            by_host: dict = {}
             for resource in resources:
                 if resource["kind"] == kind:
                     by_host.setdefault(resource["host"], []).append(resource["name"])

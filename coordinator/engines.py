@@ -6,6 +6,7 @@ the planner for. Names, subnets and addresses are the planner's (topology.py), d
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 from coordinator import localconf, plugins
 from coordinator.problems import Problem, describe, kept, nearest
@@ -115,7 +116,7 @@ class GroupSpec:
 @dataclass(frozen=True)
 class DevstackModel:
     devstack: Devstack
-    provider: object  # providers.Containers, providers.Servers, or None inside an LxcEngine
+    provider: Any  # providers.Containers, providers.Servers, or None inside an LxcEngine
     path: str
 
     def groups(self, role):
@@ -165,7 +166,7 @@ class DevstackModel:
 
 @dataclass(frozen=True)
 class LxcEngineModel:
-    hosts: object  # providers.Servers
+    hosts: Any  # providers.Servers
     engine: DevstackModel
     containers_per_host: int
     prefix: str | None

@@ -6,6 +6,7 @@ import os
 import re
 import sys
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,7 +28,7 @@ WIDE = 400  # columns for tables when stdout is not a terminal (a log, CI): rich
 
 def add_arguments(commands):
     """Subcommands deploy, list, show and destroy, with the options they share."""
-    shared = {
+    shared: dict[str, dict[str, Any]] = {
         "--store": dict(
             help="deployment records (default $LXC_COORDINATOR_STORE or /var/lib/lxc-coordinator/deployments.sqlite)"
         ),

@@ -377,7 +377,7 @@ def enabled_services(localrc):
     for key, value in localrc.items():
         if key.rstrip("+") != "ENABLED_SERVICES":
             continue
-        value = _SELF_REFERENCE.sub(lambda m, before=current: before, value)
+        value = _SELF_REFERENCE.sub(current.replace("\\", "\\\\"), value)
         current = current + value if key.endswith("+") else value
     return negated(current)
 

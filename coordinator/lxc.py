@@ -118,7 +118,7 @@ class LxcContainers(Provider):
 
     @staticmethod
     def _address_and_start(d, agent, host, nodes):
-        by_bridge = {}
+        by_bridge: dict = {}
         for node in nodes:
             by_bridge.setdefault(node.bridge, {})[node.name] = f"{node.address}/{node.prefixlen}"
         # Behind a tunnel, a container's packets must fit the tunnel: give it the smallest tunnel MTU.

@@ -212,7 +212,8 @@ nova-manage cell_v2 discover_hosts --verbose
 def parse_status(text):
     """The status script's output -> {"services": {host: "up"|"down"}, "hypervisors": {name: "up"|"down"},
     "mapped": set of host names}. A disabled service is "disabled": nothing is scheduled there."""
-    parts, current = {}, None
+    parts: dict = {}
+    current = None
     for line in text.splitlines():
         if line.startswith("== "):
             current = line[3:].strip()
@@ -371,7 +372,8 @@ def converge(agent, controller, expected, started, timeout=CONVERGE_TIMEOUT, pro
     failed call or None}; `waiting` is empty when it converged."""
     expected = list(expected)
     deadline = time.monotonic() + timeout
-    status, error = {"services": {}, "hypervisors": {}, "mapped": set()}, None
+    status: dict = {"services": {}, "hypervisors": {}, "mapped": set()}
+    error = None
     while True:
         try:
             status = cloud_status(agent, controller)

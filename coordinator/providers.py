@@ -301,7 +301,7 @@ class ExistingServers(plugins.Plugin):
     @classmethod
     def check(cls, cfg, site, ctx):
         problems = []
-        seen = {}
+        seen: dict = {}
         for index, credential in kept(cfg.get("credentials", ())):
             host = credential.get("host")
             if host is None:

@@ -154,7 +154,7 @@ def _explain_json(error, text):
             f"(when another key follows) or by '}}'; did you mean ','?"
         )
     elif here[:1].isdigit() and re.search(r"(?:^|[^\w.])-?0$", before):
-        number = re.match(r"[\w.]*", here).group(0)
+        number = re.match(r"[\w.]*", here).group(0)  # type: ignore[union-attr]  # [\w.]* matches always
         line, col = _line_col(text, len(before) - 1)
         hint = f'JSON numbers do not start with 0; write {number.lstrip("0") or "0"}, or quote it ("0{number}")'
     elif here[:1] == "'":

@@ -278,7 +278,7 @@ def warnings(plan):
 
 def _nova_network_warnings(plan):
     out = []
-    firsts = {}
+    firsts: dict = {}
     for node in plan.nodes:
         firsts.setdefault(node.group, node)
     for group in plan.groups:
@@ -300,7 +300,7 @@ def _nova_network_warnings(plan):
 
 
 def _tunnel_warnings(plan):
-    ends = {}
+    ends: dict = {}
     for tunnel in plan.tunnels:
         if tunnel.remote_host is None:
             ends.setdefault((tunnel.remote, tunnel.kind), []).append(tunnel.host)
@@ -384,7 +384,7 @@ def plan(config, previous=None):
     `previous` is the plan this deployment was made with, when there is one: each node still planned under its name
     on the same host and subnet keeps its address from it, and new nodes take the lowest free addresses."""
     specs = config.groups()
-    problems = []
+    problems: list = []
     hosts = _plan_hosts(specs, problems)
     if problems:
         raise ConfigError(problems, config.source)
@@ -427,7 +427,7 @@ def plan(config, previous=None):
 
 def _plan_hosts(specs, problems):
     """Hardware nodes by address, in order of first mention; one host's credentials may not disagree."""
-    hosts = {}
+    hosts: dict = {}
     for spec in specs:
         for credential in spec.hosts:
             known = hosts.get(credential.host)
@@ -481,7 +481,7 @@ def _plan_subnets(specs, hosts, problems):
     explicit = []
     wants_default = set()
     # Hardware nodes' addresses: no container subnet may hold one (tunnel ends are checked in _plan_tunnels).
-    nodes = {}
+    nodes: dict = {}
     for host, credential in hosts.items():
         if _ipv4(host) is not None:
             nodes.setdefault(_ipv4(host), f"hardware node {host} (at {credential.path})")
@@ -550,7 +550,7 @@ def _plan_subnets(specs, hosts, problems):
 
 def _check_overlaps(specs, subnets, problems):
     """No two subnets may overlap, on one host or across hosts (one subnet shared on one host is fine)."""
-    first_user = {}
+    first_user: dict = {}
     for (index, host), network in subnets.items():
         first_user.setdefault((host, network), index)
     spans = sorted(first_user, key=lambda item: (int(item[1].network_address), -item[1].num_addresses, item[0]))
@@ -576,7 +576,7 @@ def _where_network(spec):
 
 def _plan_pools(specs, subnets, problems):
     """(host, subnet) -> _Pool, checking that each subnet holds every container given to it."""
-    pools = {}
+    pools: dict = {}
     for index, spec in enumerate(specs):
         if spec.kind == "host":
             continue
@@ -625,7 +625,7 @@ def _previous_addresses(previous):
 def _stems(specs, subnets):
     """Each container group's name stem on each host: `<prefix>-<subnet tag>`, with `-g<group>` added for every
     group after the first that would share it, so a group's names never depend on another group's size."""
-    owners = {}
+    owners: dict = {}
     stems = {}
     for index, spec in enumerate(specs):
         if spec.kind == "host":
@@ -680,7 +680,7 @@ def _plan_nodes(specs, subnets, pools, problems, previous):
                     )
                 )
     _address(drafts, pools, previous)
-    seen = {}
+    seen: dict = {}
     for draft in drafts:
         other = seen.setdefault(draft.name, draft)
         if other is not draft:
@@ -707,7 +707,7 @@ def _plan_nodes(specs, subnets, pools, problems, previous):
 def _address(drafts, pools, previous):
     """Give every container draft an address of its pool: its previous one when that is still free and usable,
     else the lowest free address after the gateway. Capacity was checked by _plan_pools."""
-    taken = {}
+    taken: dict = {}
     for draft in drafts:
         if draft.network is None:
             continue
@@ -771,10 +771,10 @@ def _is_loopback(host):
 def _plan_tunnels(specs, hosts, subnets, problems):
     """One tunnel per (host, remote, subnet); one kind per (host, remote); no tunnel from a host to itself.
     Each carries the container subnets on the remote when the remote is a host of this plan."""
-    tunnels = {}
-    kinds = {}
+    tunnels: dict = {}
+    kinds: dict = {}
     taken = _Ranges(set(subnets.values()))
-    on_host = {}
+    on_host: dict = {}
     for (_, host), network in subnets.items():
         on_host.setdefault(host, set()).add(network)
     for index, spec in enumerate(specs):
@@ -1072,7 +1072,7 @@ def _kernel_advice(node, service, feature, services, path):
 
 
 def _finish_hosts(hosts, pools, nodes):
-    networks = {}
+    networks: dict = {}
     for (host, network), pool in pools.items():
         networks.setdefault(host, []).append(
             Network(
@@ -1083,7 +1083,7 @@ def _finish_hosts(hosts, pools, nodes):
                 containers=pool.needed,
             )
         )
-    counts = {}
+    counts: dict = {}
     for node in nodes:
         counts[node.host] = counts.get(node.host, 0) + 1
     out = []
