@@ -25,8 +25,20 @@ class AgentProxy(Pyro5.api.Proxy):
             connection.sock.close()
 
 
-def connect(host="localhost", port=DEFAULT_PORT, *, pki_dir=DEFAULT_PKI, ca=None, cert=None, key=None,
-            token=None, token_file=None, tls=True, check_hostname=True, timeout=30.0):
+def connect(
+    host="localhost",
+    port=DEFAULT_PORT,
+    *,
+    pki_dir=DEFAULT_PKI,
+    ca=None,
+    cert=None,
+    key=None,
+    token=None,
+    token_file=None,
+    tls=True,
+    check_hostname=True,
+    timeout=30.0,
+):
     """Connect, authenticate and return a proxy whose methods are the agent's operations.
 
     TLS material and token default to the files `lxc-agent init-pki` wrote in `pki_dir`.
@@ -37,13 +49,18 @@ def connect(host="localhost", port=DEFAULT_PORT, *, pki_dir=DEFAULT_PKI, ca=None
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as error:
-        raise errors.AgentError(f"cannot reach lxc-agent at {host}:{port}: {error}; is it running "
-                                "(systemctl status lxc-agent) and listening there?") from error
+        raise errors.AgentError(
+            f"cannot reach lxc-agent at {host}:{port}: {error}; is it running "
+            "(systemctl status lxc-agent) and listening there?"
+        ) from error
     try:
         if tls:
-            context = pki.client_ssl_context(cert or os.path.join(pki_dir, "client.crt"),
-                                             key or os.path.join(pki_dir, "client.key"),
-                                             ca or os.path.join(pki_dir, "ca.crt"), check_hostname)
+            context = pki.client_ssl_context(
+                cert or os.path.join(pki_dir, "client.crt"),
+                key or os.path.join(pki_dir, "client.key"),
+                ca or os.path.join(pki_dir, "ca.crt"),
+                check_hostname,
+            )
             sock = context.wrap_socket(sock, server_hostname=host)
         _handshake(sock, token, f"{host}:{port}")
         sock.settimeout(None)

@@ -46,8 +46,9 @@ def _container(lxcpath, name):
 
 def _check(ok, name, action, hint=""):
     if not ok:
-        raise ContainerError(f"liblxc could not {action} container {name!r}" + (f"; {hint}" if hint else ""),
-                             container=name)
+        raise ContainerError(
+            f"liblxc could not {action} container {name!r}" + (f"; {hint}" if hint else ""), container=name
+        )
 
 
 def exists(lxcpath, name):
@@ -63,7 +64,7 @@ def list_names(lxcpath):
 
 
 def templates():
-    return sorted(entry[len("lxc-"):] for entry in os.listdir(TEMPLATE_DIR) if entry.startswith("lxc-"))
+    return sorted(entry[len("lxc-") :] for entry in os.listdir(TEMPLATE_DIR) if entry.startswith("lxc-"))
 
 
 def read_metadata(lxcpath, name):
@@ -101,12 +102,15 @@ def create(lxcpath, name, template, release=None, packages=(), backend="btrfs"):
     backend; the template runs only if that image is not cached yet. On any failure remove what was made for the
     container (and a half-made image). Forks (runs the template; copies). Returns the image key."""
     if os.path.exists(os.path.join(lxcpath, name)):
-        raise Conflict(f"{os.path.join(lxcpath, name)} exists but is not a container; remove it or pick another "
-                       "name", container=name)
+        raise Conflict(
+            f"{os.path.join(lxcpath, name)} exists but is not a container; remove it or pick another name",
+            container=name,
+        )
     packages = sorted(packages)
     key = ensure_image(lxcpath, name, template, release, packages)
-    _from_image(lxcpath, name, key, backend,
-                {"template": template, "release": release, "packages": packages, "image": key})
+    _from_image(
+        lxcpath, name, key, backend, {"template": template, "release": release, "packages": packages, "image": key}
+    )
     log.info("container %s: created from image %s (%s)", name, key, backend)
     return key
 
@@ -117,12 +121,17 @@ def already_created(lxcpath, name, template, release, packages):
     if not exists(lxcpath, name):
         return False
     made = read_metadata(lxcpath, name)
-    if (made.get("template"), made.get("release"), sorted(made.get("packages") or [])) \
-            == (template, release, sorted(packages)) and not made.get("clone_of"):
+    if (made.get("template"), made.get("release"), sorted(made.get("packages") or [])) == (
+        template,
+        release,
+        sorted(packages),
+    ) and not made.get("clone_of"):
         return True
-    raise Conflict(f"container {name!r} exists but was made from {origin(made)}, not "
-                   f"{describe(template, release, sorted(packages))}; destroy it first or pick another name",
-                   container=name)
+    raise Conflict(
+        f"container {name!r} exists but was made from {origin(made)}, not "
+        f"{describe(template, release, sorted(packages))}; destroy it first or pick another name",
+        container=name,
+    )
 
 
 def origin(metadata):
@@ -136,8 +145,11 @@ def origin(metadata):
 
 def describe(template, release, packages):
     """How a container or image was asked for, in words."""
-    return (f"template {template!r}" + (f" release {release!r}" if release else "")
-            + (f" with packages {','.join(packages)}" if packages else ""))
+    return (
+        f"template {template!r}"
+        + (f" release {release!r}" if release else "")
+        + (f" with packages {','.join(packages)}" if packages else "")
+    )
 
 
 def ensure_image(lxcpath, name, template, release, packages):
@@ -148,8 +160,11 @@ def ensure_image(lxcpath, name, template, release, packages):
     if made is not None:
         if (made.get("template"), made.get("release"), made.get("packages")) != (template, release, packages):
             was = describe(made.get("template"), made.get("release"), made.get("packages") or [])
-            raise StorageError(f"image {key} was made from {was}, not {describe(template, release, packages)}; "
-                               "remove it with destroy_images", container=name)
+            raise StorageError(
+                f"image {key} was made from {was}, not {describe(template, release, packages)}; "
+                "remove it with destroy_images",
+                container=name,
+            )
         return key
     storage.remove_image_files(lxcpath, key)  # what an interrupted run left: never sealed, never used
     images = storage.images_path(lxcpath)
@@ -162,25 +177,40 @@ def ensure_image(lxcpath, name, template, release, packages):
         with _captured_output() as output:
             created = image.create(template, 0, args, "btrfs" if btrfs.is_btrfs(lxcpath) else "dir")
         if not created:
-            raise ContainerError(f"liblxc could not create container {name!r} from "
-                                 f"{describe(template, release, packages)}: running the template into image "
-                                 f"{key} failed; the template said:\n" + _tail(output[0], 15), container=name)
+            raise ContainerError(
+                f"liblxc could not create container {name!r} from "
+                f"{describe(template, release, packages)}: running the template into image "
+                f"{key} failed; the template said:\n" + _tail(output[0], 15),
+                container=name,
+            )
         missing = _missing_packages(storage.image_rootfs(lxcpath, key), packages)
         if missing:
-            raise ContainerError(f"could not create container {name!r}: the template {template!r} ran but did not "
-                                 f"install {', '.join(missing)} (a wrong name, or the mirror unreachable?); the "
-                                 "template said:\n" + _tail(output[0], 15), container=name)
+            raise ContainerError(
+                f"could not create container {name!r}: the template {template!r} ran but did not "
+                f"install {', '.join(missing)} (a wrong name, or the mirror unreachable?); the "
+                "template said:\n" + _tail(output[0], 15),
+                container=name,
+            )
         _disconnect(image, key)
         _check(image.save_config(), name, f"save the config of image {key} for")
         size = storage.tree_size(storage.image_rootfs(lxcpath, key))
-        storage.seal_image(lxcpath, key, {"template": template, "release": release, "packages": packages,
-                                          "size": size,
-                                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        storage.seal_image(
+            lxcpath,
+            key,
+            {
+                "template": template,
+                "release": release,
+                "packages": packages,
+                "size": size,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
     except BaseException:
         storage.remove_image_files(lxcpath, key)
         raise
-    log.info("image %s: built from %s for container %s (%d bytes)", key, describe(template, release, packages),
-             name, size)
+    log.info(
+        "image %s: built from %s for container %s (%d bytes)", key, describe(template, release, packages), name, size
+    )
     return key
 
 
@@ -272,8 +302,11 @@ def clone(lxcpath, name, source, backend="btrfs"):
         if backend == "btrfs":
             storage.snapshot_rootfs(lxcpath, source, name)
             container = _configured_like(lxcpath, name, source)
-            _check(container.set_config_item("lxc.rootfs.path", storage.rootfs_path(lxcpath, name)), name,
-                   "set the rootfs of")
+            _check(
+                container.set_config_item("lxc.rootfs.path", storage.rootfs_path(lxcpath, name)),
+                name,
+                "set the rootfs of",
+            )
         elif backend == "overlay":
             lowers = storage.clone_lowers(lxcpath, source)
             _check_rootfs(lxcpath, source, [storage.upper_path(lxcpath, source), *lowers])
@@ -283,8 +316,9 @@ def clone(lxcpath, name, source, backend="btrfs"):
             os.rmdir(folder)  # liblxc makes it
             # An overlay source is copied as the container sees it (merged) into a plain folder.
             overlay_source = storage.parse_overlay(storage.read_rootfs_spec(lxcpath, source)) is not None
-            copied = _container(lxcpath, source).clone(name, config_path=lxcpath, flags=lxc.LXC_CLONE_KEEPNAME,
-                                                       bdevtype="dir" if overlay_source else None)
+            copied = _container(lxcpath, source).clone(
+                name, config_path=lxcpath, flags=lxc.LXC_CLONE_KEEPNAME, bdevtype="dir" if overlay_source else None
+            )
             _check(copied, name, f"copy {source!r} to")
             container = _container(lxcpath, name)
         _check(container.set_config_item("lxc.uts.name", name), name, "set the host name of")
@@ -310,8 +344,10 @@ def clones_to_make(lxcpath, source, names):
     if not exists(lxcpath, source):
         raise NotFound(f"source container {source!r} does not exist on this host", container=source)
     if is_running(lxcpath, source):
-        raise Conflict(f"source container {source!r} is running; stop it before cloning so the clones get a "
-                       "consistent filesystem", container=source)
+        raise Conflict(
+            f"source container {source!r} is running; stop it before cloning so the clones get a consistent filesystem",
+            container=source,
+        )
     todo, refused = [], {}
     for name in names:
         if not exists(lxcpath, name):
@@ -325,8 +361,7 @@ def clones_to_make(lxcpath, source, names):
 
 def _configured_like(lxcpath, name, source):
     container = _container(lxcpath, name)
-    _check(container.load_config(os.path.join(lxcpath, source, "config")), name,
-           f"load the config of {source!r} for")
+    _check(container.load_config(os.path.join(lxcpath, source, "config")), name, f"load the config of {source!r} for")
     return container
 
 
@@ -334,10 +369,12 @@ def _check_rootfs(lxcpath, name, layers):
     """What liblxc will mount for the container, read back through liblxc from the saved config."""
     seen = _container(lxcpath, name).get_config_item("lxc.rootfs.path")
     expected = ":".join([*layers[1:], layers[0]])
-    if [os.path.realpath(path) for path in seen.split(":")] != [os.path.realpath(path) for path in
-                                                                  expected.split(":")]:
-        raise ContainerError(f"liblxc reads the rootfs of container {name!r} as {seen!r}, not the overlay "
-                             f"{expected!r} that was written to its config", container=name)
+    if [os.path.realpath(path) for path in seen.split(":")] != [os.path.realpath(path) for path in expected.split(":")]:
+        raise ContainerError(
+            f"liblxc reads the rootfs of container {name!r} as {seen!r}, not the overlay "
+            f"{expected!r} that was written to its config",
+            container=name,
+        )
 
 
 def mac_address(name):
@@ -350,9 +387,15 @@ def set_network(lxcpath, name, bridge, address, gateway, mtu=None):
     """Static address in the LXC config and in the container's own network setup, so its init keeps it."""
     container = _container(lxcpath, name)
     container.clear_config_item("lxc.net")
-    items = [("lxc.net.0.type", "veth"), ("lxc.net.0.link", bridge), ("lxc.net.0.flags", "up"),
-             ("lxc.net.0.name", "eth0"), ("lxc.net.0.hwaddr", mac_address(name)),
-             ("lxc.net.0.ipv4.address", address), ("lxc.net.0.ipv4.gateway", gateway)]
+    items = [
+        ("lxc.net.0.type", "veth"),
+        ("lxc.net.0.link", bridge),
+        ("lxc.net.0.flags", "up"),
+        ("lxc.net.0.name", "eth0"),
+        ("lxc.net.0.hwaddr", mac_address(name)),
+        ("lxc.net.0.ipv4.address", address),
+        ("lxc.net.0.ipv4.gateway", gateway),
+    ]
     if mtu:
         items.append(("lxc.net.0.mtu", str(mtu)))
     for key, value in items:
@@ -362,8 +405,9 @@ def set_network(lxcpath, name, bridge, address, gateway, mtu=None):
     metadata = read_metadata(lxcpath, name)
     metadata.update({"bridge": bridge, "address": address, "gateway": gateway, "mtu": mtu})
     write_metadata(lxcpath, name, metadata)
-    log.info("container %s: address %s on bridge %s via %s%s", name, address, bridge, gateway,
-             f", MTU {mtu}" if mtu else "")
+    log.info(
+        "container %s: address %s on bridge %s via %s%s", name, address, bridge, gateway, f", MTU {mtu}" if mtu else ""
+    )
 
 
 def ensure_networks(lxcpath, bridge, addresses, gateway, mtu=None):
@@ -371,9 +415,12 @@ def ensure_networks(lxcpath, bridge, addresses, gateway, mtu=None):
     those that failed. One that has exactly this already is left alone, running or not; a change needs it
     stopped (Conflict naming the running ones, before anything changes)."""
     wanted = {"bridge": bridge, "gateway": gateway, "mtu": mtu}
-    changes = [name for name in addresses
-               if {key: read_metadata(lxcpath, name).get(key) for key in NETWORK_KEYS}
-               != {**wanted, "address": addresses[name]}]
+    changes = [
+        name
+        for name in addresses
+        if {key: read_metadata(lxcpath, name).get(key) for key in NETWORK_KEYS}
+        != {**wanted, "address": addresses[name]}
+    ]
     running = [name for name in changes if is_running(lxcpath, name)]
     if running:
         raise Conflict(f"container(s) {running} are running; stop them before changing addresses")
@@ -497,12 +544,18 @@ def status_many(lxcpath, names):
 def status(lxcpath, name, with_addresses=True):
     container = _container(lxcpath, name)
     metadata = read_metadata(lxcpath, name)
-    return {"name": name, "state": container.state,
-            "addresses": addresses(lxcpath, name) if with_addresses else [],
-            "configured_address": metadata.get("address"),
-            "memory": memory_bytes(lxcpath, name), "clone_of": metadata.get("clone_of"),
-            "template": metadata.get("template"), "release": metadata.get("release"),
-            "packages": metadata.get("packages", []), "image": metadata.get("image")}
+    return {
+        "name": name,
+        "state": container.state,
+        "addresses": addresses(lxcpath, name) if with_addresses else [],
+        "configured_address": metadata.get("address"),
+        "memory": memory_bytes(lxcpath, name),
+        "clone_of": metadata.get("clone_of"),
+        "template": metadata.get("template"),
+        "release": metadata.get("release"),
+        "packages": metadata.get("packages", []),
+        "image": metadata.get("image"),
+    }
 
 
 def _guest_user(lxcpath, name, user):
@@ -514,8 +567,7 @@ def _guest_user(lxcpath, name, user):
                 fields = line.rstrip("\n").split(":")
                 if len(fields) >= 7 and fields[0] == user:
                     return int(fields[2]), int(fields[3]), fields[5]
-    raise InvalidArgument(f"no user {user!r} in container {name!r} (looked in its /etc/passwd)",
-                          container=name)
+    raise InvalidArgument(f"no user {user!r} in container {name!r} (looked in its /etc/passwd)", container=name)
 
 
 def run(lxcpath, name, argv, stdin=None, env=None, user=None, timeout=None):
@@ -535,9 +587,18 @@ def run(lxcpath, name, argv, stdin=None, env=None, user=None, timeout=None):
     # Python ignores SIGPIPE and an ignored signal survives exec: `yes | head` would never end in there.
     previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
-        pid = container.attach(lxc.attach_run_command, list(argv), env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
-                               extra_env_vars=[f"{k}={v}" for k, v in environment.items()],
-                               stdin=in_r, stdout=out_w, stderr=err_w, uid=uid, gid=gid, initial_cwd=home)
+        pid = container.attach(
+            lxc.attach_run_command,
+            list(argv),
+            env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
+            extra_env_vars=[f"{k}={v}" for k, v in environment.items()],
+            stdin=in_r,
+            stdout=out_w,
+            stderr=err_w,
+            uid=uid,
+            gid=gid,
+            initial_cwd=home,
+        )
     finally:
         signal.signal(signal.SIGPIPE, previous)
         for fd in (in_r, out_w, err_w):
@@ -545,8 +606,7 @@ def run(lxcpath, name, argv, stdin=None, env=None, user=None, timeout=None):
     if pid < 0:
         for fd in (in_w, out_r, err_r):
             os.close(fd)
-        raise ContainerError(f"liblxc could not attach to container {name!r} to run {argv[0]!r}",
-                             container=name)
+        raise ContainerError(f"liblxc could not attach to container {name!r} to run {argv[0]!r}", container=name)
     return _collect(pid, name, argv, in_w, out_r, err_r, (stdin or "").encode(), timeout)
 
 
@@ -602,7 +662,7 @@ def _collect(pid, name, argv, in_w, out_r, err_r, stdin, timeout):
         for key, _ in selector.select(remaining):
             if key.fd == in_w:
                 try:
-                    stdin = stdin[os.write(in_w, stdin[:65536]):]
+                    stdin = stdin[os.write(in_w, stdin[:65536]) :]
                 except BrokenPipeError:
                     stdin = b""
                 if not stdin:
@@ -624,6 +684,10 @@ def _collect(pid, name, argv, in_w, out_r, err_r, stdin, timeout):
     stdout = b"".join(chunks[out_r]).decode("utf-8", "replace")
     stderr = b"".join(chunks[err_r]).decode("utf-8", "replace")
     if timed_out:
-        raise CommandTimeout(f"{argv[0]!r} in container {name!r} did not finish within {timeout} s and was "
-                             "killed", container=name, stdout=stdout, stderr=stderr)
+        raise CommandTimeout(
+            f"{argv[0]!r} in container {name!r} did not finish within {timeout} s and was killed",
+            container=name,
+            stdout=stdout,
+            stderr=stderr,
+        )
     return {"exit_code": os.waitstatus_to_exitcode(status_code), "stdout": stdout, "stderr": stderr}

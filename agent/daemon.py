@@ -23,15 +23,22 @@ from agent.service import AgentService
 
 DEFAULT_CONFIG = "/etc/lxc-agent/agent.toml"
 SETTINGS = {  # option -> default; the config file uses the same names with '_' for '-'
-    "listen": f"127.0.0.1:{DEFAULT_PORT}", "lxcpath": "/var/lib/lxc", "storage": "auto",
-    "tls_cert": f"{DEFAULT_PKI}/agent.crt", "tls_key": f"{DEFAULT_PKI}/agent.key",
-    "tls_ca": f"{DEFAULT_PKI}/ca.crt", "token_file": f"{DEFAULT_PKI}/token", "no_tls": False,
-    "log_level": "info", "max_clients": 128, "command_workers": 16,
+    "listen": f"127.0.0.1:{DEFAULT_PORT}",
+    "lxcpath": "/var/lib/lxc",
+    "storage": "auto",
+    "tls_cert": f"{DEFAULT_PKI}/agent.crt",
+    "tls_key": f"{DEFAULT_PKI}/agent.key",
+    "tls_ca": f"{DEFAULT_PKI}/ca.crt",
+    "token_file": f"{DEFAULT_PKI}/token",
+    "no_tls": False,
+    "log_level": "info",
+    "max_clients": 128,
+    "command_workers": 16,
 }
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_FAILURE = 1
-EXIT_USAGE = 2     # as argparse's own usage errors
+EXIT_USAGE = 2  # as argparse's own usage errors
 EXIT_CODES = f"""exit codes:
   0  done (serve: stopped by SIGTERM or SIGINT)
   {EXIT_FAILURE}  the agent could not do it: TLS material or token missing or unusable, lxcpath or storage unusable,
@@ -39,7 +46,7 @@ EXIT_CODES = f"""exit codes:
   {EXIT_USAGE}  the command line or config file is wrong: unknown options, a malformed --listen, an unreadable
      config file or an unknown setting in it, --no-tls on an address other than loopback"""
 
-log = logging.getLogger("agent.daemon")   # not __name__: run as `python -m agent.daemon`, that is __main__
+log = logging.getLogger("agent.daemon")  # not __name__: run as `python -m agent.daemon`, that is __main__
 
 
 class UsageError(InvalidArgument):
@@ -54,9 +61,9 @@ class _LazyHandshakeSocket(ssl.SSLSocket):
     """
 
     @classmethod
-    def _create(cls, *args, **kwargs):
+    def _create(cls, *args: object, **kwargs: object) -> ssl.SSLSocket:  # typed: mypy checks it in any mode
         kwargs["do_handshake_on_connect"] = False
-        return super()._create(*args, **kwargs)  # type: ignore[misc]  # private in typeshed, public enough here
+        return super()._create(*args, **kwargs)  # type: ignore[misc]  # not in typeshed: ssl's own factory
 
 
 class AgentDaemon(Pyro5.api.Daemon):
@@ -69,8 +76,10 @@ class AgentDaemon(Pyro5.api.Daemon):
     def validateHandshake(self, conn, data):
         offered = data.encode() if isinstance(data, str) else b""
         if not hmac.compare_digest(offered, self._token):
-            log.warning("refused the connection (handshake) of a client from %s: wrong or missing token",
-                        conn.sock.getpeername()[0])
+            log.warning(
+                "refused the connection (handshake) of a client from %s: wrong or missing token",
+                conn.sock.getpeername()[0],
+            )
             raise Pyro5.errors.CommunicationError("refused: wrong or missing token")
         return "ok"
 
@@ -105,8 +114,7 @@ def load_settings(args):
         if unknown:
             raise UsageError(f"{path}: unknown setting(s) {unknown}; known: {sorted(SETTINGS)}")
         settings.update(from_file)
-    settings.update({key: value for key, value in vars(args).items()
-                     if key in SETTINGS and value is not None})
+    settings.update({key: value for key, value in vars(args).items() if key in SETTINGS and value is not None})
     return settings
 
 
@@ -130,10 +138,15 @@ def serve(args):
     logging.basicConfig(level=settings["log_level"].upper(), stream=sys.stderr, format=LOG_FORMAT)
     host, port = parse_listen(settings["listen"])
     if settings["no_tls"] and not is_loopback(host):
-        raise UsageError(f"refusing to listen on {host} without TLS: only loopback addresses may go "
-                         "without it; drop --no-tls (see `lxc-agent init-pki`)")
-    tls_context = None if settings["no_tls"] else pki.server_ssl_context(
-        settings["tls_cert"], settings["tls_key"], settings["tls_ca"])
+        raise UsageError(
+            f"refusing to listen on {host} without TLS: only loopback addresses may go "
+            "without it; drop --no-tls (see `lxc-agent init-pki`)"
+        )
+    tls_context = (
+        None
+        if settings["no_tls"]
+        else pki.server_ssl_context(settings["tls_cert"], settings["tls_key"], settings["tls_ca"])
+    )
     token = pki.read_token(settings["token_file"])
     configure_pyro(settings, tls_context)
     service = AgentService(settings["lxcpath"], settings["storage"], int(settings["command_workers"]))
@@ -141,8 +154,10 @@ def serve(args):
         daemon = AgentDaemon(token, host=host, port=port)
     except OSError as error:
         service.close()
-        raise NetworkError(f"cannot listen on {host}:{port}: {error.strerror or error}; is another lxc-agent "
-                           "serving there? pick another --listen") from error
+        raise NetworkError(
+            f"cannot listen on {host}:{port}: {error.strerror or error}; is another lxc-agent "
+            "serving there? pick another --listen"
+        ) from error
     uri = daemon.register(service, OBJECT_ID)
     stopping = threading.Event()
 
@@ -152,8 +167,14 @@ def serve(args):
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("lxc-agent %s serving %s (lxcpath %s, storage %s, TLS %s)", agent.__version__, uri,
-             settings["lxcpath"], service.backend, "on" if tls_context else "off")
+    log.info(
+        "lxc-agent %s serving %s (lxcpath %s, storage %s, TLS %s)",
+        agent.__version__,
+        uri,
+        settings["lxcpath"],
+        service.backend,
+        "on" if tls_context else "off",
+    )
     print(f"lxc-agent listening on {host}:{daemon.locationStr.rpartition(':')[2]}", flush=True)
     try:
         daemon.requestLoop(loopCondition=lambda: not stopping.is_set())
@@ -164,8 +185,9 @@ def serve(args):
 
 
 def init_pki(args):
-    paths = pki.create_pki(args.dir, args.agent_name or list(pki.DEFAULT_AGENT_NAMES),
-                           client_name=args.client_name, force=args.force)
+    paths = pki.create_pki(
+        args.dir, args.agent_name or list(pki.DEFAULT_AGENT_NAMES), client_name=args.client_name, force=args.force
+    )
     for name in pki.PKI_FILES:
         print(f"{name:12} {paths[name]}")
     print("\nCopy ca.crt, client.crt, client.key and token to the coordinator; keep ca.key offline.")
@@ -173,34 +195,52 @@ def init_pki(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="lxc-agent", description=__doc__, epilog=EXIT_CODES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lxc-agent", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"lxc-agent {agent.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("serve", help="run the agent in the foreground (systemd starts this)",
-                              epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = commands.add_parser(
+        "serve",
+        help="run the agent in the foreground (systemd starts this)",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--config", help=f"TOML file with the settings below (default {DEFAULT_CONFIG} if present)")
     run.add_argument("--listen", help=f"HOST:PORT to listen on (default {SETTINGS['listen']})")
     run.add_argument("--lxcpath", help=f"where containers live; btrfs recommended (default {SETTINGS['lxcpath']})")
-    run.add_argument("--storage", choices=["auto", *storage.BACKENDS],
-                     help="clone method: btrfs snapshots, overlay layers or full copies (default auto: btrfs when "
-                          "the lxcpath is on btrfs, else overlay when the kernel can mount it there, else copy)")
+    run.add_argument(
+        "--storage",
+        choices=["auto", *storage.BACKENDS],
+        help="clone method: btrfs snapshots, overlay layers or full copies (default auto: btrfs when "
+        "the lxcpath is on btrfs, else overlay when the kernel can mount it there, else copy)",
+    )
     run.add_argument("--tls-cert", help=f"agent certificate (default {SETTINGS['tls_cert']})")
     run.add_argument("--tls-key", help=f"agent key (default {SETTINGS['tls_key']})")
     run.add_argument("--tls-ca", help=f"CA that signs client certificates (default {SETTINGS['tls_ca']})")
     run.add_argument("--token-file", help=f"file holding the shared token (default {SETTINGS['token_file']})")
-    run.add_argument("--no-tls", action="store_const", const=True,
-                     help="plain TCP; allowed on loopback addresses only (the token is still required)")
+    run.add_argument(
+        "--no-tls",
+        action="store_const",
+        const=True,
+        help="plain TCP; allowed on loopback addresses only (the token is still required)",
+    )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.add_argument("--max-clients", type=int, help="connections served at once (default 128)")
-    run.add_argument("--command-workers", type=int,
-                     help="commands run in containers at once; more wait (default 16)")
+    run.add_argument("--command-workers", type=int, help="commands run in containers at once; more wait (default 16)")
     run.set_defaults(handler=serve)
-    init = commands.add_parser("init-pki", help="create a CA, agent and client certificates and a token",
-                               epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    init = commands.add_parser(
+        "init-pki",
+        help="create a CA, agent and client certificates and a token",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     init.add_argument("--dir", default=DEFAULT_PKI, help=f"where to write them (default {DEFAULT_PKI})")
-    init.add_argument("--agent-name", action="append",
-                      help="host name or address the agent is reached at (repeatable; localhost is always in)")
+    init.add_argument(
+        "--agent-name",
+        action="append",
+        help="host name or address the agent is reached at (repeatable; localhost is always in)",
+    )
     init.add_argument("--client-name", default="coordinator")
     init.add_argument("--force", action="store_true", help="replace existing files (invalidates old clients)")
     init.set_defaults(handler=init_pki)

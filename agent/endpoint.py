@@ -4,6 +4,6 @@ Kept apart from agent.daemon so that a client (the coordinator, a user's script)
 nftables just to learn a port number.
 """
 
-OBJECT_ID = "lxc.agent"                # the Pyro5 object id of the one exposed AgentService
+OBJECT_ID = "lxc.agent"  # the Pyro5 object id of the one exposed AgentService
 DEFAULT_PORT = 7643
-DEFAULT_PKI = "/etc/lxc-agent/pki"     # where `lxc-agent init-pki` writes, and where both sides look by default
+DEFAULT_PKI = "/etc/lxc-agent/pki"  # where `lxc-agent init-pki` writes, and where both sides look by default

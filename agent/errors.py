@@ -49,10 +49,8 @@ class BatchError(AgentError):
 
     def __init__(self, operation, succeeded, failed):
         reasons = "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
-        message = (f"{operation} failed for {len(failed)} of {len(failed) + len(succeeded)} "
-                   f"container(s): {reasons}")
-        super().__init__(message, operation=operation, succeeded=list(succeeded),
-                         failed=dict(failed))
+        message = f"{operation} failed for {len(failed)} of {len(failed) + len(succeeded)} container(s): {reasons}"
+        super().__init__(message, operation=operation, succeeded=list(succeeded), failed=dict(failed))
         self.operation = operation
         self.succeeded = list(succeeded)
         self.failed = dict(failed)
@@ -62,14 +60,28 @@ class AuthenticationError(AgentError):
     """The client did not present the agent's token."""
 
 
-ALL_ERRORS = (AgentError, InvalidArgument, NotFound, Conflict, ContainerError, StorageError,
-              NetworkError, CommandTimeout, BatchError, AuthenticationError)
+ALL_ERRORS = (
+    AgentError,
+    InvalidArgument,
+    NotFound,
+    Conflict,
+    ContainerError,
+    StorageError,
+    NetworkError,
+    CommandTimeout,
+    BatchError,
+    AuthenticationError,
+)
 
 
 def _to_dict(error):
     # vars() carries our fields and the remote traceback Pyro5 attaches as _pyroTraceback.
-    return {"__class__": f"{type(error).__module__}.{type(error).__name__}",
-            "__exception__": True, "args": list(error.args), "attributes": dict(vars(error))}
+    return {
+        "__class__": f"{type(error).__module__}.{type(error).__name__}",
+        "__exception__": True,
+        "args": list(error.args),
+        "attributes": dict(vars(error)),
+    }
 
 
 def _from_dict(classname, data):

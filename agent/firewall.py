@@ -34,11 +34,26 @@ def ensure_masquerade(bridge, network):
         return
     # One transaction: stale rules for this bridge (an older subnet) go as the right one arrives.
     commands = _chain_commands() + [_delete_rule(rule) for rule in tagged]
-    commands.append({"add": {"rule": {"family": FAMILY, "table": TABLE, "chain": CHAIN, "expr": expr,
-                                      "comment": _comment(BRIDGE_TAG, bridge)}}})
+    commands.append(
+        {
+            "add": {
+                "rule": {
+                    "family": FAMILY,
+                    "table": TABLE,
+                    "chain": CHAIN,
+                    "expr": expr,
+                    "comment": _comment(BRIDGE_TAG, bridge),
+                }
+            }
+        }
+    )
     _nft(commands, subject, f"add masquerade for {network}")
-    log.info("nftables: masquerade %s leaving the host from bridge %s%s", network, bridge,
-             f" (replaced {len(tagged)} stale rule(s))" if tagged else "")
+    log.info(
+        "nftables: masquerade %s leaving the host from bridge %s%s",
+        network,
+        bridge,
+        f" (replaced {len(tagged)} stale rule(s))" if tagged else "",
+    )
 
 
 def remove_masquerade(bridge):
@@ -63,16 +78,36 @@ def ensure_exemption(tunnel):
     chain = [rule for rule in rules if rule["chain"] == CHAIN]
     tagged = [rule for rule in rules if rule.get("comment") == _comment(TUNNEL_TAG, tunnel)]
     # Ahead of every masquerade: a bridge's rule matches `oifname != <bridge>`, which the tunnel is.
-    first_nat = next((position for position, rule in enumerate(chain)
-                      if any("masquerade" in item or "snat" in item for item in rule["expr"])), len(chain))
+    first_nat = next(
+        (
+            position
+            for position, rule in enumerate(chain)
+            if any("masquerade" in item or "snat" in item for item in rule["expr"])
+        ),
+        len(chain),
+    )
     if len(tagged) == 1 and tagged[0] in chain[:first_nat] and tagged[0]["expr"] == _exemption_expr(tunnel):
         return
     commands = _chain_commands() + [_delete_rule(rule) for rule in tagged]
-    commands.append({"insert": {"rule": {"family": FAMILY, "table": TABLE, "chain": CHAIN,
-                                         "expr": _exemption_expr(tunnel), "comment": _comment(TUNNEL_TAG, tunnel)}}})
+    commands.append(
+        {
+            "insert": {
+                "rule": {
+                    "family": FAMILY,
+                    "table": TABLE,
+                    "chain": CHAIN,
+                    "expr": _exemption_expr(tunnel),
+                    "comment": _comment(TUNNEL_TAG, tunnel),
+                }
+            }
+        }
+    )
     _nft(commands, subject, "exempt the tunnel from masquerade")
-    log.info("nftables: traffic through tunnel %s is exempt from masquerade%s", tunnel,
-             f" (replaced {len(tagged)} stale rule(s))" if tagged else "")
+    log.info(
+        "nftables: traffic through tunnel %s is exempt from masquerade%s",
+        tunnel,
+        f" (replaced {len(tagged)} stale rule(s))" if tagged else "",
+    )
 
 
 def remove_exemption(tunnel):
@@ -93,13 +128,19 @@ def remove_exemption(tunnel):
 def _log_removal(subject, what, removed, table_too):
     kind, name = subject
     if removed:
-        log.info("nftables: removed the %s of %s %s%s", what, kind, name,
-                 f" and the table {FAMILY} {TABLE}, now empty" if table_too else "")
+        log.info(
+            "nftables: removed the %s of %s %s%s",
+            what,
+            kind,
+            name,
+            f" and the table {FAMILY} {TABLE}, now empty" if table_too else "",
+        )
     elif table_too:
         log.info("nftables: removed the empty table %s %s", FAMILY, TABLE)
 
 
 # --- commands ---
+
 
 def _comment(tag, name):
     return f"{tag}:{name}"
@@ -123,8 +164,19 @@ def _chain_commands():
     """The agent's table and nat chain, added if missing (no-ops when they exist)."""
     return [
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-        {"add": {"chain": {"family": FAMILY, "table": TABLE, "name": CHAIN, "type": "nat",
-                           "hook": "postrouting", "prio": 100, "policy": "accept"}}},
+        {
+            "add": {
+                "chain": {
+                    "family": FAMILY,
+                    "table": TABLE,
+                    "name": CHAIN,
+                    "type": "nat",
+                    "hook": "postrouting",
+                    "prio": 100,
+                    "policy": "accept",
+                }
+            }
+        },
     ]
 
 
@@ -137,6 +189,7 @@ def _delete_table():
 
 
 # --- libnftables ---
+
 
 def _rules(subject):
     """Rules of the agent's table in chain order, or None when the table does not exist."""
@@ -154,7 +207,9 @@ def _nft(commands, subject, what):
     nft.set_handle_output(True)
     rc, output, error = nft.json_cmd({"nftables": commands})
     if rc != 0:
-        raise NetworkError(f"nftables refused to {what} for {kind} {name}: {error.strip() or f'rc {rc}'}; check "
-                           f"`nft list table {FAMILY} {TABLE}` and that the kernel has nf_tables with nat",
-                           **{kind: name})
+        raise NetworkError(
+            f"nftables refused to {what} for {kind} {name}: {error.strip() or f'rc {rc}'}; check "
+            f"`nft list table {FAMILY} {TABLE}` and that the kernel has nf_tables with nat",
+            **{kind: name},
+        )
     return output["nftables"] if output else []

@@ -24,14 +24,16 @@ def _make_folders(layers, relative):
         seen = storage.lookup(layers, inside)
         if seen is not None and not stat.S_ISDIR(seen[1].st_mode):
             # A symlink in a guest may point anywhere on the host: never write through one.
-            raise StorageError(f"/{inside} in {top} is not a folder (a symlink?); refusing to write "
-                               f"/{relative} through it")
+            raise StorageError(
+                f"/{inside} in {top} is not a folder (a symlink?); refusing to write /{relative} through it"
+            )
         path = os.path.join(top, inside)
         if seen is not None and seen[0] == path:
             continue
         if os.path.lexists(path):
-            raise StorageError(f"{path} hides /{inside} of the container (an overlay whiteout?); refusing to "
-                               f"write /{relative}")
+            raise StorageError(
+                f"{path} hides /{inside} of the container (an overlay whiteout?); refusing to write /{relative}"
+            )
         os.mkdir(path, 0o755)
         if seen is not None:
             os.chown(path, seen[1].st_uid, seen[1].st_gid)
@@ -63,8 +65,9 @@ def write_identity(layers, name):
     """What makes a container a different machine than its image or clone source: host name and machine-id
     (always a fresh one, also where the image had none; D-Bus's own copy follows it unless it is a symlink)."""
     _write(layers, "/etc/hostname", name + "\n")
-    _write(layers, "/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n"
-                                 "::1\tlocalhost ip6-localhost ip6-loopback\n")
+    _write(
+        layers, "/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    )
     machine_id = secrets.token_hex(16) + "\n"
     _write(layers, "/etc/machine-id", machine_id, 0o444)
     dbus = storage.lookup(layers, "var/lib/dbus/machine-id")
@@ -75,15 +78,20 @@ def write_identity(layers, name):
 def write_network(layers, address, gateway):
     """LXC sets the address before init; this keeps init (ifupdown, busybox udhcpc) from replacing it."""
     if storage.lookup(layers, "etc/network/interfaces") is not None:
-        _write(layers, "/etc/network/interfaces",
-               f"{MARK}: eth0 is {address} via {gateway}, set by LXC before init starts.\n"
-               "auto lo\niface lo inet loopback\n\n"
-               f"auto eth0\niface eth0 inet manual\n")
+        _write(
+            layers,
+            "/etc/network/interfaces",
+            f"{MARK}: eth0 is {address} via {gateway}, set by LXC before init starts.\n"
+            "auto lo\niface lo inet loopback\n\n"
+            f"auto eth0\niface eth0 inet manual\n",
+        )
         return
     script = _read(layers, "etc/init.d/rcS")
     if script is not None:
-        static = (f"{MARK}\n/bin/ip addr replace {address} dev eth0\n/bin/ip link set eth0 up\n"
-                  f"/bin/ip route replace default via {gateway}\n")
+        static = (
+            f"{MARK}\n/bin/ip addr replace {address} dev eth0\n/bin/ip link set eth0 up\n"
+            f"/bin/ip route replace default via {gateway}\n"
+        )
         script = re.sub(rf"{MARK}\n(/bin/ip [^\n]*\n)+", "", script)
         script = re.sub(r"^.*udhcpc.*$\n?", "", script, flags=re.M)
         _write(layers, "/etc/init.d/rcS", script.rstrip("\n") + "\n" + static, 0o755)

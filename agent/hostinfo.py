@@ -57,10 +57,14 @@ def kernel_features():
     OpenStack services need from the host (openvswitch for OVS/OVN, loop devices for cinder's LVM file)."""
     filesystems = _filesystems()
     # A random vni keeps probes of agents starting together in one namespace out of each other's way.
-    return {"btrfs": "btrfs" in filesystems, "overlay": "overlay" in filesystems,
-            "vxlan": _can_create_link("vxlan", vxlan_id=1 + secrets.randbelow(2**24 - 1), vxlan_port=4789),
-            "ipip": _can_create_link("ipip"),
-            "openvswitch": _has_module("openvswitch"), "loop": _has_loop_devices()}
+    return {
+        "btrfs": "btrfs" in filesystems,
+        "overlay": "overlay" in filesystems,
+        "vxlan": _can_create_link("vxlan", vxlan_id=1 + secrets.randbelow(2**24 - 1), vxlan_port=4789),
+        "ipip": _can_create_link("ipip"),
+        "openvswitch": _has_module("openvswitch"),
+        "loop": _has_loop_devices(),
+    }
 
 
 def memory():

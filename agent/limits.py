@@ -56,6 +56,10 @@ def ensure_minimums(proc_sys=PROC_SYS):
         except FileNotFoundError:
             continue
         except (OSError, ValueError) as error:
-            log.warning("cannot raise %s to %d (%s): containers beyond the current limit may fail to start",
-                        key.replace("/", "."), minimum, error)
+            log.warning(
+                "cannot raise %s to %d (%s): containers beyond the current limit may fail to start",
+                key.replace("/", "."),
+                minimum,
+                error,
+            )
     return changed

@@ -52,8 +52,11 @@ def ensure_host_network(bridge: str, subnet: str, owner: str | None = None) -> d
             link = _create_bridge(ipr, bridge, remembered, owner)
         index = link["index"]
         if not _ipv4_addresses(ipr, index, bridge):
-            _netlink(f"give bridge {bridge} the address {gateway}/{network.prefixlen}", bridge,
-                     lambda: ipr.addr("add", index=index, address=str(gateway), prefixlen=network.prefixlen))
+            _netlink(
+                f"give bridge {bridge} the address {gateway}/{network.prefixlen}",
+                bridge,
+                lambda: ipr.addr("add", index=index, address=str(gateway), prefixlen=network.prefixlen),
+            )
             log.info("bridge %s: address %s/%d", bridge, gateway, network.prefixlen)
         if not link["flags"] & _IFF_UP:
             _netlink(f"bring bridge {bridge} up", bridge, lambda: ipr.link("set", index=index, state="up"))
@@ -77,9 +80,14 @@ def destroy_host_network(bridge: str, owner: str | None = None) -> None:
             held = _alias_owner(link)
             if held is not None and held != owner:
                 subnet = _describe(ipr, link)["subnet"]
-                raise Conflict(f"host bridge {bridge} (subnet {subnet}) belongs to {_whose(held)}, not "
-                               f"{_whose(owner)}; only its owner removes it: destroy_network({bridge!r}, "
-                               f"owner={held!r})", bridge=bridge, subnet=subnet, owner=held)
+                raise Conflict(
+                    f"host bridge {bridge} (subnet {subnet}) belongs to {_whose(held)}, not "
+                    f"{_whose(owner)}; only its owner removes it: destroy_network({bridge!r}, "
+                    f"owner={held!r})",
+                    bridge=bridge,
+                    subnet=subnet,
+                    owner=held,
+                )
             remembered = _alias_ip_forward(link)
         firewall.remove_masquerade(bridge)
         if link is not None:
@@ -87,8 +95,11 @@ def destroy_host_network(bridge: str, owner: str | None = None) -> None:
                 ipr.link("del", index=link["index"])
             except NetlinkError as error:
                 if error.code != errno.ENODEV:
-                    raise NetworkError(f"cannot delete bridge {bridge}: {error.args[-1]} (errno {error.code}); "
-                                       f"check `ip link show {bridge}` and retry", bridge=bridge) from error
+                    raise NetworkError(
+                        f"cannot delete bridge {bridge}: {error.args[-1]} (errno {error.code}); "
+                        f"check `ip link show {bridge}` and retry",
+                        bridge=bridge,
+                    ) from error
             log.info("bridge %s: removed", bridge)
         others = [other for other in _agent_bridges(ipr) if other.get_attr("IFLA_IFNAME") != bridge]
     if remembered is not None and not others:
@@ -114,31 +125,41 @@ def list_host_networks() -> list[dict]:
 
 # --- validation and conflicts (nothing is changed before these pass) ---
 
+
 def _check_bridge_name(bridge):
     if not isinstance(bridge, str) or not _BRIDGE_NAME.match(bridge):
-        raise InvalidArgument(f"bridge name {bridge!r} is not valid: use 1-15 letters, digits, '_', '.' or '-', "
-                              f"starting with a letter or digit", bridge=bridge)
+        raise InvalidArgument(
+            f"bridge name {bridge!r} is not valid: use 1-15 letters, digits, '_', '.' or '-', "
+            f"starting with a letter or digit",
+            bridge=bridge,
+        )
 
 
 def _parse_subnet(subnet):
     try:
         network = ipaddress.ip_network(subnet, strict=True)
     except (TypeError, ValueError) as error:
-        raise InvalidArgument(f"subnet {subnet!r} is not a network address like 10.100.1.0/24: {error}",
-                              subnet=str(subnet)) from error
+        raise InvalidArgument(
+            f"subnet {subnet!r} is not a network address like 10.100.1.0/24: {error}", subnet=str(subnet)
+        ) from error
     if network.version != 4:
-        raise InvalidArgument(f"subnet {subnet} is not IPv4: container subnets are IPv4, like 10.100.1.0/24",
-                              subnet=subnet)
+        raise InvalidArgument(
+            f"subnet {subnet} is not IPv4: container subnets are IPv4, like 10.100.1.0/24", subnet=subnet
+        )
     if addressing.capacity(network) < 1:
-        raise InvalidArgument(f"subnet {subnet} has no room for a gateway and containers: use a prefix of /30 "
-                              f"or shorter", subnet=subnet)
+        raise InvalidArgument(
+            f"subnet {subnet} has no room for a gateway and containers: use a prefix of /30 or shorter", subnet=subnet
+        )
     return network
 
 
 def _check_owner(owner):
     if owner is not None and (not isinstance(owner, str) or not _OWNER.match(owner)):
-        raise InvalidArgument(f"owner {owner!r} is not valid: use 1-128 letters, digits, '_', '.', ':', '@', '+' "
-                              f"or '-', starting with a letter or digit (or None for no owner)", owner=str(owner))
+        raise InvalidArgument(
+            f"owner {owner!r} is not valid: use 1-128 letters, digits, '_', '.', ':', '@', '+' "
+            f"or '-', starting with a letter or digit (or None for no owner)",
+            owner=str(owner),
+        )
 
 
 def _whose(owner):
@@ -151,38 +172,59 @@ def _check_owned_by(ipr, link, bridge, owner, network):
         return
     subnet = _describe(ipr, link)["subnet"]
     if held is None:
-        raise Conflict(f"host bridge {bridge} (subnet {subnet}) exists without an owner (made by a caller that gave "
-                       f"none, or an older agent), so owner {owner!r} cannot take it over: choose another subnet, "
-                       f"or destroy_network({bridge!r}) first", bridge=bridge, subnet=subnet, owner=held)
+        raise Conflict(
+            f"host bridge {bridge} (subnet {subnet}) exists without an owner (made by a caller that gave "
+            f"none, or an older agent), so owner {owner!r} cannot take it over: choose another subnet, "
+            f"or destroy_network({bridge!r}) first",
+            bridge=bridge,
+            subnet=subnet,
+            owner=held,
+        )
     asker = "a caller without an owner" if owner is None else f"owner {owner!r}"
-    raise Conflict(f"host bridge {bridge} (subnet {subnet}) belongs to owner {held!r}; {asker} asking for subnet "
-                   f"{network} cannot share it: choose another subnet, or destroy_network({bridge!r}, "
-                   f"owner={held!r}) first", bridge=bridge, subnet=subnet, owner=held)
+    raise Conflict(
+        f"host bridge {bridge} (subnet {subnet}) belongs to owner {held!r}; {asker} asking for subnet "
+        f"{network} cannot share it: choose another subnet, or destroy_network({bridge!r}, "
+        f"owner={held!r}) first",
+        bridge=bridge,
+        subnet=subnet,
+        owner=held,
+    )
 
 
 def _check_ours(link, bridge, advice):
     kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
     if kind != "bridge":
-        raise Conflict(f"host link {bridge} exists but is a {kind or 'plain'} link, not a bridge; "
-                       f"delete it or choose another bridge name", bridge=bridge)
+        raise Conflict(
+            f"host link {bridge} exists but is a {kind or 'plain'} link, not a bridge; "
+            f"delete it or choose another bridge name",
+            bridge=bridge,
+        )
     if not _is_ours(link):
-        raise Conflict(f"host bridge {bridge} exists but was not created by lxc-agent (no '{TAG}' alias); "
-                       f"{advice}", bridge=bridge)
+        raise Conflict(
+            f"host bridge {bridge} exists but was not created by lxc-agent (no '{TAG}' alias); {advice}", bridge=bridge
+        )
 
 
 def _check_addresses(ipr, link, bridge, network, gateway):
     wanted = f"{gateway}/{network.prefixlen}"
     held = [f"{address}/{prefixlen}" for address, prefixlen in _ipv4_addresses(ipr, link["index"], bridge)]
     if held and held != [wanted]:
-        raise Conflict(f"host bridge {bridge} holds {', '.join(held)}, not {wanted}; destroy_host_network"
-                       f"({bridge!r}) first or ask for the subnet it already has", bridge=bridge, held=held)
+        raise Conflict(
+            f"host bridge {bridge} holds {', '.join(held)}, not {wanted}; destroy_host_network"
+            f"({bridge!r}) first or ask for the subnet it already has",
+            bridge=bridge,
+            held=held,
+        )
 
 
 def _check_overlaps(ipr, bridge, network, own_index):
     all_links = _dump(ipr.get_links, bridge)
     names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in all_links}
-    agent_bridges = {link["index"]: link for link in all_links
-                     if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge" and _is_ours(link)}
+    agent_bridges = {
+        link["index"]: link
+        for link in all_links
+        if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge" and _is_ours(link)
+    }
     for addr in _dump(lambda: ipr.get_addr(family=2), bridge):
         address = ipaddress.ip_interface(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
         if addr["index"] != own_index and address.network.overlaps(network):
@@ -192,8 +234,11 @@ def _check_overlaps(ipr, bridge, network, own_index):
             if addr["index"] in agent_bridges:
                 details["owner"] = _alias_owner(agent_bridges[addr["index"]])
                 whose = f" (an agent bridge of {_whose(details['owner'])})"
-            raise Conflict(f"subnet {network} for bridge {bridge} overlaps the address {address} on host device "
-                           f"{device}{whose}; choose another subnet or remove that address", **details)
+            raise Conflict(
+                f"subnet {network} for bridge {bridge} overlaps the address {address} on host device "
+                f"{device}{whose}; choose another subnet or remove that address",
+                **details,
+            )
     for route in _dump(lambda: ipr.get_routes(family=2), bridge):
         table = route.get_attr("RTA_TABLE") or route["table"]
         oif = route.get_attr("RTA_OIF")
@@ -205,12 +250,18 @@ def _check_overlaps(ipr, bridge, network, own_index):
             gateway = route.get_attr("RTA_GATEWAY")
             via = f" via {gateway}" if gateway else ""
             text = f"{dst}{via} dev {device} table {_TABLE_NAMES.get(table, table)}"
-            raise Conflict(f"subnet {network} for bridge {bridge} overlaps the host route {text}; choose another "
-                           f"subnet or remove that route", bridge=bridge, subnet=str(network), route=text,
-                           device=device)
+            raise Conflict(
+                f"subnet {network} for bridge {bridge} overlaps the host route {text}; choose another "
+                f"subnet or remove that route",
+                bridge=bridge,
+                subnet=str(network),
+                route=text,
+                device=device,
+            )
 
 
 # --- links and addresses ---
+
 
 def _find_link(ipr, bridge):
     found = _dump(lambda: ipr.get_links(ifname=bridge), bridge, missing_ok=True)
@@ -232,8 +283,11 @@ def _alias_owner(link):
 
 
 def _agent_bridges(ipr):
-    return [link for link in _dump(ipr.get_links, "(all bridges)")
-            if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge" and _is_ours(link)]
+    return [
+        link
+        for link in _dump(ipr.get_links, "(all bridges)")
+        if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge" and _is_ours(link)
+    ]
 
 
 def _remembered_ip_forward(ipr, bridge, link):
@@ -250,10 +304,14 @@ def _create_bridge(ipr, bridge, remembered, owner):
         ipr.link("add", ifname=bridge, kind="bridge")
     except NetlinkError as error:
         if error.code == errno.EEXIST:
-            raise Conflict(f"host link {bridge} appeared while the agent was creating it; retry",
-                           bridge=bridge) from error
-        raise NetworkError(f"cannot create bridge {bridge}: {error.args[-1]} (errno {error.code}); check that the "
-                           f"kernel has bridge support and retry", bridge=bridge) from error
+            raise Conflict(
+                f"host link {bridge} appeared while the agent was creating it; retry", bridge=bridge
+            ) from error
+        raise NetworkError(
+            f"cannot create bridge {bridge}: {error.args[-1]} (errno {error.code}); check that the "
+            f"kernel has bridge support and retry",
+            bridge=bridge,
+        ) from error
     link = _find_link(ipr, bridge)
     try:
         # The kernel ignores IFLA_IFALIAS on creation, hence a separate set.
@@ -264,17 +322,26 @@ def _create_bridge(ipr, bridge, remembered, owner):
             ipr.link("del", index=link["index"])
         except NetlinkError as cleanup_error:
             # The error below says what went wrong first; this one only that the untagged bridge stayed.
-            log.warning("bridge %s: could not remove it again after failing to tag it (%s); delete it with "
-                        "`ip link del %s`", bridge, cleanup_error.args[-1], bridge)
-        raise NetworkError(f"cannot tag bridge {bridge} as the agent's: {error.args[-1]} (errno {error.code}); "
-                           f"the bridge was removed again, retry", bridge=bridge) from error
+            log.warning(
+                "bridge %s: could not remove it again after failing to tag it (%s); delete it with `ip link del %s`",
+                bridge,
+                cleanup_error.args[-1],
+                bridge,
+            )
+        raise NetworkError(
+            f"cannot tag bridge {bridge} as the agent's: {error.args[-1]} (errno {error.code}); "
+            f"the bridge was removed again, retry",
+            bridge=bridge,
+        ) from error
     log.info("bridge %s: created (%s)", bridge, alias)
     return _find_link(ipr, bridge)
 
 
 def _ipv4_addresses(ipr, index, bridge):
-    return [(addr.get_attr("IFA_ADDRESS"), addr["prefixlen"])
-            for addr in _dump(lambda: ipr.get_addr(family=2, index=index), bridge)]
+    return [
+        (addr.get_attr("IFA_ADDRESS"), addr["prefixlen"])
+        for addr in _dump(lambda: ipr.get_addr(family=2, index=index), bridge)
+    ]
 
 
 def _describe(ipr, link):
@@ -285,13 +352,23 @@ def _describe(ipr, link):
         return {"bridge": bridge, "subnet": None, "gateway": None, "prefixlen": None, "owner": owner}
     address, prefixlen = addresses[0]
     interface = ipaddress.ip_interface(f"{address}/{prefixlen}")
-    return {"bridge": bridge, "subnet": str(interface.network), "gateway": str(interface.ip),
-            "prefixlen": interface.network.prefixlen, "owner": owner}
+    return {
+        "bridge": bridge,
+        "subnet": str(interface.network),
+        "gateway": str(interface.ip),
+        "prefixlen": interface.network.prefixlen,
+        "owner": owner,
+    }
 
 
 def _shape(bridge, network, owner):
-    return {"bridge": bridge, "subnet": str(network), "gateway": str(addressing.gateway(network)),
-            "prefixlen": network.prefixlen, "owner": owner}
+    return {
+        "bridge": bridge,
+        "subnet": str(network),
+        "gateway": str(addressing.gateway(network)),
+        "prefixlen": network.prefixlen,
+        "owner": owner,
+    }
 
 
 def _dump(call, bridge, missing_ok=False):
@@ -300,20 +377,26 @@ def _dump(call, bridge, missing_ok=False):
     except NetlinkError as error:
         if missing_ok and error.code == errno.ENODEV:
             return []
-        raise NetworkError(f"cannot read the host's links, addresses or routes for bridge {bridge}: "
-                           f"{error.args[-1]} (errno {error.code}); check that the agent runs as root",
-                           bridge=bridge) from error
+        raise NetworkError(
+            f"cannot read the host's links, addresses or routes for bridge {bridge}: "
+            f"{error.args[-1]} (errno {error.code}); check that the agent runs as root",
+            bridge=bridge,
+        ) from error
 
 
 def _netlink(what, bridge, call):
     try:
         call()
     except NetlinkError as error:
-        raise NetworkError(f"cannot {what}: {error.args[-1]} (errno {error.code}); run ensure_host_network again "
-                           f"or destroy_host_network({bridge!r})", bridge=bridge) from error
+        raise NetworkError(
+            f"cannot {what}: {error.args[-1]} (errno {error.code}); run ensure_host_network again "
+            f"or destroy_host_network({bridge!r})",
+            bridge=bridge,
+        ) from error
 
 
 # --- ip_forward (the namespace-local sysctl) ---
+
 
 def read_sysctl(path, subject, **details):
     """A namespace-local setting under /proc/sys; `subject` ("bridge X", "tunnel Y") names it in errors."""
@@ -321,8 +404,9 @@ def read_sysctl(path, subject, **details):
         with open(path) as handle:
             return handle.read().strip()
     except OSError as error:
-        raise NetworkError(f"cannot read {path} for {subject}: {error.strerror}; check that /proc/sys is mounted",
-                           **details) from error
+        raise NetworkError(
+            f"cannot read {path} for {subject}: {error.strerror}; check that /proc/sys is mounted", **details
+        ) from error
 
 
 def write_sysctl(path, value, subject, **details):
@@ -332,8 +416,11 @@ def write_sysctl(path, value, subject, **details):
         with open(path, "w") as handle:
             handle.write(value)
     except OSError as error:
-        raise NetworkError(f"cannot set {path} to {value} for {subject}: {error.strerror}; check that the agent "
-                           "runs as root with /proc/sys writable", **details) from error
+        raise NetworkError(
+            f"cannot set {path} to {value} for {subject}: {error.strerror}; check that the agent "
+            "runs as root with /proc/sys writable",
+            **details,
+        ) from error
     log.info("%s: set %s to %s", subject, path, value)
 
 

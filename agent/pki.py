@@ -51,11 +51,11 @@ def create_pki(directory, agent_names, client_name="coordinator", days=3650, for
     ca_key = _new_key()
     ca_cert = _issue_ca(ca_key, days)
     agent_key = _new_key()
-    agent_cert = _issue_leaf(ca_cert, ca_key, agent_key, _common_name(sans), days,
-                             ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    agent_cert = _issue_leaf(
+        ca_cert, ca_key, agent_key, _common_name(sans), days, ExtendedKeyUsageOID.SERVER_AUTH, sans
+    )
     client_key = _new_key()
-    client_cert = _issue_leaf(ca_cert, ca_key, client_key, client_name, days,
-                              ExtendedKeyUsageOID.CLIENT_AUTH, None)
+    client_cert = _issue_leaf(ca_cert, ca_key, client_key, client_name, days, ExtendedKeyUsageOID.CLIENT_AUTH, None)
 
     # Each file is replaced whole; a crash between files can leave old and new ones mixed,
     # which re-running with --force repairs.
@@ -78,14 +78,14 @@ def add_client(directory, client_name, days=3650, force=False):
     _check_client_name(client_name)
     days = _check_days(days)
     ca_cert, ca_key = _load_ca(directory)
-    paths = {f"client-{client_name}.{ext}": os.path.join(directory, f"client-{client_name}.{ext}")
-             for ext in ("crt", "key")}
+    paths = {
+        f"client-{client_name}.{ext}": os.path.join(directory, f"client-{client_name}.{ext}") for ext in ("crt", "key")
+    }
     if not force:
         for path in paths.values():
             _refuse_existing(path)
     key = _new_key()
-    cert = _issue_leaf(ca_cert, ca_key, key, client_name, days, ExtendedKeyUsageOID.CLIENT_AUTH,
-                       None)
+    cert = _issue_leaf(ca_cert, ca_key, key, client_name, days, ExtendedKeyUsageOID.CLIENT_AUTH, None)
     _write_atomic(paths[f"client-{client_name}.key"], _key_pem(key), _SECRET_MODE)
     _write_atomic(paths[f"client-{client_name}.crt"], _cert_pem(cert), _PUBLIC_MODE)
     return paths
@@ -100,13 +100,14 @@ def read_token(path):
             if mode & 0o077:
                 raise InvalidArgument(
                     f"token file {path} is readable or writable by group/others "
-                    f"(mode {mode & 0o777:03o}); run `chmod 600 {path}`", path=path)
+                    f"(mode {mode & 0o777:03o}); run `chmod 600 {path}`",
+                    path=path,
+                )
             data = handle.read()
     except FileNotFoundError:
         raise InvalidArgument(f"token file {path} does not exist; {INIT_HINT}", path=path) from None
     except OSError as error:
-        raise InvalidArgument(f"cannot read token file {path}: {error.strerror or error}",
-                              path=path) from None
+        raise InvalidArgument(f"cannot read token file {path}: {error.strerror or error}", path=path) from None
     try:
         token = data.decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -142,6 +143,7 @@ def client_ssl_context(cert, key, ca, server_hostname_check=True):
 
 # --- certificates --------------------------------------------------------------------------------
 
+
 def _new_key():
     return ec.generate_private_key(ec.SECP256R1())
 
@@ -156,44 +158,79 @@ def _validity(days, not_after_cap=None):
 
 def _issue_ca(key, days):
     # A random suffix keeps CAs of different clusters distinguishable in error messages.
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lxc-agent"),
-                      x509.NameAttribute(NameOID.COMMON_NAME,
-                                         f"lxc-agent CA {secrets.token_hex(4)}")])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lxc-agent"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"lxc-agent CA {secrets.token_hex(4)}"),
+        ]
+    )
     not_before, not_after = _validity(days)
     public = key.public_key()
-    return (x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name).public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before).not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .sign(key, hashes.SHA256()))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(key, hashes.SHA256())
+    )
 
 
 def _issue_leaf(ca_cert, ca_key, key, common_name, days, usage, sans):
     """An end-entity certificate; the extensions satisfy OpenSSL's strict X.509 checks."""
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lxc-agent"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lxc-agent"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
     not_before, not_after = _validity(days, ca_cert.not_valid_after_utc)
     public = key.public_key()
-    builder = (x509.CertificateBuilder()
-               .subject_name(name).issuer_name(ca_cert.subject).public_key(public)
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(not_before).not_valid_after(not_after)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                            key_encipherment=False, data_encipherment=False,
-                                            key_agreement=False, key_cert_sign=False,
-                                            crl_sign=False, encipher_only=False,
-                                            decipher_only=False), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                   ca_cert.public_key()), critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(ca_cert.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+    )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(ca_key, hashes.SHA256())
@@ -236,11 +273,18 @@ def _check_dns_name(name, raw):
     labels = name.split(".")
     if labels and labels[0] == "*":
         labels = labels[1:]
-    if (not name or len(name) > 253 or not name.isascii() or not labels
-            or not all(_DNS_LABEL.match(label) for label in labels)):
+    if (
+        not name
+        or len(name) > 253
+        or not name.isascii()
+        or not labels
+        or not all(_DNS_LABEL.match(label) for label in labels)
+    ):
         raise InvalidArgument(
             f"agent name {raw!r} is neither an IP address nor a valid DNS host name "
-            f"(use the punycode form for non-ASCII names)", name=raw)
+            f"(use the punycode form for non-ASCII names)",
+            name=raw,
+        )
     return name
 
 
@@ -248,13 +292,14 @@ def _check_client_name(client_name):
     if not isinstance(client_name, str) or not _CLIENT_NAME.match(client_name):
         raise InvalidArgument(
             f"client name {client_name!r} must be 1-64 letters, digits, '.', '_' or '-' "
-            f"and start with a letter or digit", name=repr(client_name))
+            f"and start with a letter or digit",
+            name=repr(client_name),
+        )
 
 
 def _check_days(days):
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 36500:
-        raise InvalidArgument(f"days must be a whole number from 1 to 36500, not {days!r}",
-                              days=repr(days))
+        raise InvalidArgument(f"days must be a whole number from 1 to 36500, not {days!r}", days=repr(days))
     return days
 
 
@@ -267,8 +312,7 @@ def _load_ca(directory):
     try:
         key = serialization.load_pem_private_key(_read_pki_file(ca_key), password=None)
     except (ValueError, TypeError) as error:
-        raise InvalidArgument(f"{ca_key} is not an unencrypted PEM private key: {error}",
-                              path=ca_key) from None
+        raise InvalidArgument(f"{ca_key} is not an unencrypted PEM private key: {error}", path=ca_key) from None
     if key.public_key() != cert.public_key():
         raise InvalidArgument(f"{ca_key} does not belong to {ca_crt}", path=ca_key)
     return cert, key
@@ -281,13 +325,13 @@ def _read_pki_file(path):
     except FileNotFoundError:
         raise InvalidArgument(f"{path} does not exist; {INIT_HINT}", path=path) from None
     except OSError as error:
-        raise InvalidArgument(f"cannot read {path}: {error.strerror or error}; {INIT_HINT}",
-                              path=path) from None
+        raise InvalidArgument(f"cannot read {path}: {error.strerror or error}; {INIT_HINT}", path=path) from None
 
 
 def _key_pem(key):
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _cert_pem(cert):
@@ -295,6 +339,7 @@ def _cert_pem(cert):
 
 
 # --- files ---------------------------------------------------------------------------------------
+
 
 def _make_private_dir(directory):
     if os.path.exists(directory) and not os.path.isdir(directory):
@@ -306,15 +351,17 @@ def _make_private_dir(directory):
 
 def _refuse_existing(path):
     if os.path.lexists(path):
-        raise Conflict(f"{path} already exists; pass --force to overwrite it (certificates "
-                       f"issued by the old CA will stop working)", path=path)
+        raise Conflict(
+            f"{path} already exists; pass --force to overwrite it (certificates "
+            f"issued by the old CA will stop working)",
+            path=path,
+        )
 
 
 def _write_atomic(path, data, mode):
     """Write via a temporary file in the same directory + rename: readers see old or new, whole."""
     directory = os.path.dirname(path) or "."
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                     suffix=".tmp")
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), mode)
@@ -335,6 +382,7 @@ def _write_atomic(path, data, mode):
 
 # --- TLS -----------------------------------------------------------------------------------------
 
+
 def _base_context(protocol):
     context = ssl.SSLContext(protocol)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -351,10 +399,10 @@ def _load(context, cert, key, ca):
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as error:
-        raise InvalidArgument(f"cannot load certificate {cert} with key {key}: {error}; "
-                              f"{INIT_HINT}", path=cert) from None
+        raise InvalidArgument(
+            f"cannot load certificate {cert} with key {key}: {error}; {INIT_HINT}", path=cert
+        ) from None
     try:
         context.load_verify_locations(cafile=ca)
     except ssl.SSLError as error:
-        raise InvalidArgument(f"cannot load CA certificate {ca}: {error}; {INIT_HINT}",
-                              path=ca) from None
+        raise InvalidArgument(f"cannot load CA certificate {ca}: {error}; {INIT_HINT}", path=ca) from None

@@ -28,11 +28,12 @@ def check_names(names, what="container name"):
     """Refuse the whole batch before acting if any name is unusable (it becomes a path and a hostname)."""
     if isinstance(names, str) or not isinstance(names, (list, tuple)):
         raise InvalidArgument(f"expected a list of {what}s, got {type(names).__name__}")
-    bad = [name for name in names
-           if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name]
+    bad = [name for name in names if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name]
     if bad:
-        raise InvalidArgument(f"invalid {what}(s) {bad!r}: use letters, digits, '.' and '-', start with a "
-                              "letter or digit, at most 63 characters, no '..'")
+        raise InvalidArgument(
+            f"invalid {what}(s) {bad!r}: use letters, digits, '.' and '-', start with a "
+            "letter or digit, at most 63 characters, no '..'"
+        )
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise InvalidArgument(f"{what}(s) listed twice: {duplicates}")
@@ -42,8 +43,10 @@ def check_names(names, what="container name"):
 def check_release(release):
     """A release becomes part of an image's folder name, so it is a plain word (bookworm, 22.04) or None."""
     if release is not None and (not isinstance(release, str) or not RELEASE_PATTERN.fullmatch(release)):
-        raise InvalidArgument(f"invalid release {release!r}: use letters, digits, '.', '_' and '-' (e.g. "
-                              "'bookworm'), at most 32 characters, or leave it out for the template's default")
+        raise InvalidArgument(
+            f"invalid release {release!r}: use letters, digits, '.', '_' and '-' (e.g. "
+            "'bookworm'), at most 32 characters, or leave it out for the template's default"
+        )
     return release
 
 
@@ -55,11 +58,15 @@ def check_packages(template, packages):
         raise InvalidArgument(f"packages must be a list of package names, got {type(packages).__name__}")
     bad = [package for package in packages if not isinstance(package, str) or not PACKAGE_PATTERN.fullmatch(package)]
     if bad:
-        raise InvalidArgument(f"invalid package name(s) {bad!r}: use lower-case letters, digits, '+', '.' and '-', "
-                              "starting with a letter or digit")
+        raise InvalidArgument(
+            f"invalid package name(s) {bad!r}: use lower-case letters, digits, '+', '.' and '-', "
+            "starting with a letter or digit"
+        )
     if packages and template not in containers.PACKAGE_OPTIONS:
-        raise InvalidArgument(f"template {template!r} cannot add packages; templates that can: "
-                              + ", ".join(sorted(containers.PACKAGE_OPTIONS)))
+        raise InvalidArgument(
+            f"template {template!r} cannot add packages; templates that can: "
+            + ", ".join(sorted(containers.PACKAGE_OPTIONS))
+        )
     return sorted(set(packages))
 
 
@@ -67,6 +74,7 @@ def reported(method):
     """Log a call that raises, once, with the method's name: the caller gets the error, the host's log keeps a
     record of it. Refusals (nothing was changed) and the agent's own failures at WARNING; anything else, a bug,
     with its traceback."""
+
     @functools.wraps(method)
     def call(self, *args, **kwargs):
         try:
@@ -80,6 +88,7 @@ def reported(method):
         except Exception:
             log.exception("%s failed unexpectedly", method.__name__)
             raise
+
     return call
 
 
@@ -107,12 +116,21 @@ class AgentService:
 
     @reported
     def info(self):
-        images = [{key: image.get(key) for key in ("key", "template", "release", "packages", "size")}
-                  for image in storage.list_images(self.lxcpath)]
-        return {"version": agent.__version__, "hostname": socket.gethostname(), "lxcpath": self.lxcpath,
-                "storage": self.backend, "kernel_features": dict(self._features),
-                "memory": hostinfo.memory(), "limits": limits.current(), "templates": containers.templates(),
-                "images": images}
+        images = [
+            {key: image.get(key) for key in ("key", "template", "release", "packages", "size")}
+            for image in storage.list_images(self.lxcpath)
+        ]
+        return {
+            "version": agent.__version__,
+            "hostname": socket.gethostname(),
+            "lxcpath": self.lxcpath,
+            "storage": self.backend,
+            "kernel_features": dict(self._features),
+            "memory": hostinfo.memory(),
+            "limits": limits.current(),
+            "templates": containers.templates(),
+            "images": images,
+        }
 
     @reported
     def list_images(self):
@@ -135,8 +153,7 @@ class AgentService:
         image like a clone. Asking again for the same template, release and packages is a no-op."""
         check_names([name])
         if template not in containers.templates():
-            raise InvalidArgument(f"unknown template {template!r}; this host has: "
-                                  + ", ".join(containers.templates()))
+            raise InvalidArgument(f"unknown template {template!r}; this host has: " + ", ".join(containers.templates()))
         release = check_release(release)
         packages = check_packages(template, packages)
         with self._changes:
@@ -166,8 +183,7 @@ class AgentService:
         with self._changes:
             todo, failed = containers.clones_to_make(self.lxcpath, source, names)
             backend = self.backend if snapshot else "copy"
-            failed.update(self._lifecycle.call(containers.each, containers.clone, self.lxcpath, todo,
-                                               source, backend))
+            failed.update(self._lifecycle.call(containers.each, containers.clone, self.lxcpath, todo, source, backend))
             return self._finish("clone", names, failed)
 
     @reported
@@ -220,8 +236,9 @@ class AgentService:
         check_names([name])
         if not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(a, str) for a in argv):
             raise InvalidArgument("argv must be a non-empty list of strings, e.g. ['hostname']")
-        if env is not None and not (isinstance(env, dict)
-                                    and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        if env is not None and not (
+            isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+        ):
             raise InvalidArgument("env must map strings to strings")
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise InvalidArgument(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -279,8 +296,10 @@ class AgentService:
         except ValueError:
             raise InvalidArgument(f"address {address!r} for {name!r} is not an IPv4 address/prefix") from None
         if interface.network != subnet or interface.ip in addressing.reserved(subnet):
-            raise InvalidArgument(f"address {address!r} for {name!r} must be a host address inside {subnet} "
-                                  f"other than the gateway {gateway}")
+            raise InvalidArgument(
+                f"address {address!r} for {name!r} must be a host address inside {subnet} "
+                f"other than the gateway {gateway}"
+            )
 
     @staticmethod
     def _finish(operation, names, failed):

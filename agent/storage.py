@@ -50,8 +50,10 @@ def choose_backend(lxcpath, requested="auto"):
             return "btrfs"
         return "copy" if overlay_problem(lxcpath) else "overlay"
     if requested == "btrfs" and not btrfs.is_btrfs(lxcpath):
-        raise InvalidArgument(f"storage 'btrfs' asked for, but {lxcpath} is not on btrfs; "
-                              "mount a btrfs filesystem there or use --storage overlay or copy")
+        raise InvalidArgument(
+            f"storage 'btrfs' asked for, but {lxcpath} is not on btrfs; "
+            "mount a btrfs filesystem there or use --storage overlay or copy"
+        )
     if requested == "overlay":
         problem = overlay_problem(lxcpath)
         if problem:
@@ -81,6 +83,7 @@ def overlay_problem(lxcpath):
 
 
 # -- paths ---------------------------------------------------------------------------------------------------------
+
 
 def rootfs_path(lxcpath, name):
     return os.path.join(lxcpath, name, "rootfs")
@@ -120,6 +123,7 @@ def _is_layer(lxcpath, path):
 
 
 # -- the rootfs line of a container's config ---------------------------------------------------------------------
+
 
 def read_rootfs_spec(lxcpath, name):
     """The value of lxc.rootfs.path in the container's config (the last one wins, as in liblxc), or None."""
@@ -179,11 +183,14 @@ def _check_options_fit(lowers, upper, name):
     work = os.path.join(os.path.dirname(upper), "work")
     length = len(f"upperdir={upper},lowerdir={':'.join(lowers)},workdir={work}")
     if length > MAX_OVERLAY_OPTIONS:
-        raise StorageError(f"container {name!r} would sit on {len(lowers)} overlay layers, more than one mount "
-                           "can name; clone its source with snapshot=False (a full copy) to start a new stack")
+        raise StorageError(
+            f"container {name!r} would sit on {len(lowers)} overlay layers, more than one mount "
+            "can name; clone its source with snapshot=False (a full copy) to start a new stack"
+        )
 
 
 # -- overlay clones ------------------------------------------------------------------------------------------------
+
 
 def layers(lxcpath, name):
     """The container's filesystem as the host sees it: directories top first; the host writes only the first.
@@ -197,8 +204,10 @@ def layers(lxcpath, name):
     lowers, upper = parsed
     folder = os.path.realpath(os.path.join(lxcpath, name))
     if not os.path.realpath(upper).startswith(folder + os.sep):
-        raise StorageError(f"the overlay upper dir {upper} of container {name!r} is outside its folder {folder}; "
-                           "refusing to write into it")
+        raise StorageError(
+            f"the overlay upper dir {upper} of container {name!r} is outside its folder {folder}; "
+            "refusing to write into it"
+        )
     return [upper, *lowers]
 
 
@@ -218,14 +227,20 @@ def clone_lowers(lxcpath, source):
         kind, _, path = (spec or "").partition(":")
         configured = path if kind in ("dir", "btrfs") else spec
         if not configured or os.path.realpath(configured) != os.path.realpath(top) or not os.path.isdir(top):
-            raise StorageError(f"the rootfs of source {source!r} is {spec!r}, not its own folder {top}; overlay "
-                               "clones need that: clone it with snapshot=False (a full copy)", container=source)
+            raise StorageError(
+                f"the rootfs of source {source!r} is {spec!r}, not its own folder {top}; overlay "
+                "clones need that: clone it with snapshot=False (a full copy)",
+                container=source,
+            )
     else:
         lowers, top = parsed
         foreign = [lower for lower in lowers if not _is_layer(lxcpath, lower)]
         if foreign or os.path.realpath(top) != os.path.realpath(upper_path(lxcpath, source)):
-            raise StorageError(f"source {source!r} is an overlay that was not made by lxc-agent (layers "
-                               f"{foreign or [top]}); clone it with snapshot=False (a full copy)", container=source)
+            raise StorageError(
+                f"source {source!r} is an overlay that was not made by lxc-agent (layers "
+                f"{foreign or [top]}); clone it with snapshot=False (a full copy)",
+                container=source,
+            )
         if not os.listdir(top):
             return lowers
     base = os.path.join(bases_path(lxcpath), f"{source}-{secrets.token_hex(4)}")
@@ -248,8 +263,7 @@ def clone_lowers(lxcpath, source):
             os.rmdir(upper)
         os.rename(base, top)
         raise
-    log.info("container %s: its rootfs so far is frozen into the base %s; its own writes go to %s", source, base,
-             upper)
+    log.info("container %s: its rootfs so far is frozen into the base %s; its own writes go to %s", source, base, upper)
     return [base, *lowers]
 
 
@@ -277,13 +291,14 @@ def base_users(lxcpath):
         return users
     for name in sorted(os.listdir(lxcpath)):
         parsed = parse_overlay(read_rootfs_spec(lxcpath, name))
-        for lower in (parsed[0] if parsed else []):
+        for lower in parsed[0] if parsed else []:
             if _is_layer(lxcpath, lower):
                 users.setdefault(os.path.realpath(lower), []).append(name)
     return users
 
 
 # -- the image cache -----------------------------------------------------------------------------------------------
+
 
 def images_path(lxcpath):
     """Also the lxcpath liblxc runs the templates in: each image is a container there that never starts."""
@@ -330,8 +345,11 @@ def seal_image(lxcpath, key, made):
 def image_keys(lxcpath):
     """Every folder in the image cache, sealed or not (an interrupted template run leaves an unsealed one)."""
     try:
-        return sorted(entry for entry in os.listdir(images_path(lxcpath))
-                      if os.path.isdir(os.path.join(images_path(lxcpath), entry)))
+        return sorted(
+            entry
+            for entry in os.listdir(images_path(lxcpath))
+            if os.path.isdir(os.path.join(images_path(lxcpath), entry))
+        )
     except FileNotFoundError:
         return []
 
@@ -374,11 +392,14 @@ def tree_size(path):
 
 def copy_tree(source, destination):
     """A full copy of a rootfs as it is (owners, modes, links, device nodes, xattrs); `destination` must not exist."""
-    result = subprocess.run(["cp", "-a", "--one-file-system", "--", source, destination], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        ["cp", "-a", "--one-file-system", "--", source, destination], capture_output=True, text=True
+    )
     if result.returncode != 0:
-        raise StorageError(f"cannot copy {source} to {destination}: cp exited {result.returncode}: "
-                           + (result.stderr.strip().splitlines() or ["(no output)"])[-1])
+        raise StorageError(
+            f"cannot copy {source} to {destination}: cp exited {result.returncode}: "
+            + (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        )
 
 
 def destroy_images(lxcpath, keys=None):
@@ -392,8 +413,11 @@ def destroy_images(lxcpath, keys=None):
     else:
         busy = {key: users[key] for key in keys if key in users}
         if busy:
-            raise Conflict("image(s) in use as the overlay base of containers, destroy those first: "
-                           + "; ".join(f"{key} by {names}" for key, names in sorted(busy.items())), images=busy)
+            raise Conflict(
+                "image(s) in use as the overlay base of containers, destroy those first: "
+                + "; ".join(f"{key} by {names}" for key, names in sorted(busy.items())),
+                images=busy,
+            )
         todo = [key for key in keys if key in present]
     for key in todo:
         remove_image_files(lxcpath, key)
@@ -423,6 +447,7 @@ def _remove_empty_agent_folders(lxcpath):
 
 
 # -- the container's files seen from the host ----------------------------------------------------------------------
+
 
 def _is_whiteout(seen):
     return stat.S_ISCHR(seen.st_mode) and seen.st_rdev == 0
@@ -472,6 +497,7 @@ def lookup(directories, relative):
 
 
 # -- removal -------------------------------------------------------------------------------------------------------
+
 
 def remove_container_files(lxcpath, name):
     """Remove a container's folder (its rootfs subvolume first, only its own, never a path from config), then

@@ -24,8 +24,11 @@ class WorkerPool:
         with self._lock:
             if self._pool is None:
                 self._pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=self._size, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_log_like, initargs=_logging_of_this_process())
+                    max_workers=self._size,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_log_like,
+                    initargs=_logging_of_this_process(),
+                )
             return self._pool
 
     def call(self, function, *args, **kwargs):
@@ -36,8 +39,10 @@ class WorkerPool:
             # A worker died (killed, or crashed in C); start a fresh pool for later calls.
             with self._lock:
                 self._pool = None
-            raise ContainerError(f"a worker process died during {function.__name__}; the agent replaced it, "
-                                 "check the state with list() and retry") from error
+            raise ContainerError(
+                f"a worker process died during {function.__name__}; the agent replaced it, "
+                "check the state with list() and retry"
+            ) from error
 
     def shutdown(self):
         with self._lock:

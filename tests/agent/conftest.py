@@ -11,7 +11,7 @@ from agent import pki, storage
 from simlab import AgentProcess, Lab, unique
 from tests.support import links, sh
 
-IMAGE_PACKAGES = ["git", "sudo", "python3"]   # what coordinator.driver asks the agent to include
+IMAGE_PACKAGES = ["git", "sudo", "python3"]  # what coordinator.driver asks the agent to include
 
 
 class Teardown:
@@ -52,11 +52,11 @@ def _assert_link_gone(name):
 
 
 def _stop(teardown, process, keep_containers=False):
-    teardown.step(f"stop the agent on {process.lxcpath} (its log: {process.log})", process.stop,
-                  keep_containers=keep_containers)
+    teardown.step(
+        f"stop the agent on {process.lxcpath} (its log: {process.log})", process.stop, keep_containers=keep_containers
+    )
     if not keep_containers:
-        teardown.step(f"check that the agent on {process.lxcpath} left no container", _assert_no_containers,
-                      process)
+        teardown.step(f"check that the agent on {process.lxcpath} left no container", _assert_no_containers, process)
 
 
 def _assert_no_containers(process):
@@ -80,8 +80,11 @@ def lab():
     finally:
         with Teardown("the lab") as teardown:
             teardown.step("remove the lab", made.remove)
-            teardown.step("check that its namespaces are gone", _assert_namespaces_gone,
-                          [made.switch, *(host.netns for host in made.hosts)])
+            teardown.step(
+                "check that its namespaces are gone",
+                _assert_namespaces_gone,
+                [made.switch, *(host.netns for host in made.hosts)],
+            )
             teardown.step("check that its port in this namespace is gone", _assert_link_gone, made.root_link)
 
 
@@ -170,7 +173,7 @@ def node_agent(lab, lxcpath, pki_dir, tmp_path):
     try:
         agent = warm.connect()
         agent.create("image-warmer", "debian", "bookworm", IMAGE_PACKAGES)
-        agent.destroy(["image-warmer"])   # the image stays in the agent's cache
+        agent.destroy(["image-warmer"])  # the image stays in the agent's cache
     finally:
         with Teardown("the agent that made the image") as teardown:
             _stop(teardown, warm, keep_containers=True)

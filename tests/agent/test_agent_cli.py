@@ -26,8 +26,9 @@ def assert_one_line(result, code, words):
     assert words in result.stderr
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"], ["init-pki", "--help"]],
-                         ids=["lxc-agent", "serve", "init-pki"])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["serve", "--help"], ["init-pki", "--help"]], ids=["lxc-agent", "serve", "init-pki"]
+)
 def test_help_lists_the_exit_codes(argv):
     result = lxc_agent(*argv)
     assert result.returncode == 0, result.stderr
@@ -40,12 +41,16 @@ def test_argparse_usage_errors_exit_2():
     assert result.returncode == 2 and "unrecognized arguments: --no-such-option" in result.stderr
 
 
-@pytest.mark.parametrize("config,argv,words", [
-    (None, ["--listen", "127.0.0.1"], "--listen '127.0.0.1': expected HOST:PORT"),
-    ('listen = "127.0.0.1:0"\ncolour = "blue"\n', [], "unknown setting(s) ['colour']"),
-    ("listen = \n", [], "cannot read config file"),
-    (None, ["--no-tls", "--listen", "198.18.200.1:7643"], "refusing to listen on 198.18.200.1 without TLS"),
-], ids=["malformed-listen", "unknown-setting", "unreadable-config", "no-tls-off-loopback"])
+@pytest.mark.parametrize(
+    "config,argv,words",
+    [
+        (None, ["--listen", "127.0.0.1"], "--listen '127.0.0.1': expected HOST:PORT"),
+        ('listen = "127.0.0.1:0"\ncolour = "blue"\n', [], "unknown setting(s) ['colour']"),
+        ("listen = \n", [], "cannot read config file"),
+        (None, ["--no-tls", "--listen", "198.18.200.1:7643"], "refusing to listen on 198.18.200.1 without TLS"),
+    ],
+    ids=["malformed-listen", "unknown-setting", "unreadable-config", "no-tls-off-loopback"],
+)
 def test_a_wrong_command_line_or_config_file_exits_2(tmp_path, config, argv, words):
     options = ["--lxcpath", str(tmp_path / "lxc"), "--token-file", str(tmp_path / "token")]
     if config is not None:
@@ -56,8 +61,16 @@ def test_a_wrong_command_line_or_config_file_exits_2(tmp_path, config, argv, wor
 
 
 def test_a_missing_token_exits_1(tmp_path):
-    result = lxc_agent("serve", "--no-tls", "--listen", "127.0.0.1:0", "--lxcpath", str(tmp_path / "lxc"),
-                       "--token-file", str(tmp_path / "token"))
+    result = lxc_agent(
+        "serve",
+        "--no-tls",
+        "--listen",
+        "127.0.0.1:0",
+        "--lxcpath",
+        str(tmp_path / "lxc"),
+        "--token-file",
+        str(tmp_path / "token"),
+    )
     assert_one_line(result, 1, f"token file {tmp_path / 'token'} does not exist")
 
 
@@ -70,15 +83,30 @@ def test_a_port_in_use_exits_1_naming_it(make_netns, tmp_path):
     # In a namespace of its own: starting the service probes the kernel by making throwaway links.
     netns = make_netns()
     pki.create_pki(str(tmp_path / "pki"), ["localhost"])
-    holder = ["ip", "netns", "exec", netns, sys.executable, "-c",
-              "import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
-              "print(s.getsockname()[1], flush=True); sys.stdin.read()"]
+    holder = [
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        sys.executable,
+        "-c",
+        "import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+        "print(s.getsockname()[1], flush=True); sys.stdin.read()",
+    ]
     with subprocess.Popen(holder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as process:
         try:
             port = int(process.stdout.readline())
-            result = lxc_agent("serve", "--no-tls", "--listen", f"127.0.0.1:{port}", "--lxcpath",
-                               str(tmp_path / "lxc"), "--token-file", str(tmp_path / "pki" / "token"), netns=netns)
+            result = lxc_agent(
+                "serve",
+                "--no-tls",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--lxcpath",
+                str(tmp_path / "lxc"),
+                "--token-file",
+                str(tmp_path / "pki" / "token"),
+                netns=netns,
+            )
         finally:
             process.stdin.close()
     assert_one_line(result, 1, f"cannot listen on 127.0.0.1:{port}: Address already in use")
-

@@ -20,8 +20,9 @@ def records(agent_process):
 
 def assert_logged(agent_process, level, logger, pattern):
     found = records(agent_process)
-    assert any(seen[:2] == (level, logger) and re.search(pattern, seen[2]) for seen in found), \
+    assert any(seen[:2] == (level, logger) and re.search(pattern, seen[2]) for seen in found), (
         f"no {level} {logger} line matching {pattern!r} in:\n" + "\n".join(" ".join(seen) for seen in found)
+    )
 
 
 def test_container_changes_and_refusals_are_logged(agent_in_host):
@@ -40,8 +41,13 @@ def test_container_changes_and_refusals_are_logged(agent_in_host):
     assert_logged(agent_in_host, "INFO", containers, r"^image busybox-default-\w+: built from template 'busybox'")
     assert_logged(agent_in_host, "INFO", containers, r"^container base: created from image busybox-default-")
     assert_logged(agent_in_host, "INFO", containers, r"^container web: cloned from base \(btrfs\)")
-    assert_logged(agent_in_host, "INFO", containers, r"^container web: address 10\.231\.9\.10/24 on bridge "
-                                                     rf"{BRIDGE} via 10\.231\.9\.1$")
+    assert_logged(
+        agent_in_host,
+        "INFO",
+        containers,
+        r"^container web: address 10\.231\.9\.10/24 on bridge "
+        rf"{BRIDGE} via 10\.231\.9\.1$",
+    )
     assert_logged(agent_in_host, "INFO", containers, r"^container web: started$")
     assert_logged(agent_in_host, "INFO", containers, r"^container web: stopped \((halted|killed)\)$")
     for name in ("web", "base"):
@@ -65,8 +71,11 @@ def test_container_changes_and_refusals_are_logged(agent_in_host):
         agent.create("again-clone", "busybox")
     with pytest.raises(AuthenticationError):
         agent_in_host.connect(token="not-the-token")
-    refused = [re.match(r"refused (the connection|\w+)", message).group(1)
-               for level, _, message in records(agent_in_host) if level == "WARNING" and message.startswith("refused")]
+    refused = [
+        re.match(r"refused (the connection|\w+)", message).group(1)
+        for level, _, message in records(agent_in_host)
+        if level == "WARNING" and message.startswith("refused")
+    ]
     assert refused == ["start", "stop", "create", "the connection"]
     agent.destroy(["again", "again-clone"])
 
@@ -82,14 +91,18 @@ def test_a_tunnel_and_its_rules_are_logged(lab, start_agent, lxcpath):
     agent.ensure_tunnel(TUNNEL, "vxlan", host_a.address, host_b.address, [SUBNET], ["10.231.10.0/24"])
     agent.destroy_tunnel(TUNNEL)
 
-    for pattern in (rf"^tunnel {TUNNEL}: created, vxlan from {host_a.address} to {host_b.address} \(vni \d+\)$",
-                    rf"^tunnel {TUNNEL}: MTU \d+$", rf"^tunnel {TUNNEL}: transit address 169\.254\.",
-                    rf"^tunnel {TUNNEL}: up$", rf"^tunnel {TUNNEL}: route to 10\.231\.10\.0/24 via 169\.254\.",
-                    rf"^tunnel {TUNNEL}: rule from {SUBNET} to 10\.231\.10\.0/24 lookup \d+$",
-                    rf"^tunnel {TUNNEL}: removed the rule from {SUBNET} to 10\.231\.10\.0/24 lookup \d+$",
-                    rf"^tunnel {TUNNEL}: removed the route to 10\.231\.10\.0/24 from table \d+$",
-                    rf"^tunnel {TUNNEL}: removed$",
-                    rf"^tunnel {TUNNEL}: set /proc/sys/net/ipv4/conf/{TUNNEL}/rp_filter to 2$"):
+    for pattern in (
+        rf"^tunnel {TUNNEL}: created, vxlan from {host_a.address} to {host_b.address} \(vni \d+\)$",
+        rf"^tunnel {TUNNEL}: MTU \d+$",
+        rf"^tunnel {TUNNEL}: transit address 169\.254\.",
+        rf"^tunnel {TUNNEL}: up$",
+        rf"^tunnel {TUNNEL}: route to 10\.231\.10\.0/24 via 169\.254\.",
+        rf"^tunnel {TUNNEL}: rule from {SUBNET} to 10\.231\.10\.0/24 lookup \d+$",
+        rf"^tunnel {TUNNEL}: removed the rule from {SUBNET} to 10\.231\.10\.0/24 lookup \d+$",
+        rf"^tunnel {TUNNEL}: removed the route to 10\.231\.10\.0/24 from table \d+$",
+        rf"^tunnel {TUNNEL}: removed$",
+        rf"^tunnel {TUNNEL}: set /proc/sys/net/ipv4/conf/{TUNNEL}/rp_filter to 2$",
+    ):
         logger = "agent.network" if "rp_filter" in pattern else "agent.tunnels"
         assert_logged(process_a, "INFO", logger, pattern)
     assert_logged(process_a, "INFO", "agent.firewall", rf"tunnel {TUNNEL} is exempt from masquerade")

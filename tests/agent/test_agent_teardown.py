@@ -26,8 +26,10 @@ def test_every_step_runs_and_the_failures_are_reported_together():
     with pytest.raises(pytest.fail.Exception) as caught:
         clean_up(steps)
     assert ran == ["mnt", "folder", "netns"]
-    assert str(caught.value) == ("clean-up of the test rig failed; remove what is left by hand:\n"
-                                 "  unmount: OSError: mnt is busy\n  delete: OSError: netns is busy")
+    assert str(caught.value) == (
+        "clean-up of the test rig failed; remove what is left by hand:\n"
+        "  unmount: OSError: mnt is busy\n  delete: OSError: netns is busy"
+    )
 
 
 def test_a_clean_up_that_succeeds_says_nothing():

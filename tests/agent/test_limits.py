@@ -34,8 +34,9 @@ def require_writable_proc_sys():
 
 def test_limits_below_their_minimum_are_raised_and_reported(tmp_path):
     proc_sys = fake_proc_sys(tmp_path, {key: minimum // 2 for key, minimum in limits.MINIMUMS.items()})
-    assert limits.ensure_minimums(proc_sys) == \
-        {NAMES[key]: (minimum // 2, minimum) for key, minimum in limits.MINIMUMS.items()}
+    assert limits.ensure_minimums(proc_sys) == {
+        NAMES[key]: (minimum // 2, minimum) for key, minimum in limits.MINIMUMS.items()
+    }
     assert limits.current(proc_sys) == {NAMES[key]: minimum for key, minimum in limits.MINIMUMS.items()}
 
 
@@ -78,8 +79,9 @@ def test_on_this_host_a_second_pass_changes_nothing():
     require_writable_proc_sys()
     limits.ensure_minimums()  # whatever ran before: every limit is at least its minimum from here on
     before = limits.current()
-    low = {NAMES[key]: before.get(NAMES[key]) for key in exposed_here()
-           if before.get(NAMES[key], 0) < limits.MINIMUMS[key]}
+    low = {
+        NAMES[key]: before.get(NAMES[key]) for key in exposed_here() if before.get(NAMES[key], 0) < limits.MINIMUMS[key]
+    }
     if low:
         pytest.skip(f"this host does not let root raise {low} (a read-only /proc/sys?)")
     assert limits.ensure_minimums() == {}, "a second pass changes nothing"
