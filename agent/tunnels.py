@@ -136,16 +136,6 @@ def destroy_tunnel(name: str) -> None:
     firewall.remove_exemption(name)
 
 
-def get_tunnel(name: str) -> dict | None:
-    """The agent tunnel of that name, or None if there is no link of that name made by the agent."""
-    _check_name(name)
-    with IPRoute() as ipr:
-        links = _dump(lambda: ipr.get_links(ifname=name), name, missing_ok=True)
-        if not links or not _is_ours(links[0]):
-            return None
-        return _describe(ipr, links[0])
-
-
 def list_tunnels() -> list[dict]:
     """Every tunnel this agent made in this namespace, sorted by name."""
     with IPRoute() as ipr:

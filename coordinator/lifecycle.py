@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agent import endpoint
 from coordinator import nova, resume, topology
 from coordinator.config import load_config
 from coordinator.driver import Deployer, DeployError, Settings
@@ -19,8 +20,7 @@ from coordinator.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PKI = "/etc/lxc-agent/pki"
-DEFAULT_PORT = 7643
+DEFAULT_PKI, DEFAULT_PORT = endpoint.DEFAULT_PKI, endpoint.DEFAULT_PORT  # where the agents are, as they say
 DEFAULT_LOG_DIR = "/var/log/lxc-coordinator"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 WIDE = 400  # columns for tables when stdout is not a terminal (a log, CI): rich would assume 80 and cut names

@@ -22,7 +22,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from agent import pki  # noqa: E402
+from agent import endpoint, pki  # noqa: E402
 from agent.client import connect  # noqa: E402
 from coordinator import access, cli, topology  # noqa: E402
 from coordinator.config import load_config  # noqa: E402
@@ -30,8 +30,7 @@ from coordinator.store import Store  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "demo.json")
 NAME = "demo"
-PKI_DIR = "/etc/lxc-agent/pki"
-PORT = 7643
+PKI_DIR, PORT = endpoint.DEFAULT_PKI, endpoint.DEFAULT_PORT
 RUN_DIR = "/var/lib/lxc-coordinator/demo"
 AGENT_PID = os.path.join(RUN_DIR, "lxc-agent.pid")
 AGENT_LOG = os.path.join(RUN_DIR, "lxc-agent.log")

@@ -24,27 +24,52 @@ def config_for(host, port, repo):
     return {
         "type": "MultihostEngine",
         "controller": {
-            "type": "DevstackEngine", "devstack_repo": repo,
+            "type": "DevstackEngine",
+            "devstack_repo": repo,
             # What a dummy cloud's controller needs, as configs/demo.json has it: devstack's default OVN needs the
             # openvswitch module, which the deploy's pre-flight check refuses on a kernel without it.
-            "localrc": {"MULTI_HOST": "1", "VIRT_DRIVER": "fake", "SCREEN_LOGDIR": "$DEST/logs/screen",
-                        "ENABLED_SERVICES": "key,mysql,rabbit,n-api,n-cond,n-sch,placement-api,g-api,q-svc"},
-            "provider": {"type": "LxcProvider", "containers_per_host": 1, "container_name_prefix": "controller",
-                         "distribution": "debian", "release": "bookworm",
-                         "host_provider": {"type": "ExistingServers", "credentials": credentials}}},
-        "nodes": [{
-            "type": "LxcEngine", "distribution": "debian", "release": "bookworm",
-            "container_name": "devstack-compute", "nodes_per_server": COMPUTES,
-            "provider": {"type": "ExistingServers", "credentials": credentials},
-            "engine": {"name": "DevstackEngine", "devstack_repo": repo,
-                       "localrc": {"VIRT_DRIVER": "fake", "RABBIT_HOST": "{controller_ip}",
-                                   "MYSQL_HOST": "{controller_ip}", "ENABLED_SERVICES": "n-cpu,n-net"}}}],
+            "localrc": {
+                "MULTI_HOST": "1",
+                "VIRT_DRIVER": "fake",
+                "SCREEN_LOGDIR": "$DEST/logs/screen",
+                "ENABLED_SERVICES": "key,mysql,rabbit,n-api,n-cond,n-sch,placement-api,g-api,q-svc",
+            },
+            "provider": {
+                "type": "LxcProvider",
+                "containers_per_host": 1,
+                "container_name_prefix": "controller",
+                "distribution": "debian",
+                "release": "bookworm",
+                "host_provider": {"type": "ExistingServers", "credentials": credentials},
+            },
+        },
+        "nodes": [
+            {
+                "type": "LxcEngine",
+                "distribution": "debian",
+                "release": "bookworm",
+                "container_name": "devstack-compute",
+                "nodes_per_server": COMPUTES,
+                "provider": {"type": "ExistingServers", "credentials": credentials},
+                "engine": {
+                    "name": "DevstackEngine",
+                    "devstack_repo": repo,
+                    "localrc": {
+                        "VIRT_DRIVER": "fake",
+                        "RABBIT_HOST": "{controller_ip}",
+                        "MYSQL_HOST": "{controller_ip}",
+                        "ENABLED_SERVICES": "n-cpu,n-net",
+                    },
+                },
+            }
+        ],
     }
 
 
 def coordinator(*argv, check=True):
-    result = subprocess.run([sys.executable, "-m", "coordinator.cli", *argv], capture_output=True, text=True,
-                            timeout=1800)
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", *argv], capture_output=True, text=True, timeout=1800
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"coordinator {argv[0]} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result

@@ -9,12 +9,18 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from examples.fake_devstack import make_fake_devstack_repo
-from tests.agent.test_deploy_e2e import (COMPUTES, assert_deployed_as_planned, assert_nothing_left, config_for,
-                                         coordinator)
+from tests.agent.test_deploy_e2e import (
+    COMPUTES,
+    assert_deployed_as_planned,
+    assert_nothing_left,
+    config_for,
+    coordinator,
+)
 from tests.support import sh
 
 pytestmark = pytest.mark.slow
@@ -37,7 +43,7 @@ def steps(store_path, state=None):
     db = sqlite3.connect(store_path, timeout=10)
     try:
         rows = db.execute("SELECT key, state FROM steps").fetchall()
-    except sqlite3.OperationalError:   # the coordinator has not made its tables yet
+    except sqlite3.OperationalError:  # the coordinator has not made its tables yet
         return {}
     finally:
         db.close()
@@ -55,18 +61,17 @@ def wait_for(condition, process, what, stderr_path, timeout=600):
             break
         time.sleep(0.1)
     ended = f"ended (exit {process.returncode})" if process.poll() is not None else f"ran {timeout} s"
-    raise AssertionError(f"coordinator deploy {ended} before {what}:\n{open(stderr_path).read()}")
+    raise AssertionError(f"coordinator deploy {ended} before {what}:\n{Path(stderr_path).read_text()}")
 
 
 def status_in_list(common, name):
     listed = coordinator("list", *common).stdout
     rows = [line.split() for line in listed.splitlines() if f" {name} " in f" {line} "]
     assert rows, f"{name} is not in `coordinator list`:\n{listed}"
-    return rows[0][rows[0].index(name) + 2]   # "│ NAME │ STATUS │ ..." or "NAME STATUS ..."
+    return rows[0][rows[0].index(name) + 2]  # "│ NAME │ STATUS │ ..." or "NAME STATUS ..."
 
 
-def test_a_second_coordinator_is_refused_and_one_killed_while_cloning_resumes_to_the_same_cloud(
-        node_agent, tmp_path):
+def test_a_second_coordinator_is_refused_and_one_killed_while_cloning_resumes_to_the_same_cloud(node_agent, tmp_path):
     config, plan, common = setup_cloud(node_agent, tmp_path)
     store = str(tmp_path / "store.sqlite")
     deploy = ["deploy", str(config), "--name", "resume", "--log-dir", str(tmp_path / "logs"), *common]
@@ -87,6 +92,7 @@ def test_a_second_coordinator_is_refused_and_one_killed_while_cloning_resumes_to
                 return None
             made = {name: state for name, state in node_agent.states().items() if name in clones}
             return made if len(made) == len(clones) else None
+
         at_kill = wait_for(cloning, first, "cloning", tmp_path / "first.err")
         first.send_signal(signal.SIGKILL)
         assert first.wait(10) == -signal.SIGKILL
@@ -101,7 +107,7 @@ def test_a_second_coordinator_is_refused_and_one_killed_while_cloning_resumes_to
     assert "Resuming resume" in resumed.stderr
     assert set(steps(store).values()) == {"done"}, steps(store)
     names = [n["name"] for n in plan["nodes"]]
-    assert node_agent.states() == {name: "RUNNING" for name in names}, "the plan's containers, no more, no fewer"
+    assert node_agent.states() == dict.fromkeys(names, "RUNNING"), "the plan's containers, no more, no fewer"
     shown = json.loads(coordinator("show", "resume", "--json", *common).stdout)
     assert shown["status"] == "deployed"
     assert_deployed_as_planned(node_agent, plan, shown)
@@ -110,15 +116,14 @@ def test_a_second_coordinator_is_refused_and_one_killed_while_cloning_resumes_to
     assert_nothing_left(node_agent, links_before)
 
 
-def test_a_failing_stack_sh_is_reported_with_node_exit_code_and_log_and_destroy_removes_all(
-        node_agent, tmp_path):
+def test_a_failing_stack_sh_is_reported_with_node_exit_code_and_log_and_destroy_removes_all(node_agent, tmp_path):
     config, plan, common = setup_cloud(node_agent, tmp_path, fail_with=3)
     logs = tmp_path / "logs"
     links_before = sh("ip", "-br", "link", netns=node_agent.netns)
 
     failed = coordinator("deploy", str(config), "--name", "broken", "--log-dir", str(logs), *common, check=False)
     assert failed.returncode == 1, failed.stdout + failed.stderr
-    controller = plan["controller"]                   # stacked first, so the first to fail
+    controller = plan["controller"]  # stacked first, so the first to fail
     latest = logs / "broken" / f"{controller}.stack.log"
     assert latest.is_symlink(), f"the full log on the coordinator's side:\n{failed.stderr}"
     log_path = latest.parent / os.readlink(latest)
@@ -142,7 +147,7 @@ def test_a_failing_stack_sh_is_reported_with_node_exit_code_and_log_and_destroy_
     attempts = sorted(logs.glob(f"broken/{controller}.stack.*.log"))
     assert len(attempts) == 2 and log_path in attempts, attempts
     assert log_path.read_text() == log, "the first attempt's log is kept as it was"
-    assert latest.parent / os.readlink(latest) == [a for a in attempts if a != log_path][0]
+    assert latest.parent / os.readlink(latest) == next(a for a in attempts if a != log_path)
 
     # The user fixes the config (here: a devstack that works) and deploys again under the same name: accepted,
     # redone from the controller's stack.sh on, and the cloud converges.

@@ -101,7 +101,7 @@ def nodes(btrfs_mount, pki_dir, tmp_path_factory):
         with concurrent.futures.ThreadPoolExecutor(len(lxcpaths)) as pool:
             for future in [pool.submit(warm, lxcpath, pki_dir) for lxcpath in lxcpaths]:
                 future.result()
-        for host, lxcpath in zip(hosts, lxcpaths):
+        for host, lxcpath in zip(hosts, lxcpaths, strict=True):
             agents.append(AgentProcess(lxcpath, node_pki, host=host))
         yield agents
     finally:
@@ -117,9 +117,14 @@ def nodes(btrfs_mount, pki_dir, tmp_path_factory):
 def network_state(netns):
     """What a deploy may change in a node's network namespace, as the real CLIs print it, whole; only the bridges'
     running timers (`gc_timer 285.57`, `forward_delay_timer 4.87` in `ip -d link`) are blanked: they tick."""
-    commands = {"links": ("ip", "-d", "link"), "addresses": ("ip", "-4", "addr"), "rules": ("ip", "rule"),
-                "routes": ("ip", "route", "show", "table", "all"), "nft": ("nft", "list", "ruleset"),
-                "ip_forward": ("cat", "/proc/sys/net/ipv4/ip_forward")}
+    commands = {
+        "links": ("ip", "-d", "link"),
+        "addresses": ("ip", "-4", "addr"),
+        "rules": ("ip", "rule"),
+        "routes": ("ip", "route", "show", "table", "all"),
+        "nft": ("nft", "list", "ruleset"),
+        "ip_forward": ("cat", "/proc/sys/net/ipv4/ip_forward"),
+    }
     found = {what: sh(*argv, netns=netns) for what, argv in commands.items()}
     found["links"] = re.sub(r"\b(\w+_timer)\s+[0-9.]+", r"\1 -", found["links"])
     return found
@@ -134,7 +139,7 @@ def assert_same(now, then, why):
     if now == then:
         return
     shown = []
-    for index, (new, old) in enumerate(zip(now, then)):
+    for index, (new, old) in enumerate(zip(now, then, strict=True)):
         for what in old:
             if new[what] != old[what]:
                 shown.append(f"node {index} {what}:")
@@ -180,11 +185,12 @@ def ipip_available(nodes):
 
 
 @pytest.mark.parametrize("tunnel_type", ["vxlan", "ipip"])
-def test_three_nodes_deploy_reach_each_other_without_nat_and_destroy_restores_every_node(
-        nodes, tmp_path, tunnel_type):
+def test_three_nodes_deploy_reach_each_other_without_nat_and_destroy_restores_every_node(nodes, tmp_path, tunnel_type):
     if tunnel_type == "ipip" and not ipip_available(nodes):
-        pytest.skip("this kernel has no ipip tunnels (CONFIG_NET_IPIP is not set); "
-                    "test_ipip_on_a_kernel_without_it_is_refused_before_anything_changes checks the refusal")
+        pytest.skip(
+            "this kernel has no ipip tunnels (CONFIG_NET_IPIP is not set); "
+            "test_ipip_on_a_kernel_without_it_is_refused_before_anything_changes checks the refusal"
+        )
     config, common = setup(nodes, tmp_path, tunnel_type)
     name = f"multi-{tunnel_type}"
     before = states(nodes)
@@ -198,9 +204,11 @@ def test_three_nodes_deploy_reach_each_other_without_nat_and_destroy_restores_ev
         start = ipaddress.ip_network("10.100.1.0/24")
         assert [(h["address"], h["subnet"]) for h in plan["hosts"]] == [
             (node.host, str(ipaddress.ip_network((int(start.network_address) + i * start.num_addresses, 24))))
-            for i, node in enumerate(nodes)]
+            for i, node in enumerate(nodes)
+        ]
         assert [(t["kind"], t["host"], t["remote_host"]) for t in plan["tunnels"]] == [
-            (tunnel_type, node.host, nodes[0].host) for node in nodes[1:]]
+            (tunnel_type, node.host, nodes[0].host) for node in nodes[1:]
+        ]
         by_host = {node.host: node for node in nodes}
         computes = [n for n in plan["nodes"] if n["role"] == "compute"]
         controller = next(n for n in plan["nodes"] if n["role"] == "controller")
@@ -226,29 +234,57 @@ def test_three_nodes_deploy_reach_each_other_without_nat_and_destroy_restores_ev
         assert int(errno) in (101, 113) and float(seconds) < 3, f"errno {errno} after {seconds} s"
         node_two_prefix = str(ipaddress.ip_network(two["subnet"]).network_address).rsplit(".", 1)[0] + "."
         assert node_two_prefix not in sh("ip", "route", "show", "table", "all", netns=nodes[1].netns)
-        lookup = subprocess.run(["ip", "netns", "exec", nodes[1].netns, "ip", "route", "get", two["address"], "from",
-                                 one["address"], "iif", one["bridge"]], capture_output=True, text=True)
+        lookup = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                nodes[1].netns,
+                "ip",
+                "route",
+                "get",
+                two["address"],
+                "from",
+                one["address"],
+                "iif",
+                one["bridge"],
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert lookup.returncode != 0 and "unreachable" in lookup.stderr, f"node 1 routes it: {lookup.stdout}"
 
         # A second deployment asking for the subnet the first holds on node 0 is refused before changing anything.
         during = states(nodes)
         other = tmp_path / "other.json"
         credentials = [{"host": nodes[0].host, "port": nodes[0].port}]
-        other.write_text(json.dumps({
-            "type": "DevstackEngine", "devstack_repo": str(tmp_path / "devstack"),
-            "localrc": {"ENABLED_SERVICES": "key,mysql,rabbit,n-api,n-cond,n-sch,placement-api,g-api,q-svc"},
-            "provider": {"type": "LxcProvider", "distribution": "debian", "release": "bookworm",
-                         "host_provider": {"type": "ExistingServers", "credentials": credentials}}}))
+        other.write_text(
+            json.dumps(
+                {
+                    "type": "DevstackEngine",
+                    "devstack_repo": str(tmp_path / "devstack"),
+                    "localrc": {"ENABLED_SERVICES": "key,mysql,rabbit,n-api,n-cond,n-sch,placement-api,g-api,q-svc"},
+                    "provider": {
+                        "type": "LxcProvider",
+                        "distribution": "debian",
+                        "release": "bookworm",
+                        "host_provider": {"type": "ExistingServers", "credentials": credentials},
+                    },
+                }
+            )
+        )
         refused = coordinator("deploy", str(other), "--name", "second", *common, check=False)
         assert refused.returncode == 1, refused.stdout + refused.stderr
-        assert (f"coordinator deploy: nothing was changed: host {nodes[0].host}: subnet 10.100.1.0/24 (bridge "
-                f"lxcbr-0a640100) is in use by deployment '{name}'") in refused.stderr
+        assert (
+            f"coordinator deploy: nothing was changed: host {nodes[0].host}: subnet 10.100.1.0/24 (bridge "
+            f"lxcbr-0a640100) is in use by deployment '{name}'"
+        ) in refused.stderr
         assert "Traceback" not in refused.stderr
         assert_same(states(nodes), during, "the refused deploy changed the nodes")
         assert "second" not in coordinator("list", *common).stdout, "a refused deploy leaves no record to destroy"
 
     except BaseException:
-        coordinator("destroy", name, *common, check=False)   # the module's nodes serve the next test too
+        coordinator("destroy", name, *common, check=False)  # the module's nodes serve the next test too
         raise
 
     coordinator("destroy", name, *common)
@@ -266,9 +302,11 @@ def test_ipip_on_a_kernel_without_it_is_refused_before_anything_changes(nodes, t
     assert refused.returncode == 1, refused.stdout + refused.stderr
     message = refused.stderr
     assert "coordinator deploy: nothing was changed:" in message, message
-    for node in nodes:     # the tunnels' ends: nodes 1 and 2, and node 0 for the way back
-        assert (f'host {node.host}: this kernel has no ipip tunnels (CONFIG_NET_IPIP is not set), which tunnel_type '
-                f'"ipip" needs; use "tunnel_type": "vxlan"') in message
+    for node in nodes:  # the tunnels' ends: nodes 1 and 2, and node 0 for the way back
+        assert (
+            f"host {node.host}: this kernel has no ipip tunnels (CONFIG_NET_IPIP is not set), which tunnel_type "
+            f'"ipip" needs; use "tunnel_type": "vxlan"'
+        ) in message
     assert "Traceback" not in message
     assert_same(states(nodes), before, "the refused deploy changed the nodes")
     assert all(node.states() == {} for node in nodes)

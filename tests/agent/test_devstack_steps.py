@@ -19,7 +19,7 @@ from simlab import AgentProcess, unique
 from tests.support import system_state
 
 PACKAGES = ["git", "sudo", "python3"]
-FIRST = "10.100.1.2"        # never assigned: the stand-in only reports HOST_IP, it does not bind to it
+FIRST = "10.100.1.2"  # never assigned: the stand-in only reports HOST_IP, it does not bind to it
 CLONE = "10.100.1.3"
 
 
@@ -35,8 +35,10 @@ def agent(btrfs_mount, pki_dir):
         try:
             proxy.create(unique("deb-image-"), "debian", release="bookworm", packages=PACKAGES)
         except (TypeError, InvalidArgument) as error:
-            pytest.skip(f"this agent cannot add packages to a container yet (create(..., packages=) refused: "
-                        f"{error}); its containers have no network to install git, sudo and python3")
+            pytest.skip(
+                f"this agent cannot add packages to a container yet (create(..., packages=) refused: "
+                f"{error}); its containers have no network to install git, sudo and python3"
+            )
         yield proxy
     finally:
         process.stop()
@@ -56,14 +58,18 @@ def container(agent):
         agent.destroy([name])
 
 
-@pytest.mark.parametrize("repo, path", [
-    ("/srv/devstack", "/srv/devstack"),
-    ("file:///srv/dev%20stack", "/srv/dev stack"),
-    ("https://opendev.org/openstack/devstack", None),
-    ("git://127.0.0.1/devstack.git", None),
-    ("git@github.com:openstack/devstack.git", None),
-    ("github.com:openstack/devstack", None),
-], ids=["path", "file-url", "https", "git-url", "scp-like", "scp-like-no-user"])
+@pytest.mark.parametrize(
+    "repo, path",
+    [
+        ("/srv/devstack", "/srv/devstack"),
+        ("file:///srv/dev%20stack", "/srv/dev stack"),
+        ("https://opendev.org/openstack/devstack", None),
+        ("git://127.0.0.1/devstack.git", None),
+        ("git@github.com:openstack/devstack.git", None),
+        ("github.com:openstack/devstack", None),
+    ],
+    ids=["path", "file-url", "https", "git-url", "scp-like", "scp-like-no-user"],
+)
 def test_local_repo_path_reads_a_repo_as_git_does(repo, path):
     assert devstack.local_repo_path(repo) == path
 
@@ -76,17 +82,24 @@ def test_relative_repo_path_is_made_absolute(tmp_path, monkeypatch):
 LS_REMOTE = "aaa\trefs/heads/master\nbbb\trefs/tags/v1\nccc\trefs/tags/v1^{}\nddd\trefs/tags/v2\n"
 
 
-@pytest.mark.parametrize("branch, commit", [("master", "aaa"), ("v1", "ccc"), ("v2", "ddd"), ("nope", None)],
-                         ids=["branch", "annotated-tag-peeled", "light-tag", "missing"])
+@pytest.mark.parametrize(
+    "branch, commit",
+    [("master", "aaa"), ("v1", "ccc"), ("v2", "ddd"), ("nope", None)],
+    ids=["branch", "annotated-tag-peeled", "light-tag", "missing"],
+)
 def test_pick_remote_commit(branch, commit):
     assert devstack.pick_remote_commit(LS_REMOTE, branch) == commit
 
 
-@pytest.mark.parametrize("output, parsed", [
-    ("manager apt-get\n", ([], "apt-get")),
-    ("missing git\nmissing sudo\nmanager dnf\n", (["git", "sudo"], "dnf")),
-    ("missing python3\n", (["python3"], None)),
-], ids=["nothing-missing", "two-missing", "no-manager"])
+@pytest.mark.parametrize(
+    "output, parsed",
+    [
+        ("manager apt-get\n", ([], "apt-get")),
+        ("missing git\nmissing sudo\nmanager dnf\n", (["git", "sudo"], "dnf")),
+        ("missing python3\n", (["python3"], None)),
+    ],
+    ids=["nothing-missing", "two-missing", "no-manager"],
+)
 def test_parse_probe(output, parsed):
     assert devstack.parse_probe(output) == parsed
 
@@ -101,9 +114,13 @@ def test_plan_install_is_noninteractive():
 
 def plan_node(name, repo, localrc):
     """The first compute of a planned LxcEngine group, renamed to the test's container."""
-    config = {"type": "LxcEngine", "container_name": "compute", "nodes_per_server": 2,
-              "provider": {"type": "ExistingServers", "credentials": [{"user": "root", "host": "localhost"}]},
-              "engine": {"name": "DevstackEngine", "devstack_repo": repo, "localrc": localrc}}
+    config = {
+        "type": "LxcEngine",
+        "container_name": "compute",
+        "nodes_per_server": 2,
+        "provider": {"type": "ExistingServers", "credentials": [{"user": "root", "host": "localhost"}]},
+        "engine": {"name": "DevstackEngine", "devstack_repo": repo, "localrc": localrc},
+    }
     node = topology.plan(validate(config)).nodes[0]
     assert node.kind == "first" and node.address == FIRST
     return replace(node, name=name)
@@ -146,8 +163,12 @@ def test_prepare_makes_stack_user_with_passwordless_sudo_and_twice_changes_nothi
 
     # devstack's configure_nova restarts iscsid on every compute; in a container iscsid exits at once. A unit that
     # fails like it (installed where open-iscsi puts its own) restarts fine under the drop-in, and fails without.
-    sh(agent, container, "printf '[Service]\\nType=forking\\nPIDFile=/run/iscsid.pid\\nExecStart=/bin/false\\n' "
-                         ">/etc/systemd/system/iscsid.service && systemctl daemon-reload")
+    sh(
+        agent,
+        container,
+        "printf '[Service]\\nType=forking\\nPIDFile=/run/iscsid.pid\\nExecStart=/bin/false\\n' "
+        ">/etc/systemd/system/iscsid.service && systemctl daemon-reload",
+    )
     for _ in range(3):
         sh(agent, container, "systemctl restart iscsid")
     sh(agent, container, "mv /etc/systemd/system/iscsid.service.d/lxc-cloud.conf /root/ && systemctl daemon-reload")
@@ -165,20 +186,39 @@ def test_fetch_sends_a_local_repo_as_a_bundle_and_replaces_only_another_commit(a
     repo = make_fake_devstack_repo(tmp_path / "devstack")
     node = plan_node(container, repo, {"VIRT_DRIVER": "fake"})
     devstack.prepare(agent, node)
-    commit = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
     assert devstack.fetch(agent, node, repo, "master") == {"commit": commit, "changed": True}
-    head = 'git -C /opt/stack/devstack rev-parse HEAD; git -C /opt/stack/devstack rev-parse --abbrev-ref HEAD'
+    head = "git -C /opt/stack/devstack rev-parse HEAD; git -C /opt/stack/devstack rev-parse --abbrev-ref HEAD"
     assert sh(agent, container, head, user="stack").split() == [commit, "master"]
-    assert sh(agent, container, 'stat -c %U /opt/stack/devstack/stack.sh; test -x /opt/stack/devstack/stack.sh'
-              ).strip() == "stack"
+    assert (
+        sh(agent, container, "stat -c %U /opt/stack/devstack/stack.sh; test -x /opt/stack/devstack/stack.sh").strip()
+        == "stack"
+    )
     assert devstack.fetch(agent, node, "file://" + repo, "master") == {"commit": commit, "changed": False}
 
-    subprocess.run(["git", "-C", repo, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q",
-                    "--allow-empty", "-m", "next"], check=True)
-    newer = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
-                           check=True).stdout.strip()
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            repo,
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "next",
+        ],
+        check=True,
+    )
+    newer = subprocess.run(
+        ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert devstack.fetch(agent, node, repo, "master") == {"commit": newer, "changed": True}
     assert sh(agent, container, head, user="stack").split() == [newer, "master"]
 
@@ -193,19 +233,28 @@ def test_fetch_clones_a_url_inside_the_node_and_keeps_a_checkout_at_the_same_com
     node = plan_node(container, repo, {"VIRT_DRIVER": "fake"})
     devstack.prepare(agent, node)
     commit = devstack.fetch(agent, node, repo, "master")["commit"]
-    sh(agent, container, "git clone -q --bare /opt/stack/devstack /opt/stack/served/devstack.git && "
-                         "git daemon --detach --listen=127.0.0.1 --base-path=/opt/stack/served --export-all "
-                         "--pid-file=/opt/stack/served/pid && for _ in $(seq 50); do "
-                         "git ls-remote git://127.0.0.1/devstack.git >/dev/null 2>&1 && break; sleep 0.2; done",
-       user="stack")
+    sh(
+        agent,
+        container,
+        "git clone -q --bare /opt/stack/devstack /opt/stack/served/devstack.git && "
+        "git daemon --detach --listen=127.0.0.1 --base-path=/opt/stack/served --export-all "
+        "--pid-file=/opt/stack/served/pid && for _ in $(seq 50); do "
+        "git ls-remote git://127.0.0.1/devstack.git >/dev/null 2>&1 && break; sleep 0.2; done",
+        user="stack",
+    )
     url = "git://127.0.0.1/devstack.git"
 
     assert devstack.fetch(agent, node, url, "master") == {"commit": commit, "changed": False}
-    newer = sh(agent, container, "export GIT_AUTHOR_NAME=t GIT_COMMITTER_NAME=t GIT_AUTHOR_EMAIL=t@example.invalid "
-                                 "GIT_COMMITTER_EMAIL=t@example.invalid && cd /opt/stack && "
-                                 "git clone -q served/devstack.git work && cd work && "
-                                 "git commit -q --allow-empty -m next && git tag -a v1 -m v1 && "
-                                 "git push -q origin master v1 && git rev-parse HEAD", user="stack").strip()
+    newer = sh(
+        agent,
+        container,
+        "export GIT_AUTHOR_NAME=t GIT_COMMITTER_NAME=t GIT_AUTHOR_EMAIL=t@example.invalid "
+        "GIT_COMMITTER_EMAIL=t@example.invalid && cd /opt/stack && "
+        "git clone -q served/devstack.git work && cd work && "
+        "git commit -q --allow-empty -m next && git tag -a v1 -m v1 && "
+        "git push -q origin master v1 && git rev-parse HEAD",
+        user="stack",
+    ).strip()
     assert devstack.fetch(agent, node, url, "master") == {"commit": newer, "changed": True}
     assert sh(agent, container, "git -C /opt/stack/devstack rev-parse HEAD", user="stack").strip() == newer
     assert devstack.fetch(agent, node, url, "v1") == {"commit": newer, "changed": False}
@@ -225,8 +274,14 @@ def test_default_start_script_on_a_node_without_devstack_units_is_harmless(agent
 @pytest.mark.slow
 def test_stack_sh_reads_localrc_like_devstack_and_starts_its_unit(agent, container, tmp_path):
     repo = make_fake_devstack_repo(tmp_path / "devstack")
-    localrc = {"MULTI_HOST": "1", "VIRT_DRIVER": "fake", "ENABLED_SERVICES+": ",-n-cpu",
-               "SCREEN_LOGDIR": "$DEST/logs/screen", "API_RATE_LIMIT": False, "ODD": "it's \"quoted\" `x` $(no)"}
+    localrc = {
+        "MULTI_HOST": "1",
+        "VIRT_DRIVER": "fake",
+        "ENABLED_SERVICES+": ",-n-cpu",
+        "SCREEN_LOGDIR": "$DEST/logs/screen",
+        "API_RATE_LIMIT": False,
+        "ODD": 'it\'s "quoted" `x` $(no)',
+    }
     node = plan_node(container, repo, localrc)
     log_path = tmp_path / "logs" / "deep" / f"{container}.stack.log"
 
@@ -242,9 +297,14 @@ def test_stack_sh_reads_localrc_like_devstack_and_starts_its_unit(agent, contain
     assert seen["ENABLED_SERVICES"].endswith(",-n-cpu") and "n-cpu," in seen["ENABLED_SERVICES"]
     # localrc.env is the same record in a form bash can source.
     names = sorted(seen)
-    from_env = sh(agent, container, 'set -a; source "$1"; shift; for n; do printf "%s\\0" "${!n}"; done',
-                  "/opt/stack/data/fake-devstack/localrc.env", *names)
-    assert dict(zip(names, from_env.split("\0"))) == seen
+    from_env = sh(
+        agent,
+        container,
+        'set -a; source "$1"; shift; for n; do printf "%s\\0" "${!n}"; done',
+        "/opt/stack/data/fake-devstack/localrc.env",
+        *names,
+    )
+    assert dict(zip(names, from_env.split("\0"), strict=True)) == seen
 
     assert sh(agent, container, "cat /opt/stack/data/fake-devstack/roles").split() == ["fake-controller"]
     assert "n-cpu" not in sh(agent, container, "cat /opt/stack/data/fake-devstack/services").strip().split(",")
@@ -289,8 +349,22 @@ def test_stack_sh_that_outlives_its_timeout_is_a_stack_error_with_partial_output
 
 def commit_stack_sh(repo, text):
     (Path(repo) / "stack.sh").write_text(text)
-    subprocess.run(["git", "-C", repo, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q",
-                    "-am", "stack.sh for a test"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            repo,
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "commit",
+            "-q",
+            "-am",
+            "stack.sh for a test",
+        ],
+        check=True,
+    )
 
 
 @pytest.mark.slow
@@ -302,13 +376,20 @@ def test_a_resumed_deploy_waits_for_the_running_stack_sh_and_does_not_stack_agai
     assert devstack.wait_for_earlier_stack(agent, node, timeout=60) is False, "nothing runs yet"
 
     # What a coordinator killed during stack.sh leaves behind: the run goes on in the node without it.
-    sh(agent, container, 'setsid bash -c "$1" stack "$2" "$3" >/dev/null 2>&1 </dev/null &', devstack._STACK,
-       devstack.DEVSTACK_DIR, devstack.STACK_STATE_DIR, user="stack")
+    sh(
+        agent,
+        container,
+        'setsid bash -c "$1" stack "$2" "$3" >/dev/null 2>&1 </dev/null &',
+        devstack._STACK,
+        devstack.DEVSTACK_DIR,
+        devstack.STACK_STATE_DIR,
+        user="stack",
+    )
     wait_for(lambda: agent.run(container, ["cat", "/opt/stack/runs"])["stdout"] == "run\n", what="stack.sh to start")
     assert devstack.wait_for_earlier_stack(agent, node, timeout=60) is True
     assert sh(agent, container, f"cat {devstack.STACK_STATE_DIR}/stack.log") == "started\nfinished\n"
 
-    ready_to_stack(agent, node, repo)   # what a resumed deploy does again once the earlier stack.sh has ended
+    ready_to_stack(agent, node, repo)  # what a resumed deploy does again once the earlier stack.sh has ended
     log_path = tmp_path / "resumed.log"
     devstack.run_stack(agent, node, str(log_path))
     assert log_path.read_text().endswith("its output was:\nstarted\nfinished\n")
@@ -319,8 +400,9 @@ def test_a_resumed_deploy_waits_for_the_running_stack_sh_and_does_not_stack_agai
     changed = plan_node(container, repo, {"VIRT_DRIVER": "fake", "LOGDAYS": "3"})
     devstack.write_local_conf(agent, changed)
     devstack.run_stack(agent, changed, str(log_path))
-    assert log_path.read_text() == ("lxc-cloud: an earlier stack.sh ran here; running ./unstack.sh first\n"
-                                    "started\nfinished\n"), "devstack is unstacked before it stacks again"
+    assert log_path.read_text() == (
+        "lxc-cloud: an earlier stack.sh ran here; running ./unstack.sh first\nstarted\nfinished\n"
+    ), "devstack is unstacked before it stacks again"
     assert sh(agent, container, "cat /opt/stack/runs") == "run\nrun\n", "a new local.conf stacks again"
 
 
@@ -328,8 +410,12 @@ def test_a_resumed_deploy_waits_for_the_running_stack_sh_and_does_not_stack_agai
 def test_start_script_repoints_a_clone_at_its_own_address(agent, container, tmp_path):
     repo = make_fake_devstack_repo(tmp_path / "devstack")
     # One node plays both roles, so the compute's reports reach a controller without a network.
-    localrc = {"ENABLED_SERVICES": "rabbit,n-cpu", "RABBIT_HOST": "127.0.0.1", "HOST_IP": FIRST,
-               "FAKE_REPORT_INTERVAL": "1"}
+    localrc = {
+        "ENABLED_SERVICES": "rabbit,n-cpu",
+        "RABBIT_HOST": "127.0.0.1",
+        "HOST_IP": FIRST,
+        "FAKE_REPORT_INTERVAL": "1",
+    }
     node = plan_node(container, repo, localrc)
     deploy(agent, node, repo, tmp_path / "stack.log")
     reports = "/opt/stack/data/fake-devstack/reports"
@@ -339,10 +425,10 @@ def test_start_script_repoints_a_clone_at_its_own_address(agent, container, tmp_
         return f"{container} {address} " in text
 
     wait_for(lambda: reported(FIRST), what=f"a report from {FIRST}")
-    keys = 'cat /etc/ssh/ssh_host_*_key.pub | sort | sha256sum'
+    keys = "cat /etc/ssh/ssh_host_*_key.pub | sort | sha256sum"
     old_keys = sh(agent, container, keys)
 
-    sealed = nova.seal(agent, node)       # as a deploy does before cloning: the units wait for start_services
+    sealed = nova.seal(agent, node)  # as a deploy does before cloning: the units wait for start_services
     assert "devstack@fake-compute.service" in sealed
     assert sh(agent, container, "systemctl is-enabled devstack@fake-compute.service || true").strip() == "disabled"
     clone = replace(node, kind="clone", address=CLONE)
@@ -358,8 +444,11 @@ def test_start_script_repoints_a_clone_at_its_own_address(agent, container, tmp_
     assert sh(agent, container, "systemctl is-enabled devstack@fake-compute.service").strip() == "enabled"
     sh(agent, container, f": > {reports}")
     units = f"systemctl status --no-pager 'devstack@*'; journalctl --no-pager -n 60 -u 'devstack@*'; cat {reports}"
-    wait_for(lambda: reported(CLONE), what=f"a report from {CLONE} after the restart",
-             diagnose=lambda: output + agent.run(container, ["sh", "-c", units], timeout=30)["stdout"])
+    wait_for(
+        lambda: reported(CLONE),
+        what=f"a report from {CLONE} after the restart",
+        diagnose=lambda: output + agent.run(container, ["sh", "-c", units], timeout=30)["stdout"],
+    )
     assert not reported(FIRST)
     new_keys = sh(agent, container, keys)
     assert new_keys != old_keys, "a clone gets its own ssh host keys"
@@ -372,6 +461,8 @@ def test_start_script_repoints_a_clone_at_its_own_address(agent, container, tmp_
     assert sh(agent, container, "cat /root/custom").split() == [FIRST, CLONE, container] * 2
 
     failing = replace(clone, start_script="echo broken >&2; exit 4")
-    with pytest.raises(devstack.DevstackError, match=re.escape(f"node {container} (host localhost) failed with "
-                                                               "exit code 4") + r":\nbroken"):
+    with pytest.raises(
+        devstack.DevstackError,
+        match=re.escape(f"node {container} (host localhost) failed with exit code 4") + r":\nbroken",
+    ):
         devstack.run_start_script(agent, failing, FIRST)

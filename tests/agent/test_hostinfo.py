@@ -11,15 +11,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def probe(netns, code):
-    return subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", code], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", code],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_agents_starting_together_in_one_namespace_each_find_vxlan(netns):
     """Several agents in one namespace (the test labs start them so) probe at the same moment."""
     before = links(netns)
-    probes = [probe(netns, "import json; from agent import hostinfo; print(json.dumps(hostinfo.kernel_features()))")
-              for _ in range(8)]
+    probes = [
+        probe(netns, "import json; from agent import hostinfo; print(json.dumps(hostinfo.kernel_features()))")
+        for _ in range(8)
+    ]
     results = [p.communicate(timeout=60) for p in probes]
     assert [p.returncode for p in probes] == [0] * 8, [err for _, err in results]
     assert {json.loads(out)["vxlan"] for out, _ in results} == {True}
@@ -39,10 +46,12 @@ def test_service_features_match_what_the_kernel_offers():
     import os
 
     from agent import hostinfo
+
     features = hostinfo.kernel_features()
     modules = Path("/lib/modules") / os.uname().release
     builtin = modules / "modules.builtin"
     installed = (any(modules.rglob("openvswitch.ko*")) if modules.is_dir() else False) or (
-        builtin.exists() and "/openvswitch.ko" in builtin.read_text())
+        builtin.exists() and "/openvswitch.ko" in builtin.read_text()
+    )
     assert features["openvswitch"] == (installed or Path("/sys/module/openvswitch").is_dir())
     assert features["loop"] == (Path("/dev/loop-control").exists() or Path("/sys/module/loop").is_dir())

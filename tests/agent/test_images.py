@@ -42,8 +42,7 @@ def guest_identity(agent, name):
     return result["stdout"].split()
 
 
-def test_the_template_runs_once_and_every_create_is_a_snapshot_of_its_image(loopback_agent, lxcpath,
-                                                                            btrfs_mount):
+def test_the_template_runs_once_and_every_create_is_a_snapshot_of_its_image(loopback_agent, lxcpath, btrfs_mount):
     agent = loopback_agent.connect()
     assert agent.list_images() == [] and agent.info()["images"] == []
     assert agent.create("one", "busybox") == {"name": "one", "created": True}
@@ -71,8 +70,9 @@ def test_the_template_runs_once_and_every_create_is_a_snapshot_of_its_image(loop
     assert listed["key"] == key and listed["used_by"] == [], "btrfs snapshots do not hold their image"
     assert (listed["template"], listed["release"], listed["packages"]) == ("busybox", None, [])
     assert 0 < listed["size"] < 64 * 2**20
-    assert agent.info()["images"] == [{"key": key, "template": "busybox", "release": None, "packages": [],
-                                       "size": listed["size"]}]
+    assert agent.info()["images"] == [
+        {"key": key, "template": "busybox", "release": None, "packages": [], "size": listed["size"]}
+    ]
     shown = {entry["name"]: entry for entry in agent.list()}
     assert shown["two"]["packages"] == [] and shown["two"]["image"] == key
 
@@ -122,8 +122,9 @@ def test_the_copy_backend_makes_a_plain_folder_from_the_image(lxcpath, start_age
     agent.create("full-1", "busybox")
     agent.create("full-2", "busybox")
     [key] = image_folders(lxcpath)
-    assert subvolume_field(os.path.join(images_dir(lxcpath), key, "rootfs"), "Name") == "rootfs", \
+    assert subvolume_field(os.path.join(images_dir(lxcpath), key, "rootfs"), "Name") == "rootfs", (
         "on btrfs the image is a subvolume"
+    )
     for name in ("full-1", "full-2"):
         rootfs = os.path.join(lxcpath, name, "rootfs")
         assert os.path.exists(os.path.join(rootfs, "bin", "busybox"))
@@ -135,21 +136,36 @@ def test_the_copy_backend_makes_a_plain_folder_from_the_image(lxcpath, start_age
     assert agent.destroy_images() == [key]
 
 
-@pytest.mark.parametrize("template, release, packages, message", [
-    ("busybox", None, ["git"], "template 'busybox' cannot add packages; templates that can: debian, ubuntu"),
-    ("debian", None, "git", "must be a list"),
-    ("debian", None, ["Git"], r"invalid package name\(s\) \['Git'\]"),
-    ("debian", None, ["-git"], "starting with a letter or digit"),
-    ("debian", None, ["git sudo"], "invalid package name"),
-    ("debian", None, ["git,sudo"], "invalid package name"),
-    ("debian", None, ["git;reboot"], "invalid package name"),
-    ("debian", None, [7], "invalid package name"),
-    ("debian", None, [""], "invalid package name"),
-    ("debian", "../../etc", ["git"], "invalid release"),
-], ids=["busybox-has-none", "a-string", "upper-case", "leading-dash", "space", "comma", "semicolon", "number",
-        "empty", "release-path"])
-def test_bad_packages_are_refused_before_anything_changes(loopback_agent, lxcpath, btrfs_mount, template, release,
-                                                          packages, message):
+@pytest.mark.parametrize(
+    "template, release, packages, message",
+    [
+        ("busybox", None, ["git"], "template 'busybox' cannot add packages; templates that can: debian, ubuntu"),
+        ("debian", None, "git", "must be a list"),
+        ("debian", None, ["Git"], r"invalid package name\(s\) \['Git'\]"),
+        ("debian", None, ["-git"], "starting with a letter or digit"),
+        ("debian", None, ["git sudo"], "invalid package name"),
+        ("debian", None, ["git,sudo"], "invalid package name"),
+        ("debian", None, ["git;reboot"], "invalid package name"),
+        ("debian", None, [7], "invalid package name"),
+        ("debian", None, [""], "invalid package name"),
+        ("debian", "../../etc", ["git"], "invalid release"),
+    ],
+    ids=[
+        "busybox-has-none",
+        "a-string",
+        "upper-case",
+        "leading-dash",
+        "space",
+        "comma",
+        "semicolon",
+        "number",
+        "empty",
+        "release-path",
+    ],
+)
+def test_bad_packages_are_refused_before_anything_changes(
+    loopback_agent, lxcpath, btrfs_mount, template, release, packages, message
+):
     agent = loopback_agent.connect()
     agent.create("base", "busybox")
     before = (lxc_states(lxcpath), subvolumes(btrfs_mount), everything_under(lxcpath))
@@ -164,15 +180,16 @@ def test_an_existing_container_made_otherwise_is_a_conflict(loopback_agent, lxcp
     agent = loopback_agent.connect()
     agent.create("made", "busybox")
     before = everything_under(lxcpath)
-    with pytest.raises(Conflict, match="made from template 'busybox', not template 'debian' release 'bookworm' "
-                                       "with packages git,sudo"):
+    with pytest.raises(
+        Conflict, match="made from template 'busybox', not template 'debian' release 'bookworm' with packages git,sudo"
+    ):
         agent.create("made", "debian", release="bookworm", packages=["sudo", "git"])
     assert everything_under(lxcpath) == before
 
 
 def test_a_failed_template_run_leaves_no_image_and_no_container(loopback_agent, lxcpath, btrfs_mount):
     agent = loopback_agent.connect()
-    with pytest.raises(ContainerError, match="the template said:\n(.|\n)*Invalid release nosuchrelease") as caught:
+    with pytest.raises(ContainerError, match=r"the template said:\n(.|\n)*Invalid release nosuchrelease") as caught:
         agent.create("doomed", "debian", release="nosuchrelease", packages=["git"])
     assert "image debian-nosuchrelease-" in str(caught.value)
     assert caught.value.container == "doomed"
@@ -229,8 +246,11 @@ def test_debian_with_packages_runs_the_template_once(loopback_agent, lxcpath):
     image_rootfs = os.path.join(images_dir(lxcpath), key, "rootfs")
     image_uuid = subvolume_field(image_rootfs, "UUID")
     [listed] = agent.list_images()
-    assert (listed["template"], listed["release"], listed["packages"]) == ("debian", "bookworm",
-                                                                         sorted(DEBIAN_PACKAGES))
+    assert (listed["template"], listed["release"], listed["packages"]) == (
+        "debian",
+        "bookworm",
+        sorted(DEBIAN_PACKAGES),
+    )
 
     started = time.monotonic()
     assert agent.create("deb-2", "debian", release="bookworm", packages=["python3", "sudo", "git"])["created"]
@@ -240,21 +260,30 @@ def test_debian_with_packages_runs_the_template_once(loopback_agent, lxcpath):
     for name in ("deb-1", "deb-2"):
         assert subvolume_field(os.path.join(lxcpath, name, "rootfs"), "Parent UUID") == image_uuid
 
-    assert agent.create("deb-1", "debian", release="bookworm", packages=["sudo", "python3", "git"]) \
-        == {"name": "deb-1", "created": False}
-    with pytest.raises(Conflict, match="with packages git,python3,sudo, not template 'debian' release 'bookworm' "
-                                       "with packages git,sudo;"):
+    assert agent.create("deb-1", "debian", release="bookworm", packages=["sudo", "python3", "git"]) == {
+        "name": "deb-1",
+        "created": False,
+    }
+    with pytest.raises(
+        Conflict,
+        match="with packages git,python3,sudo, not template 'debian' release 'bookworm' with packages git,sudo;",
+    ):
         agent.create("deb-1", "debian", release="bookworm", packages=["git", "sudo"])
     with pytest.raises(Conflict):
         agent.create("deb-2", "debian", release="bookworm")
     assert image_folders(lxcpath) == [key]
-    assert {entry["name"]: entry["packages"] for entry in agent.list()} == \
-        {"deb-1": sorted(DEBIAN_PACKAGES), "deb-2": sorted(DEBIAN_PACKAGES)}
+    assert {entry["name"]: entry["packages"] for entry in agent.list()} == {
+        "deb-1": sorted(DEBIAN_PACKAGES),
+        "deb-2": sorted(DEBIAN_PACKAGES),
+    }
 
     agent.start(["deb-1", "deb-2"])
     for name in ("deb-1", "deb-2"):
-        for argv, expected in ((["git", "--version"], "git version"), (["sudo", "-V"], "Sudo version"),
-                               (["python3", "-V"], "Python 3.")):
+        for argv, expected in (
+            (["git", "--version"], "git version"),
+            (["sudo", "-V"], "Sudo version"),
+            (["python3", "-V"], "Python 3."),
+        ):
             result = agent.run(name, argv)
             assert result["exit_code"] == 0 and expected in result["stdout"], (name, argv, result)
     identities = [guest_identity(agent, name) for name in ("deb-1", "deb-2")]

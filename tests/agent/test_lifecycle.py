@@ -46,7 +46,7 @@ def test_clone_sixteen_start_run_ping_and_tear_down(agent_in_host, sim_host, lxc
         agent.set_addresses(BRIDGE, {CLONES[0]: f"{SUBNET[200]}/24"})
 
     states = agent_in_host.states()
-    assert {name: states[name] for name in CLONES} == {name: "RUNNING" for name in CLONES}
+    assert {name: states[name] for name in CLONES} == dict.fromkeys(CLONES, "RUNNING")
     assert states["base"] == "STOPPED"
     base_uuid = subvolume_field(os.path.join(lxcpath, "base", "rootfs"), "UUID")
     for name in CLONES:
@@ -133,8 +133,12 @@ def test_run_passes_stdin_env_user_and_exit_code(loopback_agent):
     agent = loopback_agent.connect()
     agent.create("runner", "busybox")
     agent.start(["runner"])
-    result = agent.run("runner", ["sh", "-c", 'read line; echo "$line $GREETING $(id -u)"; echo oops >&2; exit 7'],
-                       stdin="hello\n", env={"GREETING": "world"})
+    result = agent.run(
+        "runner",
+        ["sh", "-c", 'read line; echo "$line $GREETING $(id -u)"; echo oops >&2; exit 7'],
+        stdin="hello\n",
+        env={"GREETING": "world"},
+    )
     assert result == {"exit_code": 7, "stdout": "hello world 0\n", "stderr": "oops\n"}
     agent.run("runner", ["sh", "-c", "echo 'tester:x:1234:1234::/tmp:/bin/sh' >> /etc/passwd"])
     as_tester = agent.run("runner", ["sh", "-c", 'echo "$(id -u) $HOME $USER $(pwd)"'], user="tester")

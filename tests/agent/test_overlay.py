@@ -191,8 +191,9 @@ def test_static_addresses_are_written_into_each_clone_s_own_upper(sim_host, plai
             script = handle.read()
         assert f"ip addr replace {addresses[name]} dev eth0" in script and "udhcpc" not in script
         assert os.access(upper(lxcpath, name, "etc/init.d/rcS"), os.X_OK)
-    assert rootfs_line(lxcpath, names[0]) == expected_overlay(lxcpath, names[0], base), \
+    assert rootfs_line(lxcpath, names[0]) == expected_overlay(lxcpath, names[0], base), (
         "saving the network config keeps the overlay rootfs"
+    )
 
     agent.start(names)
     for name in names:
@@ -249,7 +250,7 @@ def test_a_stack_too_deep_to_mount_is_refused_before_anything_changes(overlay_ag
     names = [f"g{depth:02d}-" + "x" * 56 for depth in range(60)]
     agent.create(names[0], "busybox")
     made = 1
-    with pytest.raises(BatchError, match="more than one mount can name") as caught:
+    with pytest.raises(BatchError, match="more than one mount can name") as caught:  # noqa: PT012 (clones until refused)
         for made in range(1, len(names)):
             agent.clone(names[made - 1], [names[made]])
     deepest, refused = names[made - 1], names[made]
@@ -270,11 +271,19 @@ def test_the_host_reads_a_container_s_files_as_a_real_overlay_mount_shows_them(p
     workdir = tempfile.mkdtemp(prefix="lookup-", dir=plain_fs)
     top, bottom, merged = (os.path.join(workdir, part) for part in ("top", "bottom", "merged"))
     try:
-        for path, text in {"bottom/etc/passwd": "old", "bottom/etc/gone": "old", "bottom/opaque/hidden": "old",
-                           "bottom/file-then-dir": "old", "bottom/dir-then-file/inner": "old",
-                           "bottom/both/lower": "old", "top/both/upper": "new", "top/etc/passwd": "new",
-                           "top/opaque/shown": "new", "top/file-then-dir/inner": "new",
-                           "top/dir-then-file": "new"}.items():
+        for path, text in {
+            "bottom/etc/passwd": "old",
+            "bottom/etc/gone": "old",
+            "bottom/opaque/hidden": "old",
+            "bottom/file-then-dir": "old",
+            "bottom/dir-then-file/inner": "old",
+            "bottom/both/lower": "old",
+            "top/both/upper": "new",
+            "top/etc/passwd": "new",
+            "top/opaque/shown": "new",
+            "top/file-then-dir/inner": "new",
+            "top/dir-then-file": "new",
+        }.items():
             write_on_host(os.path.join(workdir, path), text)
         os.mknod(os.path.join(top, "etc", "gone"), 0o600 | stat.S_IFCHR, 0)  # a whiteout
         os.setxattr(os.path.join(top, "opaque"), "trusted.overlay.opaque", b"y")
@@ -282,9 +291,21 @@ def test_the_host_reads_a_container_s_files_as_a_real_overlay_mount_shows_them(p
         os.mkdir(merged)
         sh("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={top}:{bottom}", merged)
         try:
-            for relative in ["etc/passwd", "etc/gone", "opaque/hidden", "opaque/shown", "file-then-dir/inner",
-                             "dir-then-file", "dir-then-file/inner", "both/lower", "both/upper", "link",
-                             "link/passwd", "missing", "etc/missing"]:
+            for relative in [
+                "etc/passwd",
+                "etc/gone",
+                "opaque/hidden",
+                "opaque/shown",
+                "file-then-dir/inner",
+                "dir-then-file",
+                "dir-then-file/inner",
+                "both/lower",
+                "both/upper",
+                "link",
+                "link/passwd",
+                "missing",
+                "etc/missing",
+            ]:
                 found = storage.lookup([top, bottom], relative)
                 real = os.path.join(merged, relative)
                 assert (found is not None) == os.path.lexists(real) or relative == "link/passwd", relative

@@ -10,7 +10,6 @@ CA), so the agent runs in this machine's own namespace, on a bridge of the test'
 import ipaddress
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,15 +25,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.devstack, pytest.mark.timeout(3600)]
 MIRROR = Path(__file__).resolve().parents[3] / "shared" / "openstack"
 COMPUTES = 4
 SERVERS = 8
-ADMIN = "cd /opt/stack/devstack && source ./openrc admin admin >/dev/null 2>&1 && " \
-        "export PATH=/opt/stack/data/venv/bin:$PATH OS_COMPUTE_API_VERSION=2.37 && "
+ADMIN = (
+    "cd /opt/stack/devstack && source ./openrc admin admin >/dev/null 2>&1 && "
+    "export PATH=/opt/stack/data/venv/bin:$PATH OS_COMPUTE_API_VERSION=2.37 && "
+)
 
 
 def free_subnet():
     """A /24 in 10.250.0.0/16 that no route of this machine touches."""
-    used = [ipaddress.ip_network(line.split()[0], strict=False)
-            for line in sh("ip", "-4", "route", "show", "table", "all").splitlines()
-            if line and line.split()[0][0].isdigit()]
+    used = [
+        ipaddress.ip_network(line.split()[0], strict=False)
+        for line in sh("ip", "-4", "route", "show", "table", "all").splitlines()
+        if line and line.split()[0][0].isdigit()
+    ]
     for candidate in ipaddress.ip_network("10.250.0.0/16").subnets(new_prefix=24):
         if not any(candidate.overlaps(route) for route in used if route.prefixlen > 0):
             return str(candidate)
@@ -47,27 +50,58 @@ def cloud_config(port, subnet):
     return {
         "type": "MultihostEngine",
         "controller": {
-            "type": "DevstackEngine", **devstack,
-            "localrc": {"DOWNLOAD_DEFAULT_IMAGES": "False", "IMAGE_URLS": "",
-                        "ENABLED_SERVICES": "key,mysql,rabbit,n-api,n-cond,n-sch,placement-api,g-api,q-svc",
-                        "Q_AGENT": "none", "Q_ML2_PLUGIN_TYPE_DRIVERS": "local,flat",
-                        "Q_ML2_TENANT_NETWORK_TYPE": "local", "NEUTRON_CREATE_INITIAL_NETWORKS": "False",
-                        "ENABLE_TENANT_TUNNELS": "False",
-                        "VIRT_DRIVER": "fake"},
-            "meta_sections": {"post-config|/$Q_PLUGIN_CONF_FILE": {"ml2": {"mechanism_drivers": ""}},
-                              "post-config|$NEUTRON_UWSGI_CONF": {"uwsgi": {"add-header": "Connection: close"}}},
-            "provider": {"type": "LxcProvider", "containers_per_host": 1, "container_name_prefix": "rc-ctl",
-                         "distribution": "debian", "release": "bookworm", "start_lxc_network": subnet,
-                         "host_ca_certificates": True,
-                         "host_provider": {"type": "ExistingServers", "credentials": credentials}}},
-        "nodes": [{
-            "type": "LxcEngine", "distribution": "debian", "release": "bookworm", "container_name": "rc-cpu",
-            "nodes_per_server": COMPUTES, "start_lxc_network": subnet, "host_ca_certificates": True,
-            "provider": {"type": "ExistingServers", "credentials": credentials},
-            "engine": {"name": "DevstackEngine", **devstack,
-                       "localrc": {"VIRT_DRIVER": "fake", "DATABASE_TYPE": "mysql", "MYSQL_HOST": "{controller_ip}",
-                                   "RABBIT_HOST": "{controller_ip}", "GLANCE_HOSTPORT": "{controller_ip}:9292",
-                                   "ENABLED_SERVICES": "n-cpu"}}}],
+            "type": "DevstackEngine",
+            **devstack,
+            "localrc": {
+                "DOWNLOAD_DEFAULT_IMAGES": "False",
+                "IMAGE_URLS": "",
+                "ENABLED_SERVICES": "key,mysql,rabbit,n-api,n-cond,n-sch,placement-api,g-api,q-svc",
+                "Q_AGENT": "none",
+                "Q_ML2_PLUGIN_TYPE_DRIVERS": "local,flat",
+                "Q_ML2_TENANT_NETWORK_TYPE": "local",
+                "NEUTRON_CREATE_INITIAL_NETWORKS": "False",
+                "ENABLE_TENANT_TUNNELS": "False",
+                "VIRT_DRIVER": "fake",
+            },
+            "meta_sections": {
+                "post-config|/$Q_PLUGIN_CONF_FILE": {"ml2": {"mechanism_drivers": ""}},
+                "post-config|$NEUTRON_UWSGI_CONF": {"uwsgi": {"add-header": "Connection: close"}},
+            },
+            "provider": {
+                "type": "LxcProvider",
+                "containers_per_host": 1,
+                "container_name_prefix": "rc-ctl",
+                "distribution": "debian",
+                "release": "bookworm",
+                "start_lxc_network": subnet,
+                "host_ca_certificates": True,
+                "host_provider": {"type": "ExistingServers", "credentials": credentials},
+            },
+        },
+        "nodes": [
+            {
+                "type": "LxcEngine",
+                "distribution": "debian",
+                "release": "bookworm",
+                "container_name": "rc-cpu",
+                "nodes_per_server": COMPUTES,
+                "start_lxc_network": subnet,
+                "host_ca_certificates": True,
+                "provider": {"type": "ExistingServers", "credentials": credentials},
+                "engine": {
+                    "name": "DevstackEngine",
+                    **devstack,
+                    "localrc": {
+                        "VIRT_DRIVER": "fake",
+                        "DATABASE_TYPE": "mysql",
+                        "MYSQL_HOST": "{controller_ip}",
+                        "RABBIT_HOST": "{controller_ip}",
+                        "GLANCE_HOSTPORT": "{controller_ip}:9292",
+                        "ENABLED_SERVICES": "n-cpu",
+                    },
+                },
+            }
+        ],
     }
 
 
@@ -75,8 +109,10 @@ def cloud_config(port, subnet):
 def host_agent(pki_dir):
     """An agent in this machine's namespace on a loop btrfs of its own (the controller's tree is a few GiB)."""
     if not MIRROR.is_dir():
-        pytest.skip(f"no OpenStack sources at {MIRROR} (git bundles of devstack, nova, ...): real devstack needs "
-                    "them on machines that cannot reach opendev.org")
+        pytest.skip(
+            f"no OpenStack sources at {MIRROR} (git bundles of devstack, nova, ...): real devstack needs "
+            "them on machines that cannot reach opendev.org"
+        )
     with loop_btrfs(size="24G", prefix="lxcagent-cloud-") as mountpoint:
         lxcpath = os.path.join(mountpoint, "lxc")
         os.mkdir(lxcpath)
@@ -107,29 +143,36 @@ def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(
     assert len(expected) == COMPUTES and len(set(expected)) == COMPUTES
 
     try:
-        deployed = coordinator("deploy", str(config), "--name", "cloud", "--log-dir", str(tmp_path / "logs"),
-                               *common)
-        assert f"{COMPUTES}/{COMPUTES} nova-compute services up as {COMPUTES} hypervisors" in deployed.stdout, \
+        deployed = coordinator("deploy", str(config), "--name", "cloud", "--log-dir", str(tmp_path / "logs"), *common)
+        assert f"{COMPUTES}/{COMPUTES} nova-compute services up as {COMPUTES} hypervisors" in deployed.stdout, (
             deployed.stdout + deployed.stderr
+        )
         agent = host_agent.connect()
 
         # What nova says, asked independently of the deployer's own check.
-        services = json.loads(admin(agent, controller, "openstack compute service list --service nova-compute "
-                                                       "-f json"))
+        services = json.loads(admin(agent, controller, "openstack compute service list --service nova-compute -f json"))
         assert sorted(s["Host"] for s in services) == expected
         assert {s["State"] for s in services} == {"up"}
         # 2.53: hypervisor IDs are the compute nodes' UUIDs (the compute_id files).
-        hypervisors = json.loads(admin(agent, controller, "OS_COMPUTE_API_VERSION=2.53 openstack hypervisor list "
-                                                          "-f json"))
+        hypervisors = json.loads(
+            admin(agent, controller, "OS_COMPUTE_API_VERSION=2.53 openstack hypervisor list -f json")
+        )
         assert sorted(h["Hypervisor Hostname"] for h in hypervisors) == expected
         assert {h["State"] for h in hypervisors} == {"up"}
         ids = {}
         for node in plan["nodes"]:
-            for host in node["nova_hosts"]:     # devstack's fake driver: <node>N from nova-fake.conf-N
-                index = host[len(node["name"]):]
-                read = agent.run(node["name"], ["sh", "-c", 'state=$(sed -n "s/^state_path = //p" "$1"); '
-                                                            'cat "$state/compute_id"; ls /opt/stack/data/nova',
-                                                "show", f"/etc/nova/nova-fake.conf-{index}"])
+            for host in node["nova_hosts"]:  # devstack's fake driver: <node>N from nova-fake.conf-N
+                index = host[len(node["name"]) :]
+                read = agent.run(
+                    node["name"],
+                    [
+                        "sh",
+                        "-c",
+                        'state=$(sed -n "s/^state_path = //p" "$1"); cat "$state/compute_id"; ls /opt/stack/data/nova',
+                        "show",
+                        f"/etc/nova/nova-fake.conf-{index}",
+                    ],
+                )
                 assert read["exit_code"] == 0, read
                 compute_id, *folders = read["stdout"].split()
                 ids[host] = compute_id
@@ -138,10 +181,18 @@ def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(
         assert {h["ID"] for h in hypervisors} == set(ids.values()), "nova's compute nodes are these UUIDs"
 
         # A client boots servers without networks, and they spread over the hypervisors.
-        admin(agent, controller, "head -c 1048576 /dev/zero > /tmp/dummy.img && openstack image create "
-                                 "--disk-format raw --container-format bare --file /tmp/dummy.img dummy -f json")
-        admin(agent, controller, f"openstack server create --image dummy --flavor m1.tiny --nic none "
-                                 f"--min {SERVERS} --max {SERVERS} load -f json")
+        admin(
+            agent,
+            controller,
+            "head -c 1048576 /dev/zero > /tmp/dummy.img && openstack image create "
+            "--disk-format raw --container-format bare --file /tmp/dummy.img dummy -f json",
+        )
+        admin(
+            agent,
+            controller,
+            f"openstack server create --image dummy --flavor m1.tiny --nic none "
+            f"--min {SERVERS} --max {SERVERS} load -f json",
+        )
         deadline = time.monotonic() + 300
         while True:
             servers = json.loads(admin(agent, controller, "openstack server list --long -f json"))
@@ -154,7 +205,7 @@ def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(
         assert len(used) > 1 and used <= set(expected), used
         admin(agent, controller, "openstack server delete --wait $(openstack server list -f value -c ID)")
         deadline = time.monotonic() + 120
-        while True:     # a deleted server may be listed as DELETED for a moment after the API has said so
+        while True:  # a deleted server may be listed as DELETED for a moment after the API has said so
             left = json.loads(admin(agent, controller, "openstack server list -f json"))
             if not left or {server["Status"] for server in left} != {"DELETED"} or time.monotonic() > deadline:
                 break

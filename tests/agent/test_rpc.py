@@ -7,12 +7,20 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from agent import pki
-from agent.errors import (AgentError, AuthenticationError, CommandTimeout, Conflict, ContainerError,
-                          InvalidArgument, NotFound)
+from agent.errors import (
+    AgentError,
+    AuthenticationError,
+    CommandTimeout,
+    Conflict,
+    ContainerError,
+    InvalidArgument,
+    NotFound,
+)
 from tests.support import lxc_states, subvolumes
 
 
@@ -24,13 +32,14 @@ def test_a_client_without_the_token_is_refused_before_any_method_runs(loopback_a
 
 def test_a_client_without_a_certificate_is_refused(loopback_agent):
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=f"{loopback_agent.pki_dir}/ca.crt")
-    with socket.create_connection((loopback_agent.host, loopback_agent.port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-                # TLS 1.3 reports the refused client certificate on the first read.
-                tls.sendall(b"PYRO")
-                assert tls.recv(1) == b"", "the agent must close the connection"
-                raise ConnectionError("closed by the agent")
+    with (  # noqa: PT012 (TLS 1.3 reports the refused client certificate on the first read)
+        socket.create_connection((loopback_agent.host, loopback_agent.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+    ):
+        tls.sendall(b"PYRO")
+        assert tls.recv(1) == b"", "the agent must close the connection"
+        raise ConnectionError("closed by the agent")
     assert loopback_agent.connect().info()["version"], "the agent still serves others"
 
 
@@ -80,29 +89,50 @@ def test_sixteen_clients_are_served_at_once_while_a_long_command_runs(loopback_a
     assert not long_call.is_alive()
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda a: a.create("../etc", "busybox"), InvalidArgument, "invalid container name"),
-    (lambda a: a.create("a..b", "busybox"), InvalidArgument, "no '..'"),
-    (lambda a: a.create("-lead", "busybox"), InvalidArgument, "start with a letter or digit"),
-    (lambda a: a.create("x" * 64, "busybox"), InvalidArgument, "at most 63"),
-    (lambda a: a.create("ok", "no-such-template"), InvalidArgument, "unknown template 'no-such-template'"),
-    (lambda a: a.clone("ghost", ["c1"]), NotFound, "source container 'ghost' does not exist"),
-    (lambda a: a.clone("base", "c1"), InvalidArgument, "expected a list"),
-    (lambda a: a.clone("base", ["c1", "c1"]), InvalidArgument, "listed twice"),
-    (lambda a: a.start(["ghost"]), NotFound, "no such container"),
-    (lambda a: a.stop(["ghost", "base"]), NotFound, "ghost"),
-    (lambda a: a.run("base", ["true"]), Conflict, "not running"),
-    (lambda a: a.run("ghost", ["true"]), NotFound, "does not exist"),
-    (lambda a: a.run("base", []), InvalidArgument, "non-empty list"),
-    (lambda a: a.run("base", ["true"], timeout=-1), InvalidArgument, "positive number"),
-    (lambda a: a.set_addresses("nobridge0", {"base": "10.1.1.5/24"}), NotFound, "ensure_network first"),
-    (lambda a: a.create("ok", "debian", release="nosuchrelease"), ContainerError,
-     "the template said:\n(.|\n)*Invalid release nosuchrelease"),
-], ids=["path-escape", "dot-dot", "leading-dash", "too-long", "unknown-template", "missing-source",
-        "names-not-a-list", "duplicate-names", "start-missing", "stop-missing", "run-stopped", "run-missing",
-        "run-empty-argv", "run-bad-timeout", "address-without-bridge", "template-fails"])
-def test_bad_input_gets_its_error_and_changes_nothing(loopback_agent, lxcpath, btrfs_mount, call, error,
-                                                      message):
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda a: a.create("../etc", "busybox"), InvalidArgument, "invalid container name"),
+        (lambda a: a.create("a..b", "busybox"), InvalidArgument, "no '..'"),
+        (lambda a: a.create("-lead", "busybox"), InvalidArgument, "start with a letter or digit"),
+        (lambda a: a.create("x" * 64, "busybox"), InvalidArgument, "at most 63"),
+        (lambda a: a.create("ok", "no-such-template"), InvalidArgument, "unknown template 'no-such-template'"),
+        (lambda a: a.clone("ghost", ["c1"]), NotFound, "source container 'ghost' does not exist"),
+        (lambda a: a.clone("base", "c1"), InvalidArgument, "expected a list"),
+        (lambda a: a.clone("base", ["c1", "c1"]), InvalidArgument, "listed twice"),
+        (lambda a: a.start(["ghost"]), NotFound, "no such container"),
+        (lambda a: a.stop(["ghost", "base"]), NotFound, "ghost"),
+        (lambda a: a.run("base", ["true"]), Conflict, "not running"),
+        (lambda a: a.run("ghost", ["true"]), NotFound, "does not exist"),
+        (lambda a: a.run("base", []), InvalidArgument, "non-empty list"),
+        (lambda a: a.run("base", ["true"], timeout=-1), InvalidArgument, "positive number"),
+        (lambda a: a.set_addresses("nobridge0", {"base": "10.1.1.5/24"}), NotFound, "ensure_network first"),
+        (
+            lambda a: a.create("ok", "debian", release="nosuchrelease"),
+            ContainerError,
+            "the template said:\n(.|\n)*Invalid release nosuchrelease",
+        ),
+    ],
+    ids=[
+        "path-escape",
+        "dot-dot",
+        "leading-dash",
+        "too-long",
+        "unknown-template",
+        "missing-source",
+        "names-not-a-list",
+        "duplicate-names",
+        "start-missing",
+        "stop-missing",
+        "run-stopped",
+        "run-missing",
+        "run-empty-argv",
+        "run-bad-timeout",
+        "address-without-bridge",
+        "template-fails",
+    ],
+)
+def test_bad_input_gets_its_error_and_changes_nothing(loopback_agent, lxcpath, btrfs_mount, call, error, message):
     agent = loopback_agent.connect()
     agent.create("base", "busybox")
     before = (lxc_states(lxcpath), subvolumes(btrfs_mount), sorted(os.listdir(lxcpath)))
@@ -124,9 +154,24 @@ def test_a_command_past_its_timeout_is_killed_and_reported(loopback_agent):
 
 
 def test_the_agent_refuses_a_non_loopback_address_without_tls(pki_dir, lxcpath):
-    result = subprocess.run([sys.executable, "-m", "agent.daemon", "serve", "--no-tls", "--listen",
-                             "198.18.200.1:7643", "--lxcpath", lxcpath, "--token-file", f"{pki_dir}/token"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent.daemon",
+            "serve",
+            "--no-tls",
+            "--listen",
+            "198.18.200.1:7643",
+            "--lxcpath",
+            lxcpath,
+            "--token-file",
+            f"{pki_dir}/token",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "refusing to listen on 198.18.200.1 without TLS" in result.stderr
 
@@ -136,9 +181,12 @@ def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path):
     if subprocess.run(["which", "systemd-analyze"], capture_output=True).returncode != 0:
         pytest.skip("systemd-analyze is not installed")
     # verify checks that ExecStart exists: point it at a stand-in with the same path layout.
-    text = open(unit).read()
+    text = Path(unit).read_text()
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", unit], capture_output=True, text=True)
-    problems = [line for line in result.stderr.splitlines()
-                if "lxc-agent.service" in line and "Command /usr/local/bin/lxc-agent" not in line]
+    problems = [
+        line
+        for line in result.stderr.splitlines()
+        if "lxc-agent.service" in line and "Command /usr/local/bin/lxc-agent" not in line
+    ]
     assert "ExecStart=/usr/local/bin/lxc-agent serve" in text
     assert problems == [], result.stderr

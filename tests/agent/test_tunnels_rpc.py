@@ -42,8 +42,9 @@ def test_containers_on_two_nodes_reach_each_other_through_a_vxlan_tunnel(two_nod
     end_a = a.ensure_tunnel("lxt-ab", "vxlan", host_a.address, host_b.address, [SUBNETS["a"]], [SUBNETS["b"]])
     end_b = b.ensure_tunnel("lxt-ab", "vxlan", host_b.address, host_a.address, [SUBNETS["b"]], [SUBNETS["a"]])
     assert end_a["mtu"] == end_b["mtu"] == 1450, "vxlan costs 50 bytes of the 1500-byte underlay"
-    assert a.ensure_tunnel("lxt-ab", "vxlan", host_a.address, host_b.address, [SUBNETS["a"]],
-                           [SUBNETS["b"]]) == end_a, "asking twice is a no-op"
+    assert (
+        a.ensure_tunnel("lxt-ab", "vxlan", host_a.address, host_b.address, [SUBNETS["a"]], [SUBNETS["b"]]) == end_a
+    ), "asking twice is a no-op"
     build_side(a, "a", end_a["mtu"])
     build_side(b, "b", end_b["mtu"])
 
