@@ -25,6 +25,7 @@ from coordinator.errors import CoordinatorError
 from coordinator.lxc import LxcContainers
 
 BOOT_TIMEOUT = 300
+CALL_TIMEOUT = 1800.0
 log = logging.getLogger(__name__)
 
 
@@ -37,20 +38,30 @@ class AgentLost(DeployError):
 
 
 class _HostAgent:
-    """A proxy to one host's agent whose broken connection becomes AgentLost naming the host and the call,
-    instead of Pyro5's traceback."""
+    """A proxy to one host's agent that never waits forever and never ends in Pyro5's traceback: each call gets a
+    deadline (call_timeout, or a command's own timeout plus call_timeout for run()), and a broken, silent or
+    garbled connection becomes AgentLost naming the host and the call."""
 
-    def __init__(self, proxy, address):
-        self._proxy, self._address = proxy, address
+    def __init__(self, proxy, address, call_timeout):
+        self._proxy, self._address, self._call_timeout = proxy, address, call_timeout
 
     def __getattr__(self, name):
-        attribute = getattr(self._proxy, name)
-        if name.startswith("_") or not callable(attribute):
-            return attribute
+        if name.startswith("_") or name in getattr(self._proxy, "__dict__", {}):  # not a remote method
+            return getattr(self._proxy, name)
 
         def call(*args, **options):
+            deadline = self._deadline(name, args, options)
+            self._proxy._pyroTimeout = deadline
             try:
-                return attribute(*args, **options)
+                # The first call's attribute lookup connects and asks the agent for its metadata: inside the try.
+                return getattr(self._proxy, name)(*args, **options)
+            except Pyro5.errors.TimeoutError:
+                raise AgentLost(
+                    f"the agent on host {self._address} did not answer {name}() within {deadline:.0f} s: it hangs, "
+                    f"or the host or network does; check `systemctl status lxc-agent` and its journal there "
+                    f"(restart it if it hangs: containers keep running), then deploy again under the same name "
+                    f"to resume"
+                ) from None
             except Pyro5.errors.CommunicationError as error:
                 raise AgentLost(
                     f"lost the agent on host {self._address} during {name}(): {error}; check that "
@@ -59,6 +70,14 @@ class _HostAgent:
                 ) from None
 
         return call
+
+    def _deadline(self, name, args, options):
+        """Seconds to wait for the answer: a command run with a timeout of its own may take that long first."""
+        if name == "run":
+            own = options.get("timeout", args[5] if len(args) > 5 else None)
+            if isinstance(own, int | float) and not isinstance(own, bool) and 0 < own < float("inf"):
+                return own + self._call_timeout
+        return self._call_timeout
 
 
 @dataclass
@@ -70,6 +89,9 @@ class Settings:
     status: object = None  # callable(node name, text or None): what a node's stack.sh is doing
     watch_interval: float = 10.0
     converge_timeout: float = nova.CONVERGE_TIMEOUT
+    # An agent call answers within this (run() within its command's timeout plus this): creating an image from a
+    # template downloads a distribution, which can take many minutes on a slow mirror.
+    call_timeout: float = CALL_TIMEOUT
     environ: dict = field(default_factory=lambda: dict(os.environ))  # where host_proxy settings come from
 
 
@@ -112,7 +134,7 @@ class Deployer:
                     f"runs there and listens on the port the config or --agent-port gives, then deploy "
                     f"again under the same name to resume"
                 ) from None
-            cache[host.address] = _HostAgent(proxy, host.address)
+            cache[host.address] = _HostAgent(proxy, host.address, self.settings.call_timeout)
             with self._record_lock:
                 self._opened.append(cache[host.address])
         return cache[host.address]

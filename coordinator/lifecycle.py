@@ -1,5 +1,6 @@
 """The CLI's deployment commands: deploy (or resume), list, show and destroy, over the store and the driver."""
 
+import argparse
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from rich.table import Table
 from agent import endpoint
 from coordinator import nova, resume, topology
 from coordinator.config import load_config
-from coordinator.driver import Deployer, DeployError, Settings
+from coordinator.driver import CALL_TIMEOUT, Deployer, DeployError, Settings
 from coordinator.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,13 @@ def add_arguments(commands):
             default=DEFAULT_PKI, help=f"agents' CA, client certificate and token (default {DEFAULT_PKI})"
         ),
         "--agent-port": dict(type=int, default=DEFAULT_PORT, help=f"agents' port (default {DEFAULT_PORT})"),
+        "--agent-timeout": dict(
+            type=_seconds,
+            default=CALL_TIMEOUT,
+            metavar="SECONDS",
+            help=f"give up on an agent that does not answer a call within this many seconds, naming the host and "
+            f"the step (a command it runs gets its own timeout on top; default {CALL_TIMEOUT:g})",
+        ),
     }
 
     def with_shared(parser):
@@ -81,6 +89,17 @@ def connector(args):
         )
 
     return connect_host
+
+
+def _seconds(text):
+    """A positive, finite number of seconds, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def default_name(config_path):
@@ -149,7 +168,13 @@ def deploy_command(args):
             len(plan.hosts),
             "on record, resuming" if existing else "new",
         )
-        deployer = Deployer(name, plan, store, connector(args), Settings(log_dir=os.path.abspath(args.log_dir)))
+        deployer = Deployer(
+            name,
+            plan,
+            store,
+            connector(args),
+            Settings(log_dir=os.path.abspath(args.log_dir), call_timeout=args.agent_timeout),
+        )
         try:
             # Before the deployment is recorded: a refused config can be fixed and deployed under the same name.
             deployer.preflight()
@@ -322,7 +347,9 @@ def show_command(args):
     store = Store(args.store)
     record = store.get(args.name)
     plan = stored_plan(store, record)
-    deployer = Deployer(args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR))
+    deployer = Deployer(
+        args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR, call_timeout=args.agent_timeout)
+    )
     try:
         state = live_state(plan, deployer)
     finally:
@@ -359,7 +386,9 @@ def destroy_command(args):
             len(plan.hosts),
             len(store.resources(args.name)),
         )
-        deployer = Deployer(args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR))
+        deployer = Deployer(
+            args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR, call_timeout=args.agent_timeout)
+        )
         try:
             deployer.destroy()
         finally:

@@ -166,3 +166,69 @@ def test_a_failing_stack_sh_is_reported_with_node_exit_code_and_log_and_destroy_
     again = coordinator("destroy", "broken", *common, check=False)
     assert again.returncode == 1
     assert "no deployment named 'broken'" in again.stderr and "Traceback" not in again.stderr
+
+
+def agent_pid(process):
+    """The lxc-agent process itself under the nsenter/unshare/sh chain that started it in its node."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    queue = [process.pid]
+    while queue:
+        pid = queue.pop()
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"agent.daemon" in cmdline and b"serve" in cmdline:
+            return pid
+        queue += children.get(pid, [])
+    raise AssertionError(f"no lxc-agent process under pid {process.pid}")
+
+
+def test_an_agent_that_hangs_mid_deploy_is_named_with_host_and_phase_and_a_resume_completes(node_agent, tmp_path):
+    """The agent stops answering (SIGSTOP) while the containers are made: the deploy gives up after
+    --agent-timeout naming the host and the phase, instead of waiting for ever; once the agent runs again, deploying
+    under the same name finishes the cloud."""
+    config, plan, common = setup_cloud(node_agent, tmp_path)
+    store = str(tmp_path / "store.sqlite")
+    deploy = ["deploy", str(config), "--name", "hang", "--log-dir", str(tmp_path / "logs"), "--agent-timeout", "5"]
+    links_before = sh("ip", "-br", "link", netns=node_agent.netns)
+    pid = agent_pid(node_agent.process)
+    with open(tmp_path / "first.out", "w") as out, open(tmp_path / "first.err", "w") as err:
+        first = subprocess.Popen([sys.executable, "-m", "coordinator.cli", *deploy, *common], stdout=out, stderr=err)
+    try:
+        wait_for(
+            lambda: any(key.startswith("containers:") for key in steps(store, "running")),
+            first,
+            "the containers step",
+            tmp_path / "first.err",
+        )
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            code = first.wait(120)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    message = (tmp_path / "first.err").read_text()
+    assert code == 1, message
+    assert "Traceback" not in message
+    assert f"phase containers: the agent on host {node_agent.host} did not answer " in message, message
+    assert "within 5 s" in message and "deploy again under the same name to resume" in message
+
+    coordinator(*deploy, *common)
+    assert set(steps(store).values()) == {"done"}, steps(store)
+    shown = json.loads(coordinator("show", "hang", "--json", *common).stdout)
+    assert shown["status"] == "deployed"
+    assert_deployed_as_planned(node_agent, plan, shown)
+    coordinator("destroy", "hang", *common)
+    assert_nothing_left(node_agent, links_before)
