@@ -157,6 +157,27 @@ class Deployer:
             self._phase(phase.name, lambda phase=phase: phase.run(self))
         return self.report
 
+    def scale(self, change):
+        """A running deployment grown or shrunk as `change` (scale.Change) says, then the cloud proved again with
+        the engine's join phases: removed nodes are taken out first, then the new copies are made."""
+        self.preflight()
+        self.started = self.replicate_started = time.monotonic()
+        for verb, nodes, work in (
+            ("remove", change.removed, self.provider.remove),
+            ("add", change.added, self.provider.add_copies),
+        ):
+            if nodes:
+                self._phase(
+                    f"{verb} computes",
+                    lambda nodes=nodes, work=work: self.each_host(
+                        lambda host: work(self, host, [node for node in nodes if node.host == host.address])
+                    ),
+                )
+        for phase in walk_order(self.engine):
+            if phase.stage == "join":
+                self._phase(phase.name, lambda phase=phase: phase.run(self))
+        return self.report
+
     def preflight(self):
         """What can be known to fail before anything changes: first what the engine finds in the plan alone,
         then what each host's agent answers to the provider and the engine (tunnel kinds and services its kernel

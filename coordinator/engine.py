@@ -88,3 +88,12 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def preflight_host(self, deployer, host, agent):
         """Problems one host has with the plan, asked of its agent before anything changes, one line each."""
+
+    @abc.abstractmethod
+    def add_copies(self, deployer, host, nodes):
+        """More copies of the host's ready sources, in a running deployment (scale up), made members of the cloud
+        through the engine."""
+
+    @abc.abstractmethod
+    def remove(self, deployer, host, nodes):
+        """Nodes of a running deployment taken out of the cloud through the engine, then destroyed (scale down)."""

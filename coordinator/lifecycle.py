@@ -1,4 +1,4 @@
-"""The CLI's deployment commands: deploy (or resume), list, show and destroy, over the store and the driver."""
+"""The CLI's deployment commands: deploy (or resume), list, show, scale and destroy, over the store and the driver."""
 
 import argparse
 import json
@@ -14,9 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agent import endpoint
-from coordinator import nova, resume, topology
-from coordinator.config import load_config
+from coordinator import nova, resume, scale, topology
+from coordinator.config import load_config, validate
 from coordinator.driver import CALL_TIMEOUT, Deployer, DeployError, Settings
+from coordinator.providers import MAX_PER_HOST
 from coordinator.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ WIDE = 400  # columns for tables when stdout is not a terminal (a log, CI): rich
 
 
 def add_arguments(commands):
-    """Subcommands deploy, list, show and destroy, with the options they share."""
+    """Subcommands deploy, list, show, destroy and scale, with the options they share."""
     shared: dict[str, dict[str, Any]] = {
         "--store": dict(
             help="deployment records (default $LXC_COORDINATOR_STORE or /var/lib/lxc-coordinator/deployments.sqlite)"
@@ -72,6 +73,24 @@ def add_arguments(commands):
     destroy.add_argument("name", metavar="NAME", help="the deployment's name (`coordinator list` shows them)")
     destroy.set_defaults(run=destroy_command)
 
+    grow = with_shared(
+        commands.add_parser(
+            "scale",
+            help="grow or shrink a running deployment's group of cloned computes",
+            description="Set how many computes each host of a group runs. New ones are clones of the host's first "
+            "compute, each its own nova compute; removed ones (the last of each host) are deleted from nova's "
+            "services and placement, then destroyed. No other node changes name or address. The change is "
+            "shown before it is made; the deploy ends when every planned compute is up again.",
+        )
+    )
+    grow.add_argument("name", metavar="NAME", help="the deployment's name (`coordinator list` shows them)")
+    grow.add_argument(
+        "--computes", type=_count, required=True, metavar="N", help="computes per host of the group (1 or more)"
+    )
+    grow.add_argument("--group", metavar="PATH", help="the group's config path (e.g. nodes[1]) when there are several")
+    grow.add_argument("--dry-run", action="store_true", help="show what would change, and change nothing")
+    grow.set_defaults(run=scale_command)
+
 
 def connector(args):
     """connect(host) for the driver: the host's own overrides from the config, else the command line's."""
@@ -100,6 +119,13 @@ def _seconds(text):
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+def _count(text):
+    """A count of computes per host, for argparse."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PER_HOST:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_PER_HOST}, got {text!r}")
+    return int(text)
 
 
 def default_name(config_path):
@@ -396,4 +422,60 @@ def destroy_command(args):
         store.delete(args.name)
         log.info("destroy %r done", args.name)
     print(f"destroyed {args.name}")
+    return 0
+
+
+def scale_command(args):
+    """`coordinator scale NAME --computes N`: the recorded config with the group's new count, planned against the
+    recorded plan; the change is shown, then made (removed computes first), and the cloud proved again."""
+    store = Store(args.store)
+    console = Console(stderr=True)
+    with store.lock(args.name):
+        record = store.get(args.name)
+        old_plan = stored_plan(store, record)
+        if record["status"] != "deployed":
+            raise DeployError(
+                f"deployment {args.name!r} is not deployed (status {record['status']}): finish it first "
+                f"(coordinator deploy CONFIG --name {args.name} resumes it), then scale it"
+            )
+        config = validate(record["config"])
+        spec = scale.choose_group(config, args.group)
+        data = scale.scaled(record["config"], spec, args.computes)
+        new_plan = topology.plan(validate(data), previous=old_plan)
+        change, plan = scale.change(spec, old_plan, new_plan, args.computes)
+        for line in change.describe():
+            print(line)
+        if args.dry_run or (not change.added and not change.removed):
+            return 0
+        log.info("scale %r: %s", args.name, change.describe()[0])
+        deployer = Deployer(
+            args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR, call_timeout=args.agent_timeout)
+        )
+        try:
+            with Progress(
+                TextColumn("{task.description:16}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            ) as progress:
+                tasks = {}
+
+                def report(phase, done, total):
+                    if phase not in tasks:
+                        tasks[phase] = progress.add_task(phase, total=total)
+                    progress.update(tasks[phase], completed=done, total=total)
+
+                deployer.settings.progress = report
+                result = deployer.scale(change)
+            # The new layout is recorded once it is made: a scale cut off is simply asked for again.
+            store.replace_config(args.name, data, plan.to_dict())
+            log.info("scale %r done", args.name)
+            for phase, seconds in result.phases.items():
+                console.print(f"{phase:16} {seconds:8.1f} s")
+            if result.convergence:
+                print(nova.summary(result.convergence), flush=True)
+        finally:
+            deployer.close()
     return 0

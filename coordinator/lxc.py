@@ -154,17 +154,53 @@ class LxcContainers(Provider):
                         if names:
                             agent.destroy(names)
                         d.forget_nodes([first, *group])
-                    agent.stop([first.name], STOP_TIMEOUT)
-                    if names:
-                        agent.clone(first.name, names)
-                    agent.start([first.name])  # boots alongside its clones; the deploy ends with all of them up
+                    self._copy(d, agent, host, first, group)
                     d.progress("clones", len(names), len(clones))
-                    if group:
-                        self._address_and_start(d, agent, host, group)
-                    d.wait_booted(agent, [first.name], host=host.address)
             with d.step(f"start-scripts:{first.name}") as todo:
                 if todo:
                     self._personalize(d, host, first, group)
+
+    def _copy(self, d, agent, host, first, group):
+        """Clones of a stopped first compute, started with their own addresses, the first started again."""
+        names = [node.name for node in group]
+        agent.stop([first.name], STOP_TIMEOUT)
+        if names:
+            agent.clone(first.name, names)
+        agent.start([first.name])  # boots alongside its clones; the deploy ends with all of them up
+        if group:
+            self._address_and_start(d, agent, host, group)
+        d.wait_booted(agent, [first.name], host=host.address)
+
+    # -- a running deployment scaled -----------------------------------------------------------------------------
+
+    def add_copies(self, d, host, nodes):
+        """More clones of a host's running first computes: each first compute is sealed again (no copy may boot
+        into the cloud under its identity), stopped, copied and started, and every new clone, and the first
+        again, personalized by the engine. Safe to run again: existing clones are kept, identities too."""
+        agent = d.agent_for(host)
+        for first in d.plan.nodes_on(host.address, "first"):
+            group = [node for node in nodes if node.source == first.name]
+            if not group:
+                continue
+            for node in group:
+                d.record(host.address, "container", node.name)
+            d.engine.seal(agent, first)
+            self._copy(d, agent, host, first, group)
+            self._personalize(d, host, first, group)
+
+    @staticmethod
+    def remove(d, host, nodes):
+        """Nodes taken out of the cloud: stopped (so none reports to the cloud again), forgotten by the cloud
+        (through the engine), then destroyed and their records dropped."""
+        if not nodes:
+            return
+        agent = d.agent_for(host)
+        names = [node.name for node in nodes]
+        agent.stop(names, STOP_TIMEOUT)
+        d.forget_nodes(nodes)
+        agent.destroy(names)
+        for name in names:
+            d.forget_resource(host.address, "container", name)
 
     @staticmethod
     def _personalize(d, host, first, clones):

@@ -9,7 +9,7 @@ import Pyro5.errors
 import pytest
 
 from agent.errors import CommandTimeout, Conflict
-from coordinator import devstack, nova, topology
+from coordinator import devstack, nova, scale, topology
 from coordinator.config import validate
 from coordinator.devstack_engine import Devstack
 from coordinator.driver import AgentLost, Deployer, DeployError, Settings, wait_booted
@@ -654,3 +654,58 @@ def test_an_engine_must_say_how_it_does_everything_the_walk_asks_of_it():
         Incomplete()
     with pytest.raises(ValueError, match="unknown stage 'later'"):
         Phase("x", "later", lambda d: None)
+
+
+def test_scaling_removes_from_nova_before_destroying_and_clones_a_resealed_first_compute(world):
+    plan, store, journal, failures, deployer = world
+    deployer().deploy()
+    config = validate(SEED_LIKE)
+    spec = scale.choose_group(config, None)
+
+    def scaled_to(count, old):
+        data = scale.scaled(SEED_LIKE, spec, count)
+        return scale.change(spec, old, topology.plan(validate(data), previous=old), count)
+
+    change, bigger = scaled_to(5, plan)
+    journal.clear()
+    Deployer(
+        "t",
+        bigger,
+        store,
+        deployer().connect,
+        Settings(log_dir="/tmp"),
+        engine=Devstack(FakeSteps(journal), FakeSteps(journal, "nova")),
+    ).scale(change)
+    added = sorted(node.name for node in change.added)
+    assert added == ["cmp-10-100-1-004", "cmp-10-100-2-004"]
+    assert sorted((host, args[1]) for host, args in calls(journal, "clone")) == [
+        ("198.18.0.10", ["cmp-10-100-1-004"]),
+        ("198.18.0.11", ["cmp-10-100-2-004"]),
+    ]
+    for first in ("cmp-10-100-1-000", "cmp-10-100-2-000"):
+        steps = [op for _, op, args in journal if args[:1] in ([first], [[first]])]
+        assert steps.index("nova.seal") < steps.index("stop") < steps.index("start"), steps
+        assert steps[-2:] == ["nova.identify", "nova.start_services"], "the first compute is itself again"
+    for name in added:
+        steps = [op for _, op, args in journal if args == [name]]
+        assert steps == ["nova.identify", "devstack.run_start_script", "nova.start_services"], steps
+    assert [op for _, op, _ in journal][-1] == "nova.converge"
+    assert not calls(journal, "devstack.run_stack"), "no stack.sh in a scale"
+
+    change, smaller = scaled_to(2, bigger)
+    journal.clear()
+    Deployer(
+        "t",
+        smaller,
+        store,
+        deployer().connect,
+        Settings(log_dir="/tmp"),
+        engine=Devstack(FakeSteps(journal), FakeSteps(journal, "nova")),
+    ).scale(change)
+    removed = sorted(node.name for node in change.removed)
+    assert len(removed) == 6
+    order = [(op, host) for host, op, _ in journal if op in ("stop", "nova.forget", "destroy")]
+    assert [op for op, _ in order] == ["stop", "nova.forget", "destroy"] * 2, "per host: stopped, forgotten, destroyed"
+    assert sorted(name for _, args in calls(journal, "destroy") for name in args[0]) == removed
+    assert not {r["name"] for r in store.resources("t")} & set(removed), "their records are dropped"
+    assert not calls(journal, "clone")

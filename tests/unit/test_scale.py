@@ -1,0 +1,80 @@
+"""`coordinator scale`'s pure part: which group, the config with its new count, and the nodes added and removed."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from coordinator import scale, topology
+from coordinator.config import validate
+from tests.unit.test_driver import SEED_LIKE
+
+SEED = json.loads((Path(__file__).parents[2] / "configs" / "seed.json").read_text())
+
+
+def scaled_plan(data, count, group=None):
+    config = validate(data)
+    old = topology.plan(config)
+    spec = scale.choose_group(config, group)
+    new_data = scale.scaled(data, spec, count)
+    change, plan = scale.change(spec, old, topology.plan(validate(new_data), previous=old), count)
+    return old, new_data, change, plan
+
+
+def test_the_seeds_one_cloned_group_grows_by_clones_and_nothing_else_moves():
+    old, data, change, plan = scaled_plan(SEED, 66)
+    assert data["nodes"][0]["nodes_per_server"] == 66, "the count is set where the config wrote it (alias kept)"
+    assert SEED["nodes"][0]["nodes_per_server"] == 64, "the config on record is not changed in place"
+    assert [(n.name, n.address, n.kind, n.source) for n in change.added] == [
+        ("devstack-compute-10-100-1-064", "10.100.1.67", "clone", "devstack-compute-10-100-1-000"),
+        ("devstack-compute-10-100-1-065", "10.100.1.68", "clone", "devstack-compute-10-100-1-000"),
+    ]
+    assert change.removed == ()
+    assert plan.nodes[: len(old.nodes)] == old.nodes, "the nodes kept are the recorded plan's own"
+    assert change.describe()[0] == "nodes[0]: 64 -> 66 compute(s) per host"
+
+
+def test_shrinking_removes_the_last_clones_of_each_host():
+    old, _, change, plan = scaled_plan(SEED_LIKE, 2)
+    assert sorted(n.name for n in change.removed) == [
+        "cmp-10-100-1-002",
+        "cmp-10-100-1-003",
+        "cmp-10-100-2-002",
+        "cmp-10-100-2-003",
+    ]
+    assert {n.name for n in plan.nodes} == {n.name for n in old.nodes} - {n.name for n in change.removed}
+    lines = change.describe()
+    assert lines[0] == "nodes[0]: 4 -> 2 compute(s) per host"
+    assert "  host 198.18.0.10: removes 2: cmp-10-100-1-002 (10.100.1.5), cmp-10-100-1-003 (10.100.1.6)" in lines
+
+
+def test_the_same_count_changes_nothing():
+    _, _, change, _ = scaled_plan(SEED_LIKE, 4)
+    assert (change.added, change.removed) == ((), ())
+    assert change.describe()[-1] == "  nothing to change"
+
+
+def test_a_group_is_named_when_there_are_several_and_only_cloned_groups_scale():
+    data = json.loads(json.dumps(SEED_LIKE))
+    data["nodes"].append(json.loads(json.dumps(data["nodes"][0])) | {"container_name": "other"})
+    config = validate(data)
+    with pytest.raises(scale.ScaleError, match=r"2 groups of cloned computes \(nodes\[0\], nodes\[1\]\): name one"):
+        scale.choose_group(config, None)
+    assert scale.choose_group(config, "nodes[1]").path == "nodes[1]"
+    with pytest.raises(
+        scale.ScaleError,
+        match=r"controller is the controller, not a group of cloned computes; the groups scale can change",
+    ):
+        scale.choose_group(config, "controller")
+
+
+def test_a_change_that_would_move_another_node_is_refused():
+    config = validate(SEED_LIKE)
+    old = topology.plan(config)
+    spec = scale.choose_group(config, None)
+    moved = dataclasses.replace(
+        old, nodes=tuple(dataclasses.replace(n, address="10.9.9.9") if n.role == "controller" else n for n in old.nodes)
+    )
+    with pytest.raises(scale.ScaleError, match="would change other nodes"):
+        scale.change(spec, moved, topology.plan(config), 4)
