@@ -1,5 +1,6 @@
 """A real dummy cloud: real devstack (stable/2026.1 from ../shared/openstack) in Debian containers, 1 controller and
-an LxcEngine group of 4 fake computes (the first stacked, 3 clones), deployed through the coordinator CLI.
+an LxcEngine group of 4 fake computes (the first stacked, 3 clones), deployed through the coordinator CLI, then
+scaled to 5 computes and down to 3.
 
 Asserts what a cloud's user sees: 4 distinct nova-compute services and 4 hypervisors up, 8 servers (no NICs,
 compute API 2.37+) ACTIVE on more than one hypervisor, `openstack server list` answering; then destroy leaves
@@ -132,6 +133,12 @@ def admin(agent, controller, command, timeout=300):
     return result["stdout"]
 
 
+def hypervisor_hosts(agent, controller):
+    """Every hypervisor nova lists, whatever its state."""
+    listed = json.loads(admin(agent, controller, "openstack hypervisor list -f json"))
+    return sorted(h["Hypervisor Hostname"] for h in listed)
+
+
 def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(host_agent, pki_dir, tmp_path):
     subnet = free_subnet()
     config = tmp_path / "cloud.json"
@@ -211,6 +218,19 @@ def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(
                 break
             time.sleep(2)
         assert left == [], left
+
+        # Scaled up, the new clone becomes its own hypervisor; scaled down, the removed computes leave nova.
+        grown = coordinator("scale", "cloud", "--computes", str(COMPUTES + 1), *common)
+        assert f"{COMPUTES + 1}/{COMPUTES + 1} nova-compute services up" in grown.stdout, grown.stdout + grown.stderr
+        first = next(node["name"] for node in plan["nodes"] if node["kind"] == "first")
+        added = first[: -len("000")] + f"{COMPUTES:03d}"
+        assert hypervisor_hosts(agent, controller) == sorted([*expected, f"{added}1"])
+        shrunk = coordinator("scale", "cloud", "--computes", str(COMPUTES - 1), *common)
+        assert f"{COMPUTES - 1}/{COMPUTES - 1} nova-compute services up" in shrunk.stdout, shrunk.stdout + shrunk.stderr
+        kept = sorted(expected)[: COMPUTES - 1]
+        assert hypervisor_hosts(agent, controller) == kept, "removed computes leave nova's hypervisor list"
+        services = json.loads(admin(agent, controller, "openstack compute service list --service nova-compute -f json"))
+        assert sorted(s["Host"] for s in services) == kept
     finally:
         destroyed = coordinator("destroy", "cloud", *common, check=False)
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
