@@ -1,6 +1,7 @@
 """The CLI's deployment commands: deploy (or resume), list, show, scale and destroy, over the store and the driver."""
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -121,6 +122,28 @@ def _seconds(text):
     return value
 
 
+@contextlib.contextmanager
+def progress_bars(console, deployer):
+    """A bar per phase that reports progress (deployer.settings.progress), on the console; yields the display."""
+    with Progress(
+        TextColumn("{task.description:16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        tasks = {}
+
+        def report(phase, done, total):
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done, total=total)
+
+        deployer.settings.progress = report
+        yield progress
+
+
 def _count(text):
     """A count of computes per host, for argparse."""
     if not text.isdigit() or not 1 <= int(text) <= MAX_PER_HOST:
@@ -210,22 +233,7 @@ def deploy_command(args):
                 f"{'Resuming' if resumed else 'Deploying'} [bold]{name}[/bold]: {len(plan.nodes)} "
                 f"node(s) on {len(plan.hosts)} host(s)"
             )
-            with Progress(
-                TextColumn("{task.description:16}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                transient=False,
-            ) as progress:
-                tasks = {}
-
-                def report(phase, done, total):
-                    if phase not in tasks:
-                        tasks[phase] = progress.add_task(phase, total=total)
-                    progress.update(tasks[phase], completed=done, total=total)
-
-                deployer.settings.progress = report
+            with progress_bars(console, deployer) as progress:
                 nodes = {}
 
                 def status(node, text):
@@ -452,22 +460,7 @@ def scale_command(args):
             args.name, plan, store, connector(args), Settings(log_dir=DEFAULT_LOG_DIR, call_timeout=args.agent_timeout)
         )
         try:
-            with Progress(
-                TextColumn("{task.description:16}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                transient=False,
-            ) as progress:
-                tasks = {}
-
-                def report(phase, done, total):
-                    if phase not in tasks:
-                        tasks[phase] = progress.add_task(phase, total=total)
-                    progress.update(tasks[phase], completed=done, total=total)
-
-                deployer.settings.progress = report
+            with progress_bars(console, deployer):
                 result = deployer.scale(change)
             # The new layout is recorded once it is made: a scale cut off is simply asked for again.
             store.replace_config(args.name, data, plan.to_dict())

@@ -666,16 +666,13 @@ def test_scaling_removes_from_nova_before_destroying_and_clones_a_resealed_first
         data = scale.scaled(SEED_LIKE, spec, count)
         return scale.change(spec, old, topology.plan(validate(data), previous=old), count)
 
+    def scale_to(new_plan, change):
+        journal.clear()
+        engine = Devstack(FakeSteps(journal), FakeSteps(journal, "nova"))
+        Deployer("t", new_plan, store, deployer().connect, Settings(log_dir="/tmp"), engine=engine).scale(change)
+
     change, bigger = scaled_to(5, plan)
-    journal.clear()
-    Deployer(
-        "t",
-        bigger,
-        store,
-        deployer().connect,
-        Settings(log_dir="/tmp"),
-        engine=Devstack(FakeSteps(journal), FakeSteps(journal, "nova")),
-    ).scale(change)
+    scale_to(bigger, change)
     added = sorted(node.name for node in change.added)
     assert added == ["cmp-10-100-1-004", "cmp-10-100-2-004"]
     assert sorted((host, args[1]) for host, args in calls(journal, "clone")) == [
@@ -693,15 +690,7 @@ def test_scaling_removes_from_nova_before_destroying_and_clones_a_resealed_first
     assert not calls(journal, "devstack.run_stack"), "no stack.sh in a scale"
 
     change, smaller = scaled_to(2, bigger)
-    journal.clear()
-    Deployer(
-        "t",
-        smaller,
-        store,
-        deployer().connect,
-        Settings(log_dir="/tmp"),
-        engine=Devstack(FakeSteps(journal), FakeSteps(journal, "nova")),
-    ).scale(change)
+    scale_to(smaller, change)
     removed = sorted(node.name for node in change.removed)
     assert len(removed) == 6
     order = [(op, host) for host, op, _ in journal if op in ("stop", "nova.forget", "destroy")]
