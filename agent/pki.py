@@ -96,13 +96,7 @@ def read_token(path):
     path = os.fspath(path)
     try:
         with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if mode & 0o077:
-                raise InvalidArgument(
-                    f"token file {path} is readable or writable by group/others "
-                    f"(mode {mode & 0o777:03o}); run `chmod 600 {path}`",
-                    path=path,
-                )
+            _refuse_shared(handle, "token file", path)
             data = handle.read()
     except FileNotFoundError:
         raise InvalidArgument(f"token file {path} does not exist; {INIT_HINT}", path=path) from None
@@ -120,11 +114,14 @@ def read_token(path):
 def server_ssl_context(cert, key, ca):
     """The agent's TLS context: presents agent.crt, accepts only clients with a cert from our CA.
 
-    Only `ca` is trusted (never the system store), so a public certificate cannot get in.
+    Only `ca` is trusted (never the system store), so a public certificate cannot get in. The key is refused if
+    group or others could read it, as the token is.
     """
     context = _base_context(ssl.PROTOCOL_TLS_SERVER)
     context.verify_mode = ssl.CERT_REQUIRED
     _load(context, cert, key, ca)
+    with open(key, "rb") as handle:  # _load read it already: it exists and is readable
+        _refuse_shared(handle, "agent key", os.fspath(key))
     return context
 
 
@@ -339,6 +336,16 @@ def _cert_pem(cert):
 
 
 # --- files ---------------------------------------------------------------------------------------
+
+
+def _refuse_shared(handle, what, path):
+    """A secret must be the owner's alone: refused when group or others have any access to it."""
+    mode = os.fstat(handle.fileno()).st_mode
+    if mode & 0o077:
+        raise InvalidArgument(
+            f"{what} {path} is readable or writable by group/others (mode {mode & 0o777:03o}); run `chmod 600 {path}`",
+            path=path,
+        )
 
 
 def _make_private_dir(directory):
