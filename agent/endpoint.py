@@ -7,3 +7,5 @@ nftables just to learn a port number.
 OBJECT_ID = "lxc.agent"  # the Pyro5 object id of the one exposed AgentService
 DEFAULT_PORT = 7643
 DEFAULT_PKI = "/etc/lxc-agent/pki"  # where `lxc-agent init-pki` writes, and where both sides look by default
+# Starts the reason of a refused connect handshake when the agent is full (max_clients): try again shortly.
+BUSY = "busy:"
