@@ -3,6 +3,7 @@ start, stop, destroy, run, inspect.
 
 Every False from liblxc becomes a ContainerError naming the container. Functions that make liblxc fork
 (create, start, attach, get_ips, copy clones) are called through agent.workers, never from RPC threads.
+Only containers lxc-agent made (storage.is_agents) are ever changed: others under the lxcpath are refused.
 """
 
 import contextlib
@@ -23,7 +24,13 @@ from agent import btrfs, guest, storage
 from agent.errors import AgentError, CommandTimeout, Conflict, ContainerError, InvalidArgument, NotFound, StorageError
 
 TEMPLATE_DIR = "/usr/share/lxc/templates"
-METADATA_FILE = "lxc-agent.json"
+METADATA_FILE = storage.METADATA_FILE
+# What liblxc forks (a container's init, commands in it, templates) inherits the agent's umask, and liblxc resets
+# it nowhere: they get a machine's usual one, whatever the agent's own (its systemd unit sets 0077).
+GUEST_UMASK = 0o022
+# The first record of a create or clone, in the container's folder as soon as it exists: the folder is the
+# agent's from then on (destroy removes what a killed agent left), and never taken for a finished container.
+UNFINISHED = {"unfinished": True}
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OUTPUT_LIMIT = 64 * 1024 * 1024
 # Templates that add distribution packages, and how they are told (see their --help): apt-based, so what they
@@ -83,6 +90,31 @@ def write_metadata(lxcpath, name, metadata):
     os.replace(path + ".tmp", path)
 
 
+def require_agents(lxcpath, names):
+    """Conflict naming those of `names` that exist but were not made by lxc-agent, before anything changes; the
+    folders of the others are made private again (an earlier agent left them open to every user)."""
+    foreign = [name for name in names if not storage.is_agents(lxcpath, name) and exists(lxcpath, name)]
+    if foreign:
+        raise Conflict(
+            f"container(s) {foreign} in {lxcpath} were not made by lxc-agent (no {METADATA_FILE} in their "
+            "folders), and it changes nothing it did not make: manage them with the lxc-* tools, or use other names",
+            containers=foreign,
+        )
+    for name in names:
+        if storage.is_agents(lxcpath, name):
+            storage.make_container_private(lxcpath, name)
+
+
+@contextlib.contextmanager
+def _umask(mask):
+    """The umask of what liblxc forks meanwhile; only in worker processes, which run one call at a time."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
 def _hide_host_tunables(container, name):
     mounted = container.get_config_item("lxc.mount.entry") or []
     for path in HIDDEN_HOST_TUNABLES:
@@ -101,6 +133,11 @@ def create(lxcpath, name, template, release=None, packages=(), backend="btrfs"):
     """A container from the image for (template, release, packages), made the way clones are made for the
     backend; the template runs only if that image is not cached yet. On any failure remove what was made for the
     container (and a half-made image). Forks (runs the template; copies). Returns the image key."""
+    if storage.is_agents(lxcpath, name) and not exists(lxcpath, name):
+        raise Conflict(
+            f"container {name!r} is unfinished (its create or clone was cut short); destroy it and ask again",
+            container=name,
+        )
     if os.path.exists(os.path.join(lxcpath, name)):
         raise Conflict(
             f"{os.path.join(lxcpath, name)} exists but is not a container; remove it or pick another name",
@@ -136,6 +173,8 @@ def already_created(lxcpath, name, template, release, packages):
 
 def origin(metadata):
     """How a container was made, in words, from its metadata."""
+    if metadata.get("unfinished"):
+        return "an unfinished create or clone (cut short; destroy it and ask again)"
     if metadata.get("clone_of"):
         return f"a clone of {metadata['clone_of']!r}"
     if metadata.get("template"):
@@ -168,13 +207,13 @@ def ensure_image(lxcpath, name, template, release, packages):
         return key
     storage.remove_image_files(lxcpath, key)  # what an interrupted run left: never sealed, never used
     images = storage.images_path(lxcpath)
-    os.makedirs(images, mode=0o700, exist_ok=True)
+    storage.make_agent_folder(images)
     image = _container(images, key)
     args: tuple[str, ...] = ("--release", release) if release else ()
     if packages:
         args += (f"{PACKAGE_OPTIONS[template]}={','.join(packages)}",)
     try:
-        with _captured_output() as output:
+        with _captured_output() as output, _umask(GUEST_UMASK):
             created = image.create(template, 0, args, "btrfs" if btrfs.is_btrfs(lxcpath) else "dir")
         if not created:
             raise ContainerError(
@@ -238,8 +277,10 @@ def _missing_packages(rootfs, packages):
 def _from_image(lxcpath, name, key, backend, metadata):
     """The container's own rootfs from an image: a btrfs snapshot, an overlay with the image as its bottom
     layer, or a full copy; with its own name, host name and machine-id, and no network."""
-    os.mkdir(os.path.join(lxcpath, name))  # fails if it exists: the cleanup below only ever removes its own
+    # Fails if it exists: the cleanup below only ever removes its own.
+    storage.make_folder(os.path.join(lxcpath, name), storage.CONTAINER_MODE)
     try:
+        write_metadata(lxcpath, name, UNFINISHED)
         container = _container(lxcpath, name)
         _check(container.load_config(storage.image_config(lxcpath, key)), name, f"load the config of image {key} for")
         if backend == "overlay":
@@ -297,8 +338,11 @@ def clone(lxcpath, name, source, backend="btrfs"):
     """A clone with its own identity. btrfs: a snapshot of the rootfs; overlay: its own upper dir over the
     source's frozen layers (see storage.clone_lowers); copy: liblxc's full copy (forks)."""
     folder = os.path.join(lxcpath, name)
-    os.mkdir(folder)  # fails if it exists: what follows may only ever clean up its own folder
+    # Fails if it exists: what follows may only ever clean up its own folder.
+    storage.make_folder(folder, storage.CONTAINER_MODE)
     try:
+        if backend != "copy":
+            write_metadata(lxcpath, name, UNFINISHED)
         if backend == "btrfs":
             storage.snapshot_rootfs(lxcpath, source, name)
             container = _configured_like(lxcpath, name, source)
@@ -313,13 +357,16 @@ def clone(lxcpath, name, source, backend="btrfs"):
             spec = storage.make_overlay(lxcpath, name, lowers)
             container = _configured_like(lxcpath, name, source)
         else:
-            os.rmdir(folder)  # liblxc makes it
+            os.rmdir(folder)  # liblxc makes it: with the umask's mode, so none but root sees the copy being made
             # An overlay source is copied as the container sees it (merged) into a plain folder.
             overlay_source = storage.parse_overlay(storage.read_rootfs_spec(lxcpath, source)) is not None
-            copied = _container(lxcpath, source).clone(
-                name, config_path=lxcpath, flags=lxc.LXC_CLONE_KEEPNAME, bdevtype="dir" if overlay_source else None
-            )
+            with _umask(0o077):
+                copied = _container(lxcpath, source).clone(
+                    name, config_path=lxcpath, flags=lxc.LXC_CLONE_KEEPNAME, bdevtype="dir" if overlay_source else None
+                )
             _check(copied, name, f"copy {source!r} to")
+            storage.make_container_private(lxcpath, name, report=False)
+            write_metadata(lxcpath, name, UNFINISHED)
             container = _container(lxcpath, name)
         _check(container.set_config_item("lxc.uts.name", name), name, "set the host name of")
         if container.get_config_item("lxc.net.0.type") == "veth":
@@ -343,6 +390,9 @@ def clones_to_make(lxcpath, source, names):
     is done and in neither. NotFound or Conflict when the source cannot be cloned at all."""
     if not exists(lxcpath, source):
         raise NotFound(f"source container {source!r} does not exist on this host", container=source)
+    require_agents(lxcpath, [source])
+    if read_metadata(lxcpath, source).get("unfinished"):
+        raise Conflict(f"source container {source!r} is {origin(UNFINISHED)}", container=source)
     if is_running(lxcpath, source):
         raise Conflict(
             f"source container {source!r} is running; stop it before cloning so the clones get a consistent filesystem",
@@ -414,6 +464,7 @@ def ensure_networks(lxcpath, bridge, addresses, gateway, mtu=None):
     """Give each container {name: address/prefix} its static address on the bridge; returns name -> reason for
     those that failed. One that has exactly this already is left alone, running or not; a change needs it
     stopped (Conflict naming the running ones, before anything changes)."""
+    require_agents(lxcpath, list(addresses))
     wanted = {"bridge": bridge, "gateway": gateway, "mtu": mtu}
     changes = [
         name
@@ -449,6 +500,7 @@ def each(function, lxcpath, names, *args):
 
 def start_many(lxcpath, names, timeout=30.0):
     """Start each (daemonized) and wait until all run; returns name -> error text for those that failed. Forks."""
+    require_agents(lxcpath, names)
     failed = {}
     started = []
     for name in names:
@@ -458,7 +510,9 @@ def start_many(lxcpath, names, timeout=30.0):
         log_file = os.path.join(lxcpath, name, "lxc.log")
         container.set_config_item("lxc.log.file", log_file)
         container.set_config_item("lxc.log.level", "ERROR")
-        if container.start(useinit=False, daemonize=True, close_fds=True):
+        with _umask(GUEST_UMASK):
+            started_ok = container.start(useinit=False, daemonize=True, close_fds=True)
+        if started_ok:
             started.append(name)
         else:
             failed[name] = f"liblxc could not start it: {_last_errors(log_file)} (log: {log_file})"
@@ -496,6 +550,7 @@ def stop(lxcpath, name, timeout=10.0):
 
 def stop_many(lxcpath, names, timeout=10.0):
     """Signal every init to halt at once, wait for all, kill those still running; returns name -> reason."""
+    require_agents(lxcpath, names)
     running = [name for name in names if _container(lxcpath, name).running]
     for name in running:
         _container(lxcpath, name).shutdown(0)
@@ -513,9 +568,11 @@ def destroy(lxcpath, name):
 
 
 def destroy_many(lxcpath, names):
-    """Destroy each that exists (one that does not is done already); returns name -> reason for those that
-    failed."""
-    return each(destroy, lxcpath, [name for name in names if exists(lxcpath, name)])
+    """Destroy each that exists (one that does not is done already), and what a cut-short create or clone left;
+    returns name -> reason for those that failed. Conflict, before anything changes, if one is not the agent's."""
+    present = [name for name in names if exists(lxcpath, name) or storage.is_agents(lxcpath, name)]
+    require_agents(lxcpath, present)
+    return each(destroy, lxcpath, present)
 
 
 def addresses(lxcpath, name):
@@ -575,6 +632,7 @@ def run(lxcpath, name, argv, stdin=None, env=None, user=None, timeout=None):
     container = _container(lxcpath, name)
     if not container.defined:
         raise NotFound(f"container {name!r} does not exist", container=name)
+    require_agents(lxcpath, [name])
     if not container.running:
         raise Conflict(f"container {name!r} is not running; start it first", container=name)
     uid, gid, home = _guest_user(lxcpath, name, user) if user else (0, 0, "/root")
@@ -587,18 +645,19 @@ def run(lxcpath, name, argv, stdin=None, env=None, user=None, timeout=None):
     # Python ignores SIGPIPE and an ignored signal survives exec: `yes | head` would never end in there.
     previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
-        pid = container.attach(
-            lxc.attach_run_command,
-            list(argv),
-            env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
-            extra_env_vars=[f"{k}={v}" for k, v in environment.items()],
-            stdin=in_r,
-            stdout=out_w,
-            stderr=err_w,
-            uid=uid,
-            gid=gid,
-            initial_cwd=home,
-        )
+        with _umask(GUEST_UMASK):
+            pid = container.attach(
+                lxc.attach_run_command,
+                list(argv),
+                env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
+                extra_env_vars=[f"{k}={v}" for k, v in environment.items()],
+                stdin=in_r,
+                stdout=out_w,
+                stderr=err_w,
+                uid=uid,
+                gid=gid,
+                initial_cwd=home,
+            )
     finally:
         signal.signal(signal.SIGPIPE, previous)
         for fd in (in_r, out_w, err_w):

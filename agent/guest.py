@@ -37,7 +37,7 @@ def _make_folders(layers, relative):
         os.mkdir(path, 0o755)
         if seen is not None:
             os.chown(path, seen[1].st_uid, seen[1].st_gid)
-            os.chmod(path, stat.S_IMODE(seen[1].st_mode))
+        os.chmod(path, 0o755 if seen is None else stat.S_IMODE(seen[1].st_mode))  # not the agent's umask
 
 
 def _write(layers, relative, text, mode=0o644):

@@ -10,9 +10,13 @@ Layout (all under the lxcpath, so nothing outside it is ever written or removed)
   <lxcpath>/.lxc-agent/bases/<source>-<hex>/   a frozen layer: read-only from then on, shared by its users
   <lxcpath>/<name>/overlay/delta, .../work     the container's own upper and work dirs (liblxc's own layout)
   <lxcpath>/<name>/config                      lxc.rootfs.path = overlay:<top base>:...:<bottom layer>:<delta>
+  <lxcpath>/<name>/lxc-agent.json              the mark of a container lxc-agent made (liblxc ignores it)
 An overlay stack's bottom layer is a base or an image's rootfs. A layer's users are the containers whose config
 names it; there is no other record that could drift. Bases go with their last user; images only when asked
 (destroy_images), and never while a container stacks on them.
+
+The containers are privileged: a setuid-root file in a rootfs is setuid root on the host for whoever reaches it.
+So only root reaches anything under the lxcpath (LXD's modes, see private_modes).
 """
 
 import contextlib
@@ -34,6 +38,15 @@ from agent.errors import Conflict, InvalidArgument, StorageError
 BACKENDS = ("btrfs", "overlay", "copy")
 AGENT_DIR = ".lxc-agent"
 IMAGE_METADATA = "lxc-agent-image.json"
+# In the folder of every container lxc-agent made, written by every version at the end of create and clone.
+METADATA_FILE = "lxc-agent.json"
+# LXD's modes. The lxcpath: others may pass through (to containers they own there, made with other tools) but
+# not list it. A container's folder: only root passes, and root itself needs CAP_DAC_OVERRIDE to list or write
+# it (the agent and liblxc have it). The agent's own folders and an overlay container's upper and work dirs'
+# parent: root's alone. Never a rootfs, an upper dir or a base itself: their mode is the container's "/".
+LXCPATH_MODE = 0o711
+CONTAINER_MODE = 0o100
+PRIVATE_MODE = 0o700
 # liblxc passes the overlay options to mount(2), which takes one page; keep well below it.
 MAX_OVERLAY_OPTIONS = 3800
 _ROOTFS_LINE = re.compile(r"^\s*lxc\.rootfs\.path\s*=(.*)$", re.M)
@@ -42,7 +55,10 @@ log = logging.getLogger(__name__)
 
 
 def choose_backend(lxcpath, requested="auto"):
-    """btrfs when the lxcpath is on btrfs, else overlay when it can hold overlay layers, else full copies."""
+    """btrfs when the lxcpath is on btrfs, else overlay when it can hold overlay layers, else full copies.
+
+    The agent's first look at its lxcpath when it starts: what earlier agents left open is closed here first."""
+    make_private(lxcpath)
     if requested not in ("auto", *BACKENDS):
         raise InvalidArgument(f"unknown storage {requested!r}; use auto, " + ", ".join(BACKENDS))
     if requested == "auto":
@@ -80,6 +96,84 @@ def overlay_problem(lxcpath):
         return None
     finally:
         shutil.rmtree(probe, ignore_errors=True)
+
+
+# -- who may reach what ---------------------------------------------------------------------------------------------
+
+
+def is_agents(lxcpath, name):
+    """Whether lxc-agent made the container `name`: its folder holds the agent's metadata file (a regular file,
+    whatever it says: the first agent wrote only template and release)."""
+    try:
+        return stat.S_ISREG(os.lstat(os.path.join(lxcpath, name, METADATA_FILE)).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _set_mode(path, mode):
+    """chmod a folder (never through a symlink) unless it has that mode; returns the mode it had, or None if it
+    was right (or is not a folder)."""
+    try:
+        seen = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(seen.st_mode) or stat.S_IMODE(seen.st_mode) == mode:
+        return None
+    os.chmod(path, mode, follow_symlinks=False)
+    return stat.S_IMODE(seen.st_mode)
+
+
+def _log_modes(changed):
+    for path, was, mode in changed:
+        log.info("%s: mode %04o, was %04o (what an earlier lxc-agent left)", path, mode, was)
+
+
+def make_container_private(lxcpath, name, report=True):
+    """The modes of one of the agent's containers' folders, logging what changed (`report`)."""
+    changed = []
+    for path, mode in (
+        (os.path.join(lxcpath, name), CONTAINER_MODE),
+        (os.path.join(lxcpath, name, "overlay"), PRIVATE_MODE),
+    ):
+        was = _set_mode(path, mode)
+        if was is not None:
+            changed.append((path, was, mode))
+    if report:
+        _log_modes(changed)
+    return changed
+
+
+def make_private(lxcpath):
+    """Give the lxcpath, the agent's own folders and every container folder of the agent their modes (others'
+    containers are left as they are), logging what changed: what an agent before this one left open."""
+    was = _set_mode(lxcpath, LXCPATH_MODE)
+    # A new (empty) lxcpath, made with the umask's mode, is not worth a line in the log.
+    changed = [(lxcpath, was, LXCPATH_MODE)] if was is not None and os.listdir(lxcpath) else []
+    folders = [os.path.join(lxcpath, AGENT_DIR), images_path(lxcpath), bases_path(lxcpath)]
+    for folder in folders + [image_folder(lxcpath, key) for key in image_keys(lxcpath)]:
+        was = _set_mode(folder, PRIVATE_MODE)
+        if was is not None:
+            changed.append((folder, was, PRIVATE_MODE))
+    _log_modes(changed)
+    for name in sorted(os.listdir(lxcpath)):
+        if is_agents(lxcpath, name):
+            changed.extend(make_container_private(lxcpath, name))
+    return changed
+
+
+def make_folder(path, mode):
+    """A new folder with exactly `mode`, whatever the umask (makedirs gives its parents the umask's mode)."""
+    os.mkdir(path, mode)
+    os.chmod(path, mode)
+
+
+def make_agent_folder(folder):
+    """One of the agent's own folders under <lxcpath>/.lxc-agent (images, bases), and that one, root's alone."""
+    for path in (os.path.dirname(folder), folder):
+        if not os.path.isdir(path):
+            with contextlib.suppress(FileExistsError):  # made meanwhile
+                make_folder(path, PRIVATE_MODE)
+        _set_mode(path, PRIVATE_MODE)
 
 
 # -- paths ---------------------------------------------------------------------------------------------------------
@@ -248,11 +342,11 @@ def clone_lowers(lxcpath, source):
         base = os.path.join(bases_path(lxcpath), f"{source}-{secrets.token_hex(4)}")
     upper = upper_path(lxcpath, source)
     _check_options_fit([base, *lowers], upper, source)
-    os.makedirs(bases_path(lxcpath), mode=0o700, exist_ok=True)
+    make_agent_folder(bases_path(lxcpath))
     os.rename(top, base)
     made_upper = False
     try:
-        os.makedirs(upper, mode=0o755)
+        _make_upper(upper)
         made_upper = True
         _copy_owner_and_mode(base, upper)
         write_rootfs_spec(lxcpath, source, overlay_spec([base, *lowers], upper))
@@ -271,9 +365,18 @@ def make_overlay(lxcpath, name, lowers):
     """The clone's own empty upper dir (liblxc makes the work dir at start); returns its rootfs spec."""
     upper = upper_path(lxcpath, name)
     _check_options_fit(lowers, upper, name)
-    os.makedirs(upper, mode=0o755)
+    _make_upper(upper)
     _copy_owner_and_mode(lowers[0], upper)
     return overlay_spec(lowers, upper)
+
+
+def _make_upper(upper):
+    """An empty upper dir in <name>/overlay, the folder that also holds the work dir: root's alone."""
+    overlay = os.path.dirname(upper)
+    if not os.path.isdir(overlay):
+        make_folder(overlay, PRIVATE_MODE)
+    _set_mode(overlay, PRIVATE_MODE)
+    os.mkdir(upper, 0o755)
 
 
 def _copy_owner_and_mode(model, directory):
@@ -336,6 +439,7 @@ def read_image(lxcpath, key):
 
 def seal_image(lxcpath, key, made):
     """Mark an image complete (the last step of making it): only sealed images are ever used."""
+    _set_mode(image_folder(lxcpath, key), PRIVATE_MODE)  # liblxc made it 0755 (or the umask's)
     path = os.path.join(image_folder(lxcpath, key), IMAGE_METADATA)
     with open(path + ".tmp", "w") as handle:
         json.dump({"key": key, **made}, handle, sort_keys=True)
