@@ -15,15 +15,13 @@ import re
 
 from pyroute2 import IPRoute, NetlinkError
 
-from agent import addressing, firewall
-from agent.errors import Conflict, InvalidArgument, NetworkError
+from agent import addressing, arguments, firewall
+from agent.errors import Conflict, NetworkError
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 TAG = "lxc-agent"
 
-_BRIDGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
-_ALIAS = re.compile(rf"^{TAG}(?: ip_forward=([01]))?(?: owner=(\S+))?$")
-_OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
+_ALIAS = re.compile(rf"{TAG}(?: ip_forward=([01]))?(?: owner=(\S+))?")  # fullmatch: the whole alias
 _IFF_UP = 0x1
 _RT_TABLE_LOCAL = 255
 _TABLE_NAMES = {253: "default", 254: "main", 255: "local"}
@@ -37,7 +35,7 @@ def ensure_host_network(bridge: str, subnet: str, owner: str | None = None) -> d
     `owner` (e.g. a deployment's name) is recorded on a new bridge; an existing bridge is only converged for the
     owner it was made for (None for none), and a subnet overlapping another agent bridge is refused with its owner."""
     _check_bridge_name(bridge)
-    network = _parse_subnet(subnet)
+    network = ipaddress.IPv4Network(arguments.check(arguments.BRIDGE_SUBNET, subnet, "subnet"))
     _check_owner(owner)
     gateway = addressing.gateway(network)
     with IPRoute() as ipr:
@@ -126,40 +124,15 @@ def list_host_networks() -> list[dict]:
 # --- validation and conflicts (nothing is changed before these pass) ---
 
 
+# The checks are agent.arguments' (the service applies them first, with its subnet policy); here for direct callers.
+
+
 def _check_bridge_name(bridge):
-    if not isinstance(bridge, str) or not _BRIDGE_NAME.match(bridge):
-        raise InvalidArgument(
-            f"bridge name {bridge!r} is not valid: use 1-15 letters, digits, '_', '.' or '-', "
-            f"starting with a letter or digit",
-            bridge=bridge,
-        )
-
-
-def _parse_subnet(subnet):
-    try:
-        network = ipaddress.ip_network(subnet, strict=True)
-    except (TypeError, ValueError) as error:
-        raise InvalidArgument(
-            f"subnet {subnet!r} is not a network address like 10.100.1.0/24: {error}", subnet=str(subnet)
-        ) from error
-    if network.version != 4:
-        raise InvalidArgument(
-            f"subnet {subnet} is not IPv4: container subnets are IPv4, like 10.100.1.0/24", subnet=subnet
-        )
-    if addressing.capacity(network) < 1:
-        raise InvalidArgument(
-            f"subnet {subnet} has no room for a gateway and containers: use a prefix of /30 or shorter", subnet=subnet
-        )
-    return network
+    arguments.check(arguments.BRIDGE, bridge, "bridge")
 
 
 def _check_owner(owner):
-    if owner is not None and (not isinstance(owner, str) or not _OWNER.match(owner)):
-        raise InvalidArgument(
-            f"owner {owner!r} is not valid: use 1-128 letters, digits, '_', '.', ':', '@', '+' "
-            f"or '-', starting with a letter or digit (or None for no owner)",
-            owner=str(owner),
-        )
+    arguments.check(arguments.Optional(arguments.OWNER), owner, "owner")
 
 
 def _whose(owner):
@@ -269,16 +242,16 @@ def _find_link(ipr, bridge):
 
 
 def _is_ours(link):
-    return bool(_ALIAS.match(link.get_attr("IFLA_IFALIAS") or ""))
+    return bool(_ALIAS.fullmatch(link.get_attr("IFLA_IFALIAS") or ""))
 
 
 def _alias_ip_forward(link):
-    match = _ALIAS.match(link.get_attr("IFLA_IFALIAS") or "")
+    match = _ALIAS.fullmatch(link.get_attr("IFLA_IFALIAS") or "")
     return match.group(1) if match else None
 
 
 def _alias_owner(link):
-    match = _ALIAS.match(link.get_attr("IFLA_IFALIAS") or "")
+    match = _ALIAS.fullmatch(link.get_attr("IFLA_IFALIAS") or "")
     return match.group(2) if match else None
 
 

@@ -12,18 +12,17 @@ import errno
 import functools
 import ipaddress
 import logging
-import re
 import types
 import zlib
 
 from pyroute2 import IPRoute, NetlinkError
 
-from agent import firewall
+from agent import arguments, firewall
 from agent.errors import AgentError, Conflict, InvalidArgument, NetworkError
 from agent.network import write_sysctl
 
 TAG = "lxc-agent-tunnel"
-KINDS = ("ipip", "vxlan")
+KINDS = arguments.TUNNEL_KINDS
 OVERHEAD = {"ipip": 20, "vxlan": 50}  # outer IPv4 header; vxlan adds UDP, VXLAN and the inner Ethernet header
 VXLAN_PORT = 4789
 RTPROT = 76  # `proto 76` on the agent's rules and routes; unassigned in iproute2's rt_protos
@@ -32,9 +31,7 @@ TABLE_FIRST, TABLE_COUNT = 100000, 900000  # six-digit tables: far from main/loc
 RP_FILTER = "/proc/sys/net/ipv4/conf/{}/rp_filter"
 LOOSE = "2"
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
-_RESERVED_NAMES = ("all", "default")  # they would share /proc/sys/net/ipv4/conf/<name> with the global settings
-_VNI_MAX = 2**24 - 1
+_VNI_MAX = arguments.VNI.highest
 # Transit /31s come from 169.254.1.0-169.254.254.255 (RFC 3927 reserves the first and last /24) without
 # 169.254.169.0/24, where clouds put their metadata service.
 _TRANSIT_OCTETS = tuple(octet for octet in range(1, 255) if octet != 169)
@@ -147,26 +144,22 @@ def list_tunnels() -> list[dict]:
 
 
 def _check_name(name):
-    if not isinstance(name, str) or not _NAME.match(name) or name in _RESERVED_NAMES:
-        raise InvalidArgument(
-            f"tunnel name {name!r} is not valid: use 1-15 letters, digits, '_', '.' or '-', "
-            f"starting with a letter or digit, and not 'all' or 'default'",
-            tunnel=str(name),
-        )
+    arguments.check(arguments.TUNNEL, name, "name")
 
 
 def _validate(name, kind, local, remote, local_subnets, remote_subnets, vni):
+    """Each argument checked as agent.arguments declares it (the service has done so already, with its subnet
+    policy; this is for direct callers), then how they fit together."""
     _check_name(name)
-    if kind not in KINDS:
-        raise InvalidArgument(f"tunnel {name}: kind {kind!r} is not one of {', '.join(KINDS)}", tunnel=name)
-    local_ip = _parse_address(name, "local", local)
-    remote_ip = _parse_address(name, "remote", remote)
+    arguments.check(arguments.Choice("kind", KINDS), kind, f"tunnel {name}: kind")
+    local_ip = ipaddress.IPv4Address(arguments.check(arguments.Address("local"), local, f"tunnel {name}: local"))
+    remote_ip = ipaddress.IPv4Address(arguments.check(arguments.Address("remote"), remote, f"tunnel {name}: remote"))
     if local_ip == remote_ip:
         raise InvalidArgument(
             f"tunnel {name}: local and remote are both {local_ip}; a tunnel joins two hosts", tunnel=name
         )
     sources = _parse_subnets(name, "local_subnets", local_subnets)
-    destinations = _parse_subnets(name, "remote_subnets", remote_subnets) or [ipaddress.ip_network(remote_ip)]
+    destinations = _parse_subnets(name, "remote_subnets", remote_subnets) or [ipaddress.IPv4Network(remote_ip)]
     for source in sources:
         for destination in destinations:
             if source.overlaps(destination):
@@ -192,8 +185,7 @@ def _validate(name, kind, local, remote, local_subnets, remote_subnets, vni):
     else:
         if vni is None:
             vni = plan_vni(name)
-        elif isinstance(vni, bool) or not isinstance(vni, int) or not 1 <= vni <= _VNI_MAX:
-            raise InvalidArgument(f"tunnel {name}: vni {vni!r} is not a number from 1 to {_VNI_MAX}", tunnel=name)
+        arguments.check(arguments.VNI, vni, f"tunnel {name}: vni")
         transit, peer = plan_transit(vni, str(local_ip), str(remote_ip))
     # The request, parsed, with its defaults (vni, destinations) filled in.
     return types.SimpleNamespace(
@@ -210,48 +202,9 @@ def _validate(name, kind, local, remote, local_subnets, remote_subnets, vni):
     )
 
 
-def _parse_address(name, field, text):
-    try:
-        address = ipaddress.IPv4Address(text)
-    except (TypeError, ValueError) as error:
-        raise InvalidArgument(
-            f"tunnel {name}: {field} {text!r} is not an IPv4 address: {error}", tunnel=name
-        ) from error
-    if (
-        address.is_unspecified
-        or address.is_multicast
-        or address.is_loopback
-        or address.is_link_local
-        or address == ipaddress.IPv4Address("255.255.255.255")
-    ):
-        raise InvalidArgument(
-            f"tunnel {name}: {field} {address} cannot be a tunnel's end; use the host's "
-            f"address on the network between the hosts",
-            tunnel=name,
-        )
-    return address
-
-
 def _parse_subnets(name, field, subnets):
-    if isinstance(subnets, str) or not isinstance(subnets, (list, tuple)):
-        raise InvalidArgument(
-            f"tunnel {name}: {field} must be a list of subnets like 10.100.1.0/24, not {subnets!r}", tunnel=name
-        )
-    parsed = set()
-    for text in subnets:
-        try:
-            network = ipaddress.IPv4Network(text, strict=True)
-        except (TypeError, ValueError) as error:
-            raise InvalidArgument(
-                f"tunnel {name}: {field} entry {text!r} is not an IPv4 network like 10.100.1.0/24: {error}", tunnel=name
-            ) from error
-        if network.prefixlen == 0:
-            raise InvalidArgument(
-                f"tunnel {name}: {field} entry {network} would send everything through the tunnel; name the subnets",
-                tunnel=name,
-            )
-        parsed.add(network)
-    return sorted(parsed)
+    checked = arguments.check(arguments.ROUTED_SUBNETS, subnets, f"tunnel {name}: {field}")
+    return sorted({ipaddress.IPv4Network(text) for text in checked})
 
 
 # --- checks against the host (still nothing changed) ---
