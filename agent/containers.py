@@ -636,21 +636,24 @@ def run(lxcpath, name, argv, stdin=None, env=None, user=None, timeout=None):
     if not container.running:
         raise Conflict(f"container {name!r} is not running; start it first", container=name)
     uid, gid, home = _guest_user(lxcpath, name, user) if user else (0, 0, "/root")
+    data = stdin if isinstance(stdin, bytes) else (stdin or "").encode()
     environment = {"PATH": DEFAULT_PATH, "HOME": home, "USER": user or "root", "LOGNAME": user or "root"}
     environment.update(env or {})
+    extra_env = [f"{key}={value}" for key, value in environment.items()]
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     _close_on_exec_all()
     # Python ignores SIGPIPE and an ignored signal survives exec: `yes | head` would never end in there.
     previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    pid = -1
     try:
         with _umask(GUEST_UMASK):
             pid = container.attach(
                 lxc.attach_run_command,
                 list(argv),
                 env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
-                extra_env_vars=[f"{k}={v}" for k, v in environment.items()],
+                extra_env_vars=extra_env,
                 stdin=in_r,
                 stdout=out_w,
                 stderr=err_w,
@@ -660,13 +663,11 @@ def run(lxcpath, name, argv, stdin=None, env=None, user=None, timeout=None):
             )
     finally:
         signal.signal(signal.SIGPIPE, previous)
-        for fd in (in_r, out_w, err_w):
-            os.close(fd)
+        for fd in (in_r, out_w, err_w) if pid >= 0 else (in_r, out_w, err_w, in_w, out_r, err_r):
+            os.close(fd)  # the command's ends; ours too when nothing was started
     if pid < 0:
-        for fd in (in_w, out_r, err_r):
-            os.close(fd)
         raise ContainerError(f"liblxc could not attach to container {name!r} to run {argv[0]!r}", container=name)
-    return _collect(pid, name, argv, in_w, out_r, err_r, (stdin or "").encode(), timeout)
+    return _collect(pid, name, argv, in_w, out_r, err_r, data, timeout)
 
 
 def _kill_tree(pid):
@@ -701,42 +702,56 @@ def _close_on_exec_all():
 
 
 def _collect(pid, name, argv, in_w, out_r, err_r, stdin, timeout):
-    """Feed stdin and read both outputs without deadlock; kill the command when the timeout passes."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    """Feed stdin and read both outputs without deadlock; kill the command when the timeout passes. Whatever goes
+    wrong here, the command is killed and reaped and every pipe closed: an unreaped command would keep its
+    container from ever stopping (its PID namespace waits for it)."""
     chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
     selector = selectors.DefaultSelector()
-    for fd in (out_r, err_r):
-        selector.register(fd, selectors.EVENT_READ)
-    if stdin:
-        os.set_blocking(in_w, False)
-        selector.register(in_w, selectors.EVENT_WRITE)
-    else:
-        os.close(in_w)
+    pipes = {in_w, out_r, err_r}
+
+    def close(fd):
+        pipes.discard(fd)
+        os.close(fd)
+
     timed_out = False
-    while selector.get_map():
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            timed_out = True
-            break
-        for key, _ in selector.select(remaining):
-            if key.fd == in_w:
-                try:
-                    stdin = stdin[os.write(in_w, stdin[:65536]) :]
-                except BrokenPipeError:
-                    stdin = b""
-                if not stdin:
-                    selector.unregister(in_w)
-                    os.close(in_w)
-                continue
-            data = os.read(key.fd, 65536)
-            if not data:
-                selector.unregister(key.fd)
-                os.close(key.fd)
-            elif sum(map(len, chunks[key.fd])) < OUTPUT_LIMIT:
-                chunks[key.fd].append(data)
-    for key in list(selector.get_map().values()):
-        os.close(key.fd)
-    selector.close()
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for fd in (out_r, err_r):
+            selector.register(fd, selectors.EVENT_READ)
+        if stdin:
+            os.set_blocking(in_w, False)
+            selector.register(in_w, selectors.EVENT_WRITE)
+        else:
+            close(in_w)
+        while selector.get_map():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                timed_out = True
+                break
+            for key, _ in selector.select(remaining):
+                if key.fd == in_w:
+                    try:
+                        stdin = stdin[os.write(in_w, stdin[:65536]) :]
+                    except BrokenPipeError:
+                        stdin = b""
+                    if not stdin:
+                        selector.unregister(in_w)
+                        close(in_w)
+                    continue
+                data = os.read(key.fd, 65536)
+                if not data:
+                    selector.unregister(key.fd)
+                    close(key.fd)
+                elif sum(map(len, chunks[key.fd])) < OUTPUT_LIMIT:
+                    chunks[key.fd].append(data)
+    except BaseException:
+        _kill_tree(pid)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        for fd in list(pipes):
+            close(fd)
+        selector.close()
     if timed_out:
         _kill_tree(pid)
     _, status_code = os.waitpid(pid, 0)
