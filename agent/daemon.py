@@ -1,22 +1,24 @@
 """lxc-agent's command line: `serve` (the foreground daemon systemd starts) and `init-pki`."""
 
 import argparse
+import dataclasses
 import hmac
 import ipaddress
 import logging
+import math
+import multiprocessing
 import os
 import signal
-import ssl
 import sys
 import threading
+import time
 import tomllib
 
 import Pyro5.api
 import Pyro5.errors
-import Pyro5.socketutil
 
 import agent
-from agent import pki, storage
+from agent import gate, pki, storage
 from agent.endpoint import DEFAULT_PKI, DEFAULT_PORT, OBJECT_ID
 from agent.errors import AgentError, InvalidArgument, NetworkError
 from agent.service import AgentService
@@ -32,8 +34,25 @@ SETTINGS = {  # option -> default; the config file uses the same names with '_' 
     "token_file": f"{DEFAULT_PKI}/token",
     "no_tls": False,
     "log_level": "info",
-    "max_clients": 128,
+    "max_clients": gate.Limits.max_clients,
     "command_workers": 16,
+    "handshake_timeout": gate.Limits.handshake_timeout,
+    "max_unauthenticated": gate.Limits.max_unauthenticated,
+    "max_unauthenticated_per_source": gate.Limits.max_unauthenticated_per_source,
+    "max_handshake_size": gate.Limits.max_handshake_size,
+    "max_message_size": gate.Limits.max_message_size,
+    "stop_timeout": 5.0,
+}
+# setting -> (seconds or a count, least value, greatest value); each is checked before anything starts
+BOUNDS = {
+    "handshake_timeout": (float, 0.1, 3600),
+    "max_unauthenticated": (int, 1, 100_000),
+    "max_unauthenticated_per_source": (int, 1, 100_000),
+    "max_handshake_size": (int, 256, 1024 * 1024),
+    "max_message_size": (int, 64 * 1024, 1024 * 1024 * 1024),  # Pyro5's own ceiling is 1 GiB
+    "max_clients": (int, 1, 100_000),
+    "command_workers": (int, 1, 1024),
+    "stop_timeout": (float, 0, 3600),
 }
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -41,10 +60,10 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2  # as argparse's own usage errors
 EXIT_CODES = f"""exit codes:
   0  done (serve: stopped by SIGTERM or SIGINT)
-  {EXIT_FAILURE}  the agent could not do it: TLS material or token missing or unusable, lxcpath or storage unusable,
-     port taken, init-pki refusing to overwrite or given a bad name
+  {EXIT_FAILURE}  the agent could not do it: TLS material or token missing or unusable (or its key or token file
+     open to group/others), lxcpath or storage unusable, port taken, init-pki refusing to overwrite or given a bad name
   {EXIT_USAGE}  the command line or config file is wrong: unknown options, a malformed --listen, an unreadable
-     config file or an unknown setting in it, --no-tls on an address other than loopback"""
+     config file or an unknown setting in it, a limit out of its range, --no-tls on an address other than loopback"""
 
 log = logging.getLogger("agent.daemon")  # not __name__: run as `python -m agent.daemon`, that is __main__
 
@@ -53,35 +72,21 @@ class UsageError(InvalidArgument):
     """The command line or config file is wrong: lxc-agent exits 2, as for argparse's own usage errors."""
 
 
-class _LazyHandshakeSocket(ssl.SSLSocket):
-    """TLS handshake on first read, in the connection's own thread, not in the accept loop.
-
-    Pyro5 accepts on one thread; with the default eager handshake, one client that connects and stays silent
-    would stop every other client from connecting.
-    """
-
-    @classmethod
-    def _create(cls, *args: object, **kwargs: object) -> ssl.SSLSocket:  # typed: mypy checks it in any mode
-        kwargs["do_handshake_on_connect"] = False
-        return super()._create(*args, **kwargs)  # type: ignore[misc]  # not in typeshed: ssl's own factory
-
-
 class AgentDaemon(Pyro5.api.Daemon):
-    """A Pyro5 daemon that admits only clients presenting the token in the connection handshake."""
+    """A Pyro5 daemon behind agent.gate, which admits only clients presenting the token in the connect handshake."""
 
-    def __init__(self, token, **kwargs):
+    def __init__(self, token, limits, tls_context, **kwargs):
         self._token = token.encode()
+        self._limits = limits
         super().__init__(**kwargs)
+        self.gate = gate.Gate(self, tls_context, limits)
 
     def validateHandshake(self, conn, data):
         offered = data.encode() if isinstance(data, str) else b""
         if not hmac.compare_digest(offered, self._token):
-            log.warning(
-                "refused the connection (handshake) of a client from %s: wrong or missing token",
-                conn.sock.getpeername()[0],
-            )
-            raise Pyro5.errors.CommunicationError("refused: wrong or missing token")
-        return "ok"
+            raise Pyro5.errors.CommunicationError("wrong or missing token")  # the gate logs it
+        # What a client needs to know to refuse an oversized call itself, rather than have it cut off.
+        return {"max_message_size": self._limits.max_message_size}
 
 
 def parse_listen(value):
@@ -115,22 +120,34 @@ def load_settings(args):
             raise UsageError(f"{path}: unknown setting(s) {unknown}; known: {sorted(SETTINGS)}")
         settings.update(from_file)
     settings.update({key: value for key, value in vars(args).items() if key in SETTINGS and value is not None})
+    for name, (kind, least, greatest) in BOUNDS.items():
+        settings[name] = _bounded(name, settings[name], kind, least, greatest)
     return settings
 
 
-def configure_pyro(settings, tls_context):
-    Pyro5.config.SERVERTYPE = "thread"
-    # Each connected proxy holds one pool thread for its whole life, idle or not: size the pool for every
-    # client expected at once (coordinator threads, scripts), since Pyro5 refuses connections beyond it.
-    Pyro5.config.THREADPOOL_SIZE = int(settings["max_clients"])
-    Pyro5.config.THREADPOOL_SIZE_MIN = 8
+def _bounded(name, value, kind, least, greatest):
+    option = "--" + name.replace("_", "-")
+    if kind is int:
+        usable = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        usable = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not usable or not least <= value <= greatest:
+        what = "a whole number" if kind is int else "a number of seconds"
+        raise UsageError(f"{name} ({option}) must be {what} from {least} to {greatest}, not {value!r}")
+    return kind(value)
+
+
+def limits_of(settings):
+    return gate.Limits(**{field.name: settings[field.name] for field in dataclasses.fields(gate.Limits)})
+
+
+def configure_pyro():
+    # Pyro5 only binds the listening socket (the multiplex server starts no thread): agent.gate serves it, doing
+    # TLS per connection on that connection's own thread, so Pyro5's own TLS stays off.
+    Pyro5.config.SERVERTYPE = "multiplex"
+    Pyro5.config.SSL = False
     Pyro5.config.DETAILED_TRACEBACK = False
     Pyro5.config.POLLTIMEOUT = 0.5  # how soon a SIGTERM is noticed
-    Pyro5.config.SSL = tls_context is not None
-    if tls_context is not None:
-        tls_context.sslsocket_class = _LazyHandshakeSocket
-        # Pyro5 would build its own context trusting the system CAs too; ours trusts only the agent's CA.
-        Pyro5.socketutil.get_ssl_context = lambda *args, **kwargs: tls_context
 
 
 def serve(args):
@@ -148,10 +165,11 @@ def serve(args):
         else pki.server_ssl_context(settings["tls_cert"], settings["tls_key"], settings["tls_ca"])
     )
     token = pki.read_token(settings["token_file"])
-    configure_pyro(settings, tls_context)
-    service = AgentService(settings["lxcpath"], settings["storage"], int(settings["command_workers"]))
+    configure_pyro()
+    limits = limits_of(settings)
+    service = AgentService(settings["lxcpath"], settings["storage"], settings["command_workers"])
     try:
-        daemon = AgentDaemon(token, host=host, port=port)
+        daemon = AgentDaemon(token, limits, tls_context, host=host, port=port)
     except OSError as error:
         service.close()
         raise NetworkError(
@@ -175,13 +193,51 @@ def serve(args):
         service.backend,
         "on" if tls_context else "off",
     )
+    log.info(
+        "limits: handshake within %g s, %d connections in their handshake (%d per address), %d clients, "
+        "handshakes up to %d bytes, calls up to %d bytes",
+        limits.handshake_timeout,
+        limits.max_unauthenticated,
+        limits.max_unauthenticated_per_source,
+        limits.max_clients,
+        limits.max_handshake_size,
+        limits.max_message_size,
+    )
     print(f"lxc-agent listening on {host}:{daemon.locationStr.rpartition(':')[2]}", flush=True)
     try:
         daemon.requestLoop(loopCondition=lambda: not stopping.is_set())
     finally:
-        daemon.close()
-        service.close()
+        _stop(daemon, service, settings["stop_timeout"])
     return 0
+
+
+def _stop(daemon, service, grace):
+    """Within about `grace` seconds, whatever clients do: drop every connection, let calls in progress finish
+    within the grace, then end the worker processes of those that did not. Containers keep running."""
+    started = time.monotonic()
+    running = daemon.gate.stop(grace)
+    daemon.close()
+    if not running:
+        closing = threading.Thread(target=service.close, name="close the service", daemon=True)
+        closing.start()
+        closing.join(max(grace - (time.monotonic() - started), 2))
+        if not closing.is_alive():
+            return
+    log.warning(
+        "stopping with %s after %g s (stop_timeout): the agent's worker processes are ended, containers keep running",
+        f"{running} call(s) still running" if running else "the service not closed",
+        grace,
+    )
+    workers = multiprocessing.active_children()
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.join(2)
+        if worker.is_alive():
+            worker.kill()
+    logging.shutdown()
+    # Threads still in those calls, and the executors' exit handlers, would wait for them: leave now.
+    os._exit(0)
 
 
 def init_pki(args):
@@ -226,8 +282,58 @@ def build_parser():
         help="plain TCP; allowed on loopback addresses only (the token is still required)",
     )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    run.add_argument("--max-clients", type=int, help="connections served at once (default 128)")
-    run.add_argument("--command-workers", type=int, help="commands run in containers at once; more wait (default 16)")
+    run.add_argument(
+        "--max-clients",
+        type=int,
+        metavar="N",
+        help="authenticated clients connected at once, idle or not; each holds a thread, and one more is refused "
+        f"with a reason its client retries on (default {SETTINGS['max_clients']})",
+    )
+    run.add_argument(
+        "--command-workers", type=int, metavar="N", help="commands run in containers at once; more wait (default 16)"
+    )
+    run.add_argument(
+        "--handshake-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a new connection must finish TLS and the token handshake within this, or is closed "
+        f"(default {SETTINGS['handshake_timeout']:g})",
+    )
+    run.add_argument(
+        "--max-unauthenticated",
+        type=int,
+        metavar="N",
+        help="connections still in their handshake, at most; further ones are closed at once, unread "
+        f"(default {SETTINGS['max_unauthenticated']})",
+    )
+    run.add_argument(
+        "--max-unauthenticated-per-source",
+        type=int,
+        metavar="N",
+        help="the same, from any one address: one host cannot take every place "
+        f"(default {SETTINGS['max_unauthenticated_per_source']})",
+    )
+    run.add_argument(
+        "--max-handshake-size",
+        type=int,
+        metavar="BYTES",
+        help="largest connect message, read before the token is checked; a bigger one is refused unread "
+        f"(default {SETTINGS['max_handshake_size']})",
+    )
+    run.add_argument(
+        "--max-message-size",
+        type=int,
+        metavar="BYTES",
+        help="largest call an authenticated client may send (run's stdin included); a bigger one is refused "
+        f"unread (default {SETTINGS['max_message_size']}, 64 MiB)",
+    )
+    run.add_argument(
+        "--stop-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM or SIGINT, how long calls in progress may go on before their worker processes are ended "
+        f"(default {SETTINGS['stop_timeout']:g})",
+    )
     run.set_defaults(handler=serve)
     init = commands.add_parser(
         "init-pki",
