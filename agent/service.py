@@ -56,9 +56,11 @@ class AgentService:
     the private ranges (agent.arguments.PRIVATE_NETWORKS)."""
 
     def __init__(self, lxcpath, storage_backend="auto", command_workers=16, allow_public_subnets=False):
+        if not isinstance(allow_public_subnets, bool):
+            raise InvalidArgument(f"allow_public_subnets must be true or false, not {allow_public_subnets!r}")
+        self.allow_public_subnets = allow_public_subnets
         os.makedirs(lxcpath, exist_ok=True)
         self.lxcpath = lxcpath
-        self.allow_public_subnets = bool(allow_public_subnets)
         self.backend = storage.choose_backend(lxcpath, storage_backend)
         # One change at a time on this host; reads and commands in containers do not wait for it.
         self._changes = threading.Lock()

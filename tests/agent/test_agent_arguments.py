@@ -120,11 +120,13 @@ def running(loopback_agent):
 
 @pytest.mark.parametrize(
     "mtu",
-    ["1500\nlxc.hook.pre-start = sh -c 'touch /tmp/lxc-agent-owned'", "1500\nlxc.no.such.key = 1"],
+    ["1500\nlxc.hook.pre-start = sh -c 'touch {marker}'", "1500\nlxc.no.such.key = 1"],
     ids=["hook", "unknown-key"],
 )
-def test_an_mtu_cannot_write_lines_into_the_lxc_config(networked, lxcpath, mtu):
+def test_an_mtu_cannot_write_lines_into_the_lxc_config(networked, lxcpath, tmp_path, mtu):
     process, agent = networked
+    marker = tmp_path / "run-as-root-on-the-host"
+    mtu = mtu.format(marker=marker)
     config = os.path.join(lxcpath, "base", "config")
     with open(config) as handle:
         before = handle.read()
@@ -134,7 +136,7 @@ def test_an_mtu_cannot_write_lines_into_the_lxc_config(networked, lxcpath, mtu):
     assert [entry["name"] for entry in agent.list()] == ["base"], "every client can still list"
     agent.set_addresses(BRIDGE, {"base": "10.232.5.10/24"}, 1450)
     agent.start(["base"])
-    assert not os.path.exists("/tmp/lxc-agent-owned")
+    assert not marker.exists()
     assert "mtu 1450" in agent.run("base", ["ip", "link", "show", "eth0"])["stdout"]
     agent.stop(["base"], 0)
 
@@ -302,7 +304,29 @@ def test_public_subnets_pass_where_the_agent_allows_them():
         arguments.check_arguments("ensure_network", {**call, "subnet": "224.1.1.0/24"}, allow_public_subnets=True)
 
 
+def test_the_service_applies_its_own_subnet_policy():
+    class Service:
+        def __init__(self, allow):
+            self.allow_public_subnets = allow
+
+        @arguments.checked
+        def ensure_network(self, bridge, subnet, owner=None):
+            return bridge, subnet, owner
+
+    assert Service(True).ensure_network("br0", "1.1.1.0/24") == ("br0", "1.1.1.0/24", None)
+    with pytest.raises(InvalidArgument, match=r"ensure_network: subnet: .* not in a private range"):
+        Service(False).ensure_network("br0", "1.1.1.0/24")
+
+
 # --- 8: close() and the raw Python errors --------------------------------------------------------------------------
+
+
+def test_every_exposed_method_has_a_schema_and_close_is_not_exposed():
+    from agent.service import AgentService
+
+    exposed = {name for name, member in vars(AgentService).items() if getattr(member, "_pyroExposed", False)}
+    assert exposed == set(arguments.SCHEMAS)
+    assert "close" not in exposed
 
 
 def test_close_is_not_callable_remotely(running):
