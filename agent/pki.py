@@ -27,8 +27,8 @@ _SECRET_MODE = 0o600
 # Tolerate clocks a few minutes apart between the node that made the PKI and the others.
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
 
-_CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")  # used with fullmatch
 
 
 def create_pki(directory, agent_names, client_name="coordinator", days=3650, force=False):
@@ -275,7 +275,7 @@ def _check_dns_name(name, raw):
         or len(name) > 253
         or not name.isascii()
         or not labels
-        or not all(_DNS_LABEL.match(label) for label in labels)
+        or not all(_DNS_LABEL.fullmatch(label) for label in labels)
     ):
         raise InvalidArgument(
             f"agent name {raw!r} is neither an IP address nor a valid DNS host name "
@@ -286,7 +286,7 @@ def _check_dns_name(name, raw):
 
 
 def _check_client_name(client_name):
-    if not isinstance(client_name, str) or not _CLIENT_NAME.match(client_name):
+    if not isinstance(client_name, str) or not _CLIENT_NAME.fullmatch(client_name):
         raise InvalidArgument(
             f"client name {client_name!r} must be 1-64 letters, digits, '.', '_' or '-' "
             f"and start with a letter or digit",

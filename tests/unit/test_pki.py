@@ -149,7 +149,7 @@ def test_rejects_bad_agent_names(tmp_path, names):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("name", ["", "../evil", "a/b", ".hidden", "x" * 65])
+@pytest.mark.parametrize("name", ["", "../evil", "a/b", ".hidden", "x" * 65, "client\n"])
 def test_rejects_bad_client_names(tmp_path, name):
     with pytest.raises(InvalidArgument):
         pki.create_pki(tmp_path / "x", [], client_name=name)
