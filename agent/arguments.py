@@ -222,8 +222,8 @@ def utf8_size(value, path, what):
 
 
 class Stdin(Check):
-    """Text or bytes (Pyro5's serpent sends bytes as {"data": base64, "encoding": "base64"}) of UTF-8, at most
-    MAX_STDIN long; given on as text, which is what the command's stdin is fed from."""
+    """Text or bytes (Pyro5's serpent sends bytes as {"data": base64, "encoding": "base64"}) of at most MAX_STDIN
+    characters or bytes; given on as text or bytes."""
 
     def __call__(self, value, path, policy):
         if isinstance(value, dict) and set(value) == {"data", "encoding"} and value["encoding"] == "base64":
@@ -237,10 +237,7 @@ class Stdin(Check):
         if isinstance(value, (bytes, bytearray)):
             if len(value) > MAX_STDIN:
                 raise Refusal(path, f"stdin of {len(value)} bytes is longer than {MAX_STDIN}")
-            try:
-                return bytes(value).decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise Refusal(path, f"stdin is not UTF-8 (byte {error.start}); send text, or bytes of UTF-8") from None
+            return bytes(value)
         if not isinstance(value, str):
             raise Refusal(path, f"stdin must be text or bytes, got {kind(value)} {show(value)}")
         if len(value) > MAX_STDIN:
@@ -514,7 +511,7 @@ def invalid(where, path, problem):
 
 def check_arguments(method, values, allow_public_subnets=False):
     """{argument: value} of one call of `method`, checked against its schema and normalised (lists for tuples,
-    canonical addresses, stdin as text); InvalidArgument for the first refused."""
+    canonical addresses, stdin as text or bytes); InvalidArgument for the first refused."""
     policy = ANY_SUBNET if allow_public_subnets else STRICT
     try:
         return {name: check(values[name], name, policy) for name, check in SCHEMAS[method].items()}

@@ -201,7 +201,7 @@ class AgentService:
     @remote
     def run(self, name, argv, stdin=None, env=None, user=None, timeout=None):
         """Run a command in a running container (liblxc attach, no SSH); exit code, stdout and stderr. stdin is
-        text, or bytes of UTF-8."""
+        text or bytes."""
         return self._commands.call(containers.run, self.lxcpath, name, argv, stdin, env, user, timeout)
 
     # -- host network --------------------------------------------------------------------------------------------

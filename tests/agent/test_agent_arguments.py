@@ -183,6 +183,7 @@ def test_stdin_as_text_or_bytes_reaches_the_command(running):
     _, agent = running
     assert agent.run("box", ["cat"], stdin="text\n")["stdout"] == "text\n"
     assert agent.run("box", ["cat"], stdin=b"bytes\n")["stdout"] == "bytes\n"
+    assert agent.run("box", ["wc", "-c"], stdin=bytes(range(256)))["stdout"].split() == ["256"]
 
 
 @pytest.mark.parametrize(
