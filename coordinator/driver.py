@@ -25,6 +25,7 @@ from coordinator.errors import CoordinatorError
 from coordinator.lxc import LxcContainers
 
 BOOT_TIMEOUT = 300
+BOOT_ROUND = 30.0
 CALL_TIMEOUT = 1800.0
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,9 @@ class Deployer:
 
 
 def wait_booted(agent, names, timeout=BOOT_TIMEOUT, host=None):
-    """Until systemd in each container says running (or degraded); containers without systemd count at once."""
+    """Until systemd in each container says running (or degraded); containers without systemd count at once.
+    Asked in rounds of at most BOOT_ROUND seconds, so that an agent that stops answering meanwhile is noticed
+    within a round and the call deadline, not the whole boot timeout."""
     deadline = time.monotonic() + timeout
     where = f" on host {host}" if host else ""
     for name in names:
@@ -341,9 +344,12 @@ def wait_booted(agent, names, timeout=BOOT_TIMEOUT, host=None):
                 result = agent.run(
                     name,
                     ["sh", "-c", "command -v systemctl >/dev/null || exit 42; systemctl is-system-running --wait"],
-                    timeout=max(1.0, deadline - time.monotonic()),
+                    timeout=max(1.0, min(BOOT_ROUND, deadline - time.monotonic())),
                 )
             except CommandTimeout as error:
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
                 raise DeployError(
                     f"{name}{where} did not finish booting within {timeout} s: `systemctl "
                     f"is-system-running --wait` in it did not return ({error}); check that it runs "
