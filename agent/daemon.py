@@ -42,6 +42,7 @@ SETTINGS = {  # option -> default; the config file uses the same names with '_' 
     "max_handshake_size": gate.Limits.max_handshake_size,
     "max_message_size": gate.Limits.max_message_size,
     "stop_timeout": 5.0,
+    "allow_public_subnets": False,  # bridges and tunnel routes for subnets outside the private ranges
 }
 # setting -> (seconds or a count, least value, greatest value); each is checked before anything starts
 BOUNDS = {
@@ -122,6 +123,9 @@ def load_settings(args):
     settings.update({key: value for key, value in vars(args).items() if key in SETTINGS and value is not None})
     for name, (kind, least, greatest) in BOUNDS.items():
         settings[name] = _bounded(name, settings[name], kind, least, greatest)
+    for name in ("no_tls", "allow_public_subnets"):
+        if not isinstance(settings[name], bool):
+            raise UsageError(f"{name} must be true or false, not {settings[name]!r}")
     return settings
 
 
@@ -167,7 +171,12 @@ def serve(args):
     token = pki.read_token(settings["token_file"])
     configure_pyro()
     limits = limits_of(settings)
-    service = AgentService(settings["lxcpath"], settings["storage"], settings["command_workers"])
+    service = AgentService(
+        settings["lxcpath"],
+        settings["storage"],
+        settings["command_workers"],
+        allow_public_subnets=settings["allow_public_subnets"],
+    )
     try:
         daemon = AgentDaemon(token, limits, tls_context, host=host, port=port)
     except OSError as error:
@@ -282,6 +291,13 @@ def build_parser():
         help="plain TCP; allowed on loopback addresses only (the token is still required)",
     )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--allow-public-subnets",
+        action="store_const",
+        const=True,
+        help="let bridges and tunnel routes use subnets outside the private ranges (RFC 1918, 100.64.0.0/10, "
+        "198.18.0.0/15); loopback, link-local, multicast and reserved ranges stay refused",
+    )
     run.add_argument(
         "--max-clients",
         type=int,

@@ -48,8 +48,9 @@ def test_argparse_usage_errors_exit_2():
         ('listen = "127.0.0.1:0"\ncolour = "blue"\n', [], "unknown setting(s) ['colour']"),
         ("listen = \n", [], "cannot read config file"),
         (None, ["--no-tls", "--listen", "198.18.200.1:7643"], "refusing to listen on 198.18.200.1 without TLS"),
+        ('allow_public_subnets = "yes"\n', [], "allow_public_subnets must be true or false, not 'yes'"),
     ],
-    ids=["malformed-listen", "unknown-setting", "unreadable-config", "no-tls-off-loopback"],
+    ids=["malformed-listen", "unknown-setting", "unreadable-config", "no-tls-off-loopback", "public-subnets-not-bool"],
 )
 def test_a_wrong_command_line_or_config_file_exits_2(tmp_path, config, argv, words):
     options = ["--lxcpath", str(tmp_path / "lxc"), "--token-file", str(tmp_path / "token")]

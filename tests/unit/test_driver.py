@@ -53,12 +53,14 @@ SEED_LIKE = {
 
 
 def _agent_methods():
-    """The methods the real agent exposes (AgentService's public methods), read from its source: importing it
-    would load liblxc, which the pure tests do without."""
+    """The methods the real agent exposes (AgentService's methods marked @remote), read from its source:
+    importing it would load liblxc, which the pure tests do without."""
     tree = ast.parse((Path(__file__).parents[2] / "agent" / "service.py").read_text())
     service = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "AgentService")
     return frozenset(
-        item.name for item in service.body if isinstance(item, ast.FunctionDef) and not item.name.startswith("_")
+        item.name
+        for item in service.body
+        if isinstance(item, ast.FunctionDef) and any(getattr(d, "id", None) == "remote" for d in item.decorator_list)
     )
 
 
@@ -80,6 +82,7 @@ def test_the_fake_agent_answers_only_what_the_real_agent_exposes():
         "list_networks",
         "info",
     } <= AGENT_METHODS
+    assert "close" not in AGENT_METHODS, "the daemon's own, not a client's"
     with pytest.raises(AttributeError, match="no method 'clone_all'"):
         FakeAgent("h", []).__getattr__("clone_all")
 
