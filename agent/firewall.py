@@ -58,17 +58,7 @@ def ensure_masquerade(bridge, network):
 
 def remove_masquerade(bridge):
     """Remove the bridge's masquerade rule, and the agent's table with it once nothing else is in it."""
-    subject = ("bridge", bridge)
-    rules = _rules(subject)
-    if rules is None:
-        return
-    tagged = [rule for rule in rules if rule.get("comment") == _comment(BRIDGE_TAG, bridge)]
-    commands = [_delete_rule(rule) for rule in tagged]
-    if len(tagged) == len(rules):
-        commands = [_delete_table()]
-    if commands:
-        _nft(commands, subject, "remove its masquerade rule")
-        _log_removal(subject, "masquerade", tagged, len(tagged) == len(rules))
+    _remove_tagged(("bridge", bridge), BRIDGE_TAG, "masquerade", "remove its masquerade rule")
 
 
 def ensure_exemption(tunnel):
@@ -112,17 +102,21 @@ def ensure_exemption(tunnel):
 
 def remove_exemption(tunnel):
     """Remove the tunnel's exemption, and the agent's table with it once nothing else is in it."""
-    subject = ("tunnel", tunnel)
+    _remove_tagged(("tunnel", tunnel), TUNNEL_TAG, "masquerade exemption", "remove its NAT exemption")
+
+
+def _remove_tagged(subject, tag, what, doing):
+    """Delete the rules tagged for one bridge or tunnel; the whole table instead when they are all it holds (an
+    empty table of the agent's goes too)."""
     rules = _rules(subject)
     if rules is None:
         return
-    tagged = [rule for rule in rules if rule.get("comment") == _comment(TUNNEL_TAG, tunnel)]
-    commands = [_delete_rule(rule) for rule in tagged]
-    if tagged and len(tagged) == len(rules):
-        commands = [_delete_table()]
+    tagged = [rule for rule in rules if rule.get("comment") == _comment(tag, subject[1])]
+    table_too = len(tagged) == len(rules)
+    commands = [_delete_table()] if table_too else [_delete_rule(rule) for rule in tagged]
     if commands:
-        _nft(commands, subject, "remove its NAT exemption")
-        _log_removal(subject, "masquerade exemption", tagged, commands == [_delete_table()])
+        _nft(commands, subject, doing)
+        _log_removal(subject, what, tagged, table_too)
 
 
 def _log_removal(subject, what, removed, table_too):
