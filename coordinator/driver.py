@@ -23,6 +23,7 @@ from coordinator.devstack_engine import Devstack
 from coordinator.engine import walk_order
 from coordinator.errors import CoordinatorError
 from coordinator.lxc import LxcContainers
+from coordinator.pacing import Paces
 
 BOOT_TIMEOUT = 300
 BOOT_ROUND = 30.0
@@ -118,6 +119,7 @@ class Deployer:
         self._local = threading.local()
         self._opened = []
         self._checked = False
+        self.paces = Paces(plan.groups)
 
     error = DeployError
 

@@ -111,6 +111,7 @@ class GroupSpec:
     network_path: str
     host_ca_certificates: bool = False
     host_proxy: bool = False
+    starts_per_second: float | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ class LxcEngineModel:
     tunnel_to: tuple
     tunnel_type: str
     start_script: str | None
+    starts_per_second: float | None
     path: str
     count_path: str
     network_path: str
@@ -197,6 +199,7 @@ class LxcEngineModel:
                 distribution=self.distribution,
                 release=self.release,
                 start_script=self.start_script,
+                starts_per_second=self.starts_per_second,
                 devstack=self.engine.devstack,
                 count_path=self.count_path,
                 network_path=self.network_path,
@@ -431,6 +434,12 @@ class LxcEngine(plugins.Plugin):
             "type": {"type": "string"},
             **CONTAINER_GROUP_PROPERTIES,
             "start_script": ONE_LINE_SCHEMA,
+            "starts_per_second": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 10000,
+                "x-expected": "how many of these computes start per second, over all their hosts (like 4 or 0.5)",
+            },
             "provider": {},
             "engine": {},
         },
@@ -454,6 +463,7 @@ class LxcEngine(plugins.Plugin):
             hosts=children["provider"],
             engine=children["engine"],
             start_script=cfg.get("start_script"),
+            starts_per_second=cfg.get("starts_per_second"),
             **container_group_fields(cfg, site),
         )
 

@@ -210,6 +210,7 @@ class LxcContainers(Provider):
         lock = threading.Lock()
 
         def one(node):
+            d.paces.wait(node.group)  # its group's starts_per_second, over all the group's hosts
             d.engine.personalize(d.agent_for(host), node, first)
             with lock:
                 done[0] += 1

@@ -145,6 +145,9 @@ class Group:
     per_host: int
     nodes: int
     localrc_path: str  # where the group's localrc is in the config, for messages
+    # How many of the group's nodes start per second, over all its hosts (None: as fast as the start scripts
+    # run); plans recorded before it was a setting have none.
+    starts_per_second: float | None = None
 
 
 @dataclass(frozen=True)
@@ -417,6 +420,7 @@ def plan(config, previous=None):
                 per_host=spec.per_host,
                 nodes=spec.per_host * len(spec.hosts),
                 localrc_path=spec.devstack.path,
+                starts_per_second=spec.starts_per_second,
             )
             for index, spec in enumerate(specs)
         ),
