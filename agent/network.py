@@ -15,8 +15,8 @@ import re
 
 from pyroute2 import IPRoute, NetlinkError
 
-from agent import addressing, arguments, firewall
-from agent.errors import Conflict, NetworkError
+from agent import addressing, arguments, firewall, segments
+from agent.errors import Conflict, NetworkError, NotFound
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 TAG = "lxc-agent"
@@ -47,7 +47,8 @@ def ensure_host_network(bridge: str, subnet: str, owner: str | None = None) -> d
         _check_overlaps(ipr, bridge, network, None if link is None else link["index"])
         remembered = _remembered_ip_forward(ipr, bridge, link)
         if link is None:
-            link = _create_bridge(ipr, bridge, remembered, owner)
+            mac = addressing.mac_address(bridge, f"{gateway}/{network.prefixlen}")
+            link = _create_bridge(ipr, bridge, remembered, owner, mac)
         index = link["index"]
         if not _ipv4_addresses(ipr, index, bridge):
             _netlink(
@@ -89,6 +90,7 @@ def destroy_host_network(bridge: str, owner: str | None = None) -> None:
             remembered = _alias_ip_forward(link)
         firewall.remove_masquerade(bridge)
         if link is not None:
+            segments.remove_all(ipr, bridge)
             try:
                 ipr.link("del", index=link["index"])
             except NetlinkError as error:
@@ -104,6 +106,18 @@ def destroy_host_network(bridge: str, owner: str | None = None) -> None:
         _write_ip_forward(remembered, bridge)
 
 
+def ensure_segments(bridge: str, indexes) -> None:
+    """The segments `indexes` of the agent bridge `bridge` (agent.segments), for containers about to start on
+    them; NotFound when the bridge is not there (ensure_network makes it), Conflict when it is not the agent's."""
+    _check_bridge_name(bridge)
+    with IPRoute() as ipr:
+        link = _find_link(ipr, bridge)
+        if link is None:
+            raise NotFound(f"bridge {bridge!r} is not set up on this host; call ensure_network first", bridge=bridge)
+        _check_ours(link, bridge, "its containers cannot be given segments of it")
+        segments.ensure(ipr, link, indexes)
+
+
 def get_host_network(bridge: str) -> dict | None:
     """The agent bridge's network, or None if there is no bridge of that name made by the agent."""
     _check_bridge_name(bridge)
@@ -117,7 +131,10 @@ def get_host_network(bridge: str) -> dict | None:
 def list_host_networks() -> list[dict]:
     """Every bridge this agent made in this namespace, sorted by name."""
     with IPRoute() as ipr:
-        found = [_describe(ipr, link) for link in _agent_bridges(ipr)]
+        found = [
+            {**_describe(ipr, link), "segments": len(segments.of(ipr, link.get_attr("IFLA_IFNAME")))}
+            for link in _agent_bridges(ipr)
+        ]
     return sorted(found, key=lambda item: item["bridge"])
 
 
@@ -272,9 +289,12 @@ def _remembered_ip_forward(ipr, bridge, link):
     return _read_ip_forward(bridge)
 
 
-def _create_bridge(ipr, bridge, remembered, owner):
+def _create_bridge(ipr, bridge, remembered, owner, mac):
+    """The bridge, tagged, with a MAC of its own: a bridge without one takes its lowest port's and changes it as
+    ports come and go (lxc-net pins lxcbr0's for the same reason), and the containers' ARP entries for their
+    gateway would go stale."""
     try:
-        ipr.link("add", ifname=bridge, kind="bridge")
+        ipr.link("add", ifname=bridge, kind="bridge", address=mac)
     except NetlinkError as error:
         if error.code == errno.EEXIST:
             raise Conflict(

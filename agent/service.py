@@ -13,7 +13,7 @@ import threading
 from Pyro5.api import behavior, expose
 
 import agent
-from agent import addressing, arguments, containers, hostinfo, limits, network, storage, tunnels
+from agent import addressing, arguments, containers, hostinfo, limits, network, segments, storage, tunnels
 from agent.errors import AgentError, BatchError, Conflict, InvalidArgument, NotFound
 from agent.workers import WorkerPool
 
@@ -171,6 +171,10 @@ class AgentService:
                     f"address {address} must be a host address inside {subnet} other than the gateway "
                     f"{host_network['gateway']}",
                 )
+            try:
+                segments.index_of(str(subnet), address)  # within what the bridge and its segments carry
+            except InvalidArgument as error:
+                raise arguments.invalid("set_addresses", f"addresses[{name!r}]", str(error)) from None
         with self._changes:
             self._require_existing(names)
             failed = containers.ensure_networks(self.lxcpath, bridge, addresses, host_network["gateway"], mtu)
@@ -180,6 +184,8 @@ class AgentService:
     def start(self, names, timeout=60):
         with self._changes:
             self._require_existing(names)
+            for bridge, indexes in containers.segments_needed(self.lxcpath, names).items():
+                network.ensure_segments(bridge, indexes)
             failed = self._lifecycle.call(containers.start_many, self.lxcpath, names, timeout)
             return self._finish("start", names, failed)
 

@@ -38,3 +38,17 @@ def system_state(agent, name, timeout=180):
         if ("Failed to connect to bus" not in state and state != "offline") or time.monotonic() > deadline:
             return state
         time.sleep(0.5)
+
+
+# The kernel's, not the agent's: a bridge without ports loses its carrier (its routes show linkdown) up to a
+# second after it comes up, when the link watch runs; so does one whose last port goes.
+CARRIER = {"NO-CARRIER", "LOWER_UP", "linkdown"}
+
+
+def without_carrier(value):
+    """`ip -j` output (links, addresses, routes) without what tells the carrier, to compare states."""
+    if isinstance(value, dict):
+        return {key: without_carrier(item) for key, item in value.items() if key != "operstate"}
+    if isinstance(value, list):
+        return [without_carrier(item) for item in value if not (isinstance(item, str) and item in CARRIER)]
+    return value

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from agent import errors, tunnels
-from tests.support import sh, unique
+from tests.support import sh, unique, without_carrier
 
 ADDRESS_A, ADDRESS_B = "198.19.7.1", "198.19.7.2"  # the underlay, inside the test namespaces only
 UNDERLAY_MTU = 1400
@@ -87,9 +87,9 @@ def state(netns):
             for key in [key for key in data if key.endswith("_timer")]:
                 del data[key]
     return {
-        "links": links,
-        "addresses": addresses,
-        "routes": json.loads(sh("ip", "-j", "-4", "route", "show", "table", "all", netns=netns)),
+        "links": without_carrier(links),
+        "addresses": without_carrier(addresses),
+        "routes": without_carrier(json.loads(sh("ip", "-j", "-4", "route", "show", "table", "all", netns=netns))),
         "rules": json.loads(sh("ip", "-j", "-4", "rule", netns=netns)),
         "nft": json.loads(sh("nft", "-j", "list", "ruleset", netns=netns))["nftables"],
         "sysctls": sorted(rp_filter.split()) + [sysctl(netns, "ip_forward")],
