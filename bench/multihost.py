@@ -71,42 +71,41 @@ def main(argv=None):
     lab, processes = Lab(), []
     try:
         with loop_btrfs(prefix="lxcagent-bench-") as mountpoint, tempfile.TemporaryDirectory() as scratch:
-            hosts = [lab.add_host() for _ in range(args.hosts)]
-            pki.create_pki(f"{scratch}/pki", [host.address for host in hosts])
-            for index, host in enumerate(hosts):
-                processes.append(
-                    AgentProcess(f"{mountpoint}/node{index}", f"{scratch}/pki", host=host, log_level="warning")
-                )
-            single = spread = 0.0
-            for round_number in range(args.rounds):
-                order = ("single", "spread") if round_number % 2 == 0 else ("spread", "single")
-                for side in order:
-                    if side == "single":
-                        seconds = timed_run(processes[:1], args.per_host, joined=False)
-                        single += seconds
-                    else:
-                        seconds = timed_run(processes, args.per_host, joined=True)
-                        spread += seconds
-                    count = args.per_host * (1 if side == "single" else args.hosts)
-                    print(
-                        f"round {round_number + 1} {side:6}: {count:4} containers in {seconds:6.2f} s, "
-                        f"{1000 * seconds / count:6.1f} ms each",
-                        flush=True,
+            try:  # inside the mount: stop() removes what a failed run left running there
+                hosts = [lab.add_host() for _ in range(args.hosts)]
+                pki.create_pki(f"{scratch}/pki", [host.address for host in hosts])
+                for index, host in enumerate(hosts):
+                    processes.append(
+                        AgentProcess(f"{mountpoint}/node{index}", f"{scratch}/pki", host=host, log_level="warning")
                     )
-            per_single = single / (args.rounds * args.per_host)
-            per_spread = spread / (args.rounds * args.per_host * args.hosts)
-            print(f"one node:  {1000 * per_single:6.1f} ms per container")
-            print(
-                f"{args.hosts} nodes: {1000 * per_spread:6.1f} ms per container (deployed in parallel, "
-                f"sharing {os.cpu_count()} cores)"
-            )
-            print(f"ratio={per_spread / per_single:.2f}")
-            for process in processes:
-                process.stop()
-            processes.clear()
+                single = spread = 0.0
+                for round_number in range(args.rounds):
+                    order = ("single", "spread") if round_number % 2 == 0 else ("spread", "single")
+                    for side in order:
+                        if side == "single":
+                            seconds = timed_run(processes[:1], args.per_host, joined=False)
+                            single += seconds
+                        else:
+                            seconds = timed_run(processes, args.per_host, joined=True)
+                            spread += seconds
+                        count = args.per_host * (1 if side == "single" else args.hosts)
+                        print(
+                            f"round {round_number + 1} {side:6}: {count:4} containers in {seconds:6.2f} s, "
+                            f"{1000 * seconds / count:6.1f} ms each",
+                            flush=True,
+                        )
+                per_single = single / (args.rounds * args.per_host)
+                per_spread = spread / (args.rounds * args.per_host * args.hosts)
+                print(f"one node:  {1000 * per_single:6.1f} ms per container")
+                print(
+                    f"{args.hosts} nodes: {1000 * per_spread:6.1f} ms per container (deployed in parallel, "
+                    f"sharing {os.cpu_count()} cores)"
+                )
+                print(f"ratio={per_spread / per_single:.2f}")
+            finally:
+                for process in processes:
+                    process.stop()
     finally:
-        for process in processes:
-            process.stop()
         lab.remove()
     return 0
 

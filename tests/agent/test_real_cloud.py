@@ -8,102 +8,26 @@ nothing. About 15 minutes on 2 cores. The containers need the package registries
 CA), so the agent runs in this machine's own namespace, on a bridge of the test's own with NAT.
 """
 
-import ipaddress
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 
 from simlab import AgentProcess, loop_btrfs
+from simlab.cloud import MIRROR, cloud_config, free_subnet
 from tests.agent.conftest import IMAGE_PACKAGES
 from tests.agent.test_deploy_e2e import coordinator
 from tests.support import sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.devstack, pytest.mark.timeout(3600)]
 
-MIRROR = Path(__file__).resolve().parents[3] / "shared" / "openstack"
 COMPUTES = 4
 SERVERS = 8
 ADMIN = (
     "cd /opt/stack/devstack && source ./openrc admin admin >/dev/null 2>&1 && "
     "export PATH=/opt/stack/data/venv/bin:$PATH OS_COMPUTE_API_VERSION=2.37 && "
 )
-
-
-def free_subnet():
-    """A /24 in 10.250.0.0/16 that no route of this machine touches."""
-    used = [
-        ipaddress.ip_network(line.split()[0], strict=False)
-        for line in sh("ip", "-4", "route", "show", "table", "all").splitlines()
-        if line and line.split()[0][0].isdigit()
-    ]
-    for candidate in ipaddress.ip_network("10.250.0.0/16").subnets(new_prefix=24):
-        if not any(candidate.overlaps(route) for route in used if route.prefixlen > 0):
-            return str(candidate)
-    pytest.skip("no free /24 in 10.250.0.0/16 on this machine")
-
-
-def cloud_config(port, subnet):
-    credentials = [{"user": "root", "host": "127.0.0.1", "port": port}]
-    devstack = {"git_mirror": str(MIRROR), "devstack_branch": "stable/2026.1"}
-    return {
-        "type": "MultihostEngine",
-        "controller": {
-            "type": "DevstackEngine",
-            **devstack,
-            "localrc": {
-                "DOWNLOAD_DEFAULT_IMAGES": "False",
-                "IMAGE_URLS": "",
-                "ENABLED_SERVICES": "key,mysql,rabbit,n-api,n-cond,n-sch,placement-api,g-api,q-svc",
-                "Q_AGENT": "none",
-                "Q_ML2_PLUGIN_TYPE_DRIVERS": "local,flat",
-                "Q_ML2_TENANT_NETWORK_TYPE": "local",
-                "NEUTRON_CREATE_INITIAL_NETWORKS": "False",
-                "ENABLE_TENANT_TUNNELS": "False",
-                "VIRT_DRIVER": "fake",
-            },
-            "meta_sections": {
-                "post-config|/$Q_PLUGIN_CONF_FILE": {"ml2": {"mechanism_drivers": ""}},
-                "post-config|$NEUTRON_UWSGI_CONF": {"uwsgi": {"add-header": "Connection: close"}},
-            },
-            "provider": {
-                "type": "LxcProvider",
-                "containers_per_host": 1,
-                "container_name_prefix": "rc-ctl",
-                "distribution": "debian",
-                "release": "bookworm",
-                "start_lxc_network": subnet,
-                "host_ca_certificates": True,
-                "host_provider": {"type": "ExistingServers", "credentials": credentials},
-            },
-        },
-        "nodes": [
-            {
-                "type": "LxcEngine",
-                "distribution": "debian",
-                "release": "bookworm",
-                "container_name": "rc-cpu",
-                "nodes_per_server": COMPUTES,
-                "start_lxc_network": subnet,
-                "host_ca_certificates": True,
-                "provider": {"type": "ExistingServers", "credentials": credentials},
-                "engine": {
-                    "name": "DevstackEngine",
-                    **devstack,
-                    "localrc": {
-                        "VIRT_DRIVER": "fake",
-                        "DATABASE_TYPE": "mysql",
-                        "MYSQL_HOST": "{controller_ip}",
-                        "RABBIT_HOST": "{controller_ip}",
-                        "GLANCE_HOSTPORT": "{controller_ip}:9292",
-                        "ENABLED_SERVICES": "n-cpu",
-                    },
-                },
-            }
-        ],
-    }
 
 
 @pytest.fixture
@@ -141,8 +65,10 @@ def hypervisor_hosts(agent, controller):
 
 def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(host_agent, pki_dir, tmp_path):
     subnet = free_subnet()
+    if subnet is None:
+        pytest.skip("no free /24 in 10.250.0.0/16 on this machine")
     config = tmp_path / "cloud.json"
-    config.write_text(json.dumps(cloud_config(host_agent.port, subnet)))
+    config.write_text(json.dumps(cloud_config(host_agent.port, subnet, COMPUTES)))
     common = ["--store", str(tmp_path / "store.sqlite"), "--pki-dir", pki_dir]
     plan = json.loads(coordinator("plan", str(config), "--format", "json").stdout)
     controller = plan["controller"]

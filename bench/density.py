@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Host memory per fake compute of a real cloud, measured in one run.
+
+Usage: bench/density.py [--computes 16] [--starts-per-second R]
+Deploys a real cloud through the coordinator CLI (simlab.cloud: devstack stable/2026.1 from ../shared/openstack,
+one controller and N fake computes, the first stacked and N-1 clones of it) with an agent in this machine's own
+namespace on a loop-file btrfs, then measures
+- each compute's cgroup: usage, and working set (usage less inactive file pages, as cAdvisor and the kubelet
+  count it), median and max;
+- the host's MemAvailable with every compute running, then with the clones stopped: the difference over N-1 is
+  what one more compute costs the host.
+Prints those and the deploy's convergence time, destroys the cloud, and last `mib_per_compute=X` (host memory
+per added compute, MiB).
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from agent import pki
+from simlab import AgentProcess, loop_btrfs
+from simlab.cloud import MIRROR, cloud_config, free_subnet
+
+MIB = 1024 * 1024
+
+
+def coordinator(*argv, check=True):
+    result = subprocess.run([sys.executable, "-m", "coordinator.cli", *argv], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise SystemExit(f"coordinator {argv[0]} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def mem_available():
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise SystemExit("no MemAvailable in /proc/meminfo")
+
+
+def settled_available(seconds=20, every=2):
+    """MemAvailable once it stops moving much: the median of a short series."""
+    samples = []
+    for _ in range(max(1, seconds // every)):
+        samples.append(mem_available())
+        time.sleep(every)
+    return statistics.median(samples)
+
+
+def describe(values):
+    return f"median {statistics.median(values) / MIB:6.1f} MiB, max {max(values) / MIB:6.1f} MiB"
+
+
+def measure(agent, plan, settle):
+    computes = [node["name"] for node in plan["nodes"] if node["role"] == "compute"]
+    clones = [node["name"] for node in plan["nodes"] if node["kind"] == "clone"]
+    time.sleep(settle)  # nova-computes finish their first periodic tasks
+    statuses = {status["name"]: status for status in agent.list(computes)}
+    usage = [statuses[name]["memory"] for name in computes]
+    working = [statuses[name]["working_set"] for name in computes]
+    running = settled_available()
+    agent.stop(clones, 30)
+    stopped = settled_available()
+    return usage, working, (stopped - running) / max(1, len(clones))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--computes", type=int, default=16, help="fake computes (default 16; 64 for the note)")
+    parser.add_argument("--starts-per-second", type=float, help="the compute group's starts_per_second")
+    parser.add_argument("--settle", type=int, default=60, help="seconds to let the computes settle before measuring")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("bench/density.py needs root (LXC, loop mounts)")
+    if not MIRROR.is_dir():
+        sys.exit(f"no OpenStack sources at {MIRROR}: real devstack needs the git bundles of ../shared/openstack")
+    subnet = free_subnet()
+    if subnet is None:
+        sys.exit("no free /24 in 10.250.0.0/16 on this machine")
+    settings = {"starts_per_second": args.starts_per_second} if args.starts_per_second else {}
+    with loop_btrfs(size="48G", prefix="lxcagent-density-") as mountpoint, tempfile.TemporaryDirectory() as scratch:
+        lxcpath = os.path.join(mountpoint, "lxc")
+        os.mkdir(lxcpath)
+        pki.create_pki(f"{scratch}/pki", ["127.0.0.1"])
+        process = AgentProcess(lxcpath, f"{scratch}/pki", log_level="warning")
+        common = ["--store", f"{scratch}/store.sqlite", "--pki-dir", f"{scratch}/pki"]
+        try:
+            config = f"{scratch}/cloud.json"
+            with open(config, "w") as handle:
+                json.dump(cloud_config(process.port, subnet, args.computes, "dn", settings), handle)
+            plan = json.loads(coordinator("plan", config, "--format", "json").stdout)
+            began = time.monotonic()
+            deployed = coordinator("deploy", config, "--name", "density", "--log-dir", f"{scratch}/logs", *common)
+            took = time.monotonic() - began
+            converged = re.search(r"(\d+)/(\d+) nova-compute services up .* in (\S+)", deployed.stdout)
+            if not converged or converged.group(1) != converged.group(2):
+                raise SystemExit(f"the cloud did not converge:\n{deployed.stdout[-3000:]}")
+            print(f"deployed 1 controller + {args.computes} fake computes in {took:.0f} s; {converged.group(0)}")
+            usage, working, per_compute = measure(process.connect(), plan, args.settle)
+            print(f"compute cgroup usage:       {describe(usage)}")
+            print(f"compute working set:        {describe(working)}")
+            print(f"host memory per compute:    {per_compute / MIB:6.1f} MiB (MemAvailable, clones running vs stopped)")
+        finally:
+            coordinator("destroy", "density", *common, check=False)
+            process.stop()
+    print(f"mib_per_compute={per_compute / MIB:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
