@@ -1,6 +1,7 @@
 """The driver's walk over a plan, with a recording fake agent per host (the real agents have their own tests)."""
 
 import ast
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ from coordinator.config import validate
 from coordinator.devstack_engine import Devstack
 from coordinator.driver import AgentLost, Deployer, DeployError, Settings, wait_booted
 from coordinator.engine import Engine, Phase
+from coordinator.pacing import Paces
 from coordinator.store import Store
 
 SEED_LIKE = {
@@ -701,3 +703,33 @@ def test_scaling_removes_from_nova_before_destroying_and_clones_a_resealed_first
     assert sorted(name for _, args in calls(journal, "destroy") for name in args[0]) == removed
     assert not {r["name"] for r in store.resources("t")} & set(removed), "their records are dropped"
     assert not calls(journal, "clone")
+
+
+def test_computes_start_at_their_groups_pace_and_the_controller_at_once(world):
+    """Every node a provider personalizes waits its group's turn first; turns come at starts_per_second."""
+    plan, store, journal, _, deployer = world
+    paced = dataclasses.replace(
+        plan,
+        groups=tuple(
+            dataclasses.replace(group, starts_per_second=4.0) if group.role == "compute" else group
+            for group in plan.groups
+        ),
+    )
+    waits = []
+    lock = threading.Lock()
+
+    class Recording(Paces):
+        def wait(self, group):
+            waited = super().wait(group)
+            with lock:
+                waits.append((group, waited))
+            return waited
+
+    d = deployer()
+    d.plan = paced
+    d.paces = Recording(paced.groups, clock=lambda: 0.0, sleep=lambda seconds: None)
+    d.deploy()
+    computes = [node for node in paced.nodes if node.role == "compute"]
+    group = computes[0].group
+    assert sorted(waited for seen, waited in waits if seen == group) == [index / 4.0 for index in range(len(computes))]
+    assert all(waited == 0.0 for seen, waited in waits if seen != group)
