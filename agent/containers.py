@@ -44,6 +44,7 @@ HIDDEN_HOST_TUNABLES = ("sys/kernel/mm/ksm",)
 # What set_network records in the metadata; the same values asked again are done already.
 NETWORK_KEYS = ("bridge", "address", "gateway", "mtu")
 TTYS = 1
+IPV6_SYSCTLS = "/proc/sys/net/ipv6"
 
 log = logging.getLogger(__name__)
 
@@ -452,11 +453,12 @@ def set_network(lxcpath, name, bridge, address, gateway, mtu=None):
         ("lxc.net.0.hwaddr", addressing.mac_address(name, address)),
         ("lxc.net.0.ipv4.address", address),
         ("lxc.net.0.ipv4.gateway", gateway),
+    ]
+    if os.path.isdir(IPV6_SYSCTLS):  # a kernel booted without IPv6 has none to turn off (liblxc would fail)
         # The subnets are IPv4. With IPv6 on, every container joining sends neighbour discovery and MLD that the
         # bridge floods to every other container: starts slow down with the number running (measured: 20 ms each
         # with none running, 140 ms with 1,750). The container's loopback keeps ::1.
-        ("lxc.sysctl.net.ipv6.conf.eth0.disable_ipv6", "1"),
-    ]
+        items.append(("lxc.sysctl.net.ipv6.conf.eth0.disable_ipv6", "1"))
     if mtu:
         items.append(("lxc.net.0.mtu", str(mtu)))
     for key, value in items:
