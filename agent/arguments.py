@@ -457,6 +457,7 @@ ENV = MapOf(ENV_NAME, Text("value", MAX_ARG_BYTES), "environment variables", MAX
 # --- the table: method -> argument -> checker, in the method's order ---
 
 SCHEMAS: dict[str, dict[str, Check]] = {
+    "ping": {},
     "info": {},
     "list_images": {},
     "list": {"names": Optional(NAMES)},

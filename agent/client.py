@@ -4,6 +4,7 @@ Each connection carries its own TLS material (Pyro5's own client TLS settings ar
 coordinator may talk to agents with different CAs), so the socket and Pyro5's connect handshake are made here.
 """
 
+import contextlib
 import os
 import socket
 import ssl
@@ -28,6 +29,17 @@ class AgentProxy(Pyro5.api.Proxy):
         super()._pyroRelease()
         if connection is not None:
             connection.sock.close()
+
+
+def cut(proxy):
+    """End a connected proxy's connection from any thread: a call waiting on it ends at once, with Pyro5's
+    ConnectionClosedError. The socket is shut down beneath TLS (ssl's own shutdown would pull the TLS state from
+    under the thread that reads); the proxy's owner still releases it. Anything else (not connected, a stand-in)
+    is left alone."""
+    sock = getattr(getattr(proxy, "_pyroConnection", None), "sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):  # closed already
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _SizedConnection(socketutil.SocketConnection):

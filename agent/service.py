@@ -77,6 +77,12 @@ class AgentService:
     # -- reading -----------------------------------------------------------------------------------------------
 
     @remote
+    def ping(self):
+        """The agent's version, at once: a client waiting on a long call (a stack.sh run) asks this over another
+        connection to know the agent still serves (coordinator.heartbeat)."""
+        return agent.__version__
+
+    @remote
     def info(self):
         images = [
             {key: image.get(key) for key in ("key", "template", "release", "packages", "size")}
@@ -194,14 +200,16 @@ class AgentService:
         """Halt gracefully (all at once), killing what is still running after `timeout` seconds."""
         with self._changes:
             self._require_existing(names)
-            failed = containers.stop_many(self.lxcpath, names, timeout)
+            # In a worker: liblxc's shutdown and wait keep Python's lock while they wait, and would freeze every
+            # other client's call (and a heartbeat) for up to `timeout` seconds.
+            failed = self._lifecycle.call(containers.stop_many, self.lxcpath, names, timeout)
             return self._finish("stop", names, failed)
 
     @remote
     def destroy(self, names):
         """Stop and remove each container with its storage; names that do not exist are already done."""
         with self._changes:
-            failed = containers.destroy_many(self.lxcpath, names)
+            failed = self._lifecycle.call(containers.destroy_many, self.lxcpath, names)  # stops too: see stop()
             return self._finish("destroy", names, failed)
 
     @remote
