@@ -16,6 +16,8 @@ import threading
 from coordinator import access, devstack, nova, topology
 from coordinator.engine import Engine, Phase
 
+WATCH_TIMEOUT = 30  # seconds for one look at which devstack phase a running stack.sh is in
+
 
 class Devstack(Engine):
     """devstack and nova; `steps` and `nova` are the modules that act inside nodes (recording fakes in the
@@ -145,11 +147,12 @@ class Devstack(Engine):
             proxy = None
             try:
                 proxy = d.connect(d.plan.host(node.host))
+                proxy._pyroTimeout = WATCH_TIMEOUT + d.settings.call_timeout  # an agent that hangs ends the watch
                 while not stop.wait(d.settings.watch_interval):
                     seen = proxy.run(
                         node.name,
                         ["sh", "-c", devstack.WATCH_STACK, "watch", f"{devstack.STACK_STATE_DIR}/stack.log"],
-                        timeout=30,
+                        timeout=WATCH_TIMEOUT,
                     )
                     phase = devstack.stack_phase(seen["stdout"])
                     if phase and not stop.is_set():

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 import Pyro5.errors
 
 from agent.errors import AgentError, AuthenticationError, CommandTimeout, Conflict
-from coordinator import nova
+from coordinator import heartbeat, nova
 from coordinator.devstack_engine import Devstack
 from coordinator.engine import walk_order
 from coordinator.errors import CoordinatorError
+from coordinator.heartbeat import Heartbeat
 from coordinator.lxc import LxcContainers
 from coordinator.pacing import Paces
 
@@ -41,11 +42,13 @@ class AgentLost(DeployError):
 
 class _HostAgent:
     """A proxy to one host's agent that never waits forever and never ends in Pyro5's traceback: each call gets a
-    deadline (call_timeout, or a command's own timeout plus call_timeout for run()), and a broken, silent or
-    garbled connection becomes AgentLost naming the host and the call."""
+    deadline (call_timeout, or a command's own timeout plus call_timeout for run()), a call that may wait longer
+    than the host's heartbeat takes to notice a hang is watched by it (coordinator.heartbeat), and a broken,
+    silent or garbled connection becomes AgentLost naming the host and the call."""
 
-    def __init__(self, proxy, address, call_timeout):
+    def __init__(self, proxy, address, call_timeout, heartbeat):
         self._proxy, self._address, self._call_timeout = proxy, address, call_timeout
+        self._heartbeat = heartbeat
 
     def __getattr__(self, name):
         if name.startswith("_") or name in getattr(self._proxy, "__dict__", {}):  # not a remote method
@@ -53,18 +56,25 @@ class _HostAgent:
 
         def call(*args, **options):
             deadline = self._deadline(name, args, options)
+            beat = self._heartbeat
+            watched = deadline > beat.interval + beat.timeout
+            if watched and beat.failure:  # the agent hangs: no call that long is worth starting
+                raise self._stopped_answering(name)
             self._proxy._pyroTimeout = deadline
             try:
-                # The first call's attribute lookup connects and asks the agent for its metadata: inside the try.
-                return getattr(self._proxy, name)(*args, **options)
-            except Pyro5.errors.TimeoutError:
-                raise AgentLost(
-                    f"the agent on host {self._address} did not answer {name}() within {deadline:.0f} s: it hangs, "
-                    f"or the host or network does; check `systemctl status lxc-agent` and its journal there "
-                    f"(restart it if it hangs: containers keep running), then deploy again under the same name "
-                    f"to resume"
-                ) from None
+                with beat.watching(self._proxy) if watched else contextlib.nullcontext():
+                    # The first call's attribute lookup connects and asks the agent for its metadata: in the try.
+                    return getattr(self._proxy, name)(*args, **options)
             except Pyro5.errors.CommunicationError as error:
+                if watched and beat.failure:  # the heartbeat cut the connection
+                    raise self._stopped_answering(name) from None
+                if isinstance(error, Pyro5.errors.TimeoutError):
+                    raise AgentLost(
+                        f"the agent on host {self._address} did not answer {name}() within {deadline:.0f} s: it "
+                        f"hangs, or the host or network does; check `systemctl status lxc-agent` and its journal "
+                        f"there (restart it if it hangs: containers keep running), then deploy again under the "
+                        f"same name to resume"
+                    ) from None
                 raise AgentLost(
                     f"lost the agent on host {self._address} during {name}(): {error}; check that "
                     f"lxc-agent runs there (`systemctl status lxc-agent`), then deploy again under the "
@@ -72,6 +82,14 @@ class _HostAgent:
                 ) from None
 
         return call
+
+    def _stopped_answering(self, name):
+        return AgentLost(
+            f"the agent on host {self._address} did not answer while {name}() waited: "
+            f"{self._heartbeat.failure}; it hangs, or the host or network does; check `systemctl status lxc-agent` "
+            f"and its journal there (restart it if it hangs: containers keep running), then deploy again under the "
+            f"same name to resume"
+        )
 
     def _deadline(self, name, args, options):
         """Seconds to wait for the answer: a command run with a timeout of its own may take that long first."""
@@ -94,6 +112,7 @@ class Settings:
     # An agent call answers within this (run() within its command's timeout plus this): creating an image from a
     # template downloads a distribution, which can take many minutes on a slow mirror.
     call_timeout: float = CALL_TIMEOUT
+    heartbeat_interval: float = heartbeat.INTERVAL  # while a longer call waits, its agent is pinged this often
     environ: dict = field(default_factory=lambda: dict(os.environ))  # where host_proxy settings come from
 
 
@@ -118,6 +137,7 @@ class Deployer:
         self._record_lock = threading.Lock()
         self._local = threading.local()
         self._opened = []
+        self._heartbeats: dict[str, Heartbeat] = {}  # host address -> its agent's
         self._checked = False
         self.paces = Paces(plan.groups)
 
@@ -137,12 +157,23 @@ class Deployer:
                     f"runs there and listens on the port the config or --agent-port gives, then deploy "
                     f"again under the same name to resume"
                 ) from None
-            cache[host.address] = _HostAgent(proxy, host.address, self.settings.call_timeout)
             with self._record_lock:
+                if host.address not in self._heartbeats:
+                    self._heartbeats[host.address] = Heartbeat(
+                        lambda: self.connect(host),
+                        host.address,
+                        self.settings.heartbeat_interval,
+                        min(self.settings.call_timeout, heartbeat.TIMEOUT),
+                    )
+                cache[host.address] = _HostAgent(
+                    proxy, host.address, self.settings.call_timeout, self._heartbeats[host.address]
+                )
                 self._opened.append(cache[host.address])
         return cache[host.address]
 
     def close(self):
+        for beat in self._heartbeats.values():
+            beat.close()
         for proxy in self._opened:
             with contextlib.suppress(Exception):
                 proxy._pyroClaimOwnership()

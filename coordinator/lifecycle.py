@@ -44,7 +44,8 @@ def add_arguments(commands):
             default=CALL_TIMEOUT,
             metavar="SECONDS",
             help=f"give up on an agent that does not answer a call within this many seconds, naming the host and "
-            f"the step (a command it runs gets its own timeout on top; default {CALL_TIMEOUT:g})",
+            f"the step (a command it runs gets its own timeout on top, while pings every 15 s must be answered within "
+            f"this, at most 60 s; default {CALL_TIMEOUT:g})",
         ),
     }
 

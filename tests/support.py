@@ -1,8 +1,10 @@
 """Plain helpers for tests: independent checks with the real CLIs, and resource names that never collide."""
 
 import json
+import os
 import subprocess
 import time
+from pathlib import Path
 
 from simlab import lxc_states, unique  # noqa: F401  (tests import them from here too)
 
@@ -52,3 +54,27 @@ def without_carrier(value):
     if isinstance(value, list):
         return [without_carrier(item) for item in value if not (isinstance(item, str) and item in CARRIER)]
     return value
+
+
+def agent_pid(process):
+    """The lxc-agent process itself under the nsenter/unshare/sh chain that started it in its node."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    queue = [process.pid]
+    while queue:
+        pid = queue.pop()
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"agent.daemon" in cmdline and b"serve" in cmdline:
+            return pid
+        queue += children.get(pid, [])
+    raise AssertionError(f"no lxc-agent process under pid {process.pid}")

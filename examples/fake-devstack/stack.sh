@@ -119,4 +119,11 @@ for role in $roles; do
     fi
 done
 
+# A real stack.sh takes minutes: FAKE_STACK_SECONDS in local.conf makes the stand-in take that long too (tests of
+# what happens while one runs).
+if [[ -n ${FAKE_STACK_SECONDS:-} ]]; then
+    echo "fake-devstack: taking ${FAKE_STACK_SECONDS} s more, as local.conf's FAKE_STACK_SECONDS asks"
+    sleep "$FAKE_STACK_SECONDS"
+fi
+
 echo "fake-devstack: stack.sh completed (roles: $(echo $roles)); this was the stand-in, not devstack"

@@ -4,6 +4,7 @@ killed while cloning and deployed again, and a stack.sh that fails. Same layout 
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +22,7 @@ from tests.agent.test_deploy_e2e import (
     config_for,
     coordinator,
 )
-from tests.support import sh
+from tests.support import agent_pid, sh
 
 pytestmark = pytest.mark.slow
 
@@ -168,28 +169,37 @@ def test_a_failing_stack_sh_is_reported_with_node_exit_code_and_log_and_destroy_
     assert "no deployment named 'broken'" in again.stderr and "Traceback" not in again.stderr
 
 
-def agent_pid(process):
-    """The lxc-agent process itself under the nsenter/unshare/sh chain that started it in its node."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-    queue = [process.pid]
-    while queue:
-        pid = queue.pop()
+def stop_the_agent_once(node_agent, tmp_path, argv, ready, what, then_wait=0.0):
+    """Run the coordinator with argv; once ready() is true (and then_wait seconds later), stop the agent (SIGSTOP)
+    until the coordinator gives up (at most 120 s), then let the agent run again. Returns the coordinator's exit
+    code and stderr."""
+    pid = agent_pid(node_agent.process)
+    err_path = tmp_path / "first.err"
+    with open(tmp_path / "first.out", "w") as out, open(err_path, "w") as err:
+        # -X faulthandler: should it hang, SIGABRT makes it write every thread's stack into first.err.
+        first = subprocess.Popen(
+            [sys.executable, "-X", "faulthandler", "-m", "coordinator.cli", *argv], stdout=out, stderr=err
+        )
+    try:
+        wait_for(ready, first, what, err_path)
+        time.sleep(then_wait)
+        os.kill(pid, signal.SIGSTOP)
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"agent.daemon" in cmdline and b"serve" in cmdline:
-            return pid
-        queue += children.get(pid, [])
-    raise AssertionError(f"no lxc-agent process under pid {process.pid}")
+            code = first.wait(120)
+        except subprocess.TimeoutExpired:
+            first.send_signal(signal.SIGABRT)
+            first.wait()
+            raise AssertionError(
+                f"the deploy still ran 120 s after its agent stopped answering (during {what}):\n"
+                + err_path.read_text()
+            ) from None
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    return code, err_path.read_text()
 
 
 def test_an_agent_that_hangs_mid_deploy_is_named_with_host_and_phase_and_a_resume_completes(node_agent, tmp_path):
@@ -200,30 +210,24 @@ def test_an_agent_that_hangs_mid_deploy_is_named_with_host_and_phase_and_a_resum
     store = str(tmp_path / "store.sqlite")
     deploy = ["deploy", str(config), "--name", "hang", "--log-dir", str(tmp_path / "logs"), "--agent-timeout", "5"]
     links_before = sh("ip", "-br", "link", netns=node_agent.netns)
-    pid = agent_pid(node_agent.process)
-    with open(tmp_path / "first.out", "w") as out, open(tmp_path / "first.err", "w") as err:
-        first = subprocess.Popen([sys.executable, "-m", "coordinator.cli", *deploy, *common], stdout=out, stderr=err)
-    try:
-        wait_for(
-            lambda: any(key.startswith("containers:") for key in steps(store, "running")),
-            first,
-            "the containers step",
-            tmp_path / "first.err",
-        )
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            code = first.wait(120)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-    message = (tmp_path / "first.err").read_text()
+    code, message = stop_the_agent_once(
+        node_agent,
+        tmp_path,
+        [*deploy, *common],
+        lambda: any(key.startswith("containers:") for key in steps(store, "running")),
+        "the containers step",
+    )
     assert code == 1, message
     assert "Traceback" not in message
-    assert f"phase containers: the agent on host {node_agent.host} did not answer " in message, message
-    assert "within 5 s" in message and "deploy again under the same name to resume" in message
+    # Where the stop lands depends on this machine's speed: in the containers (a call's own 5 s), or in a boot
+    # wait (a 30 s round and 5 s), or in the controller's stack.sh (the heartbeat's 15 s and 5 s).
+    assert re.search(
+        rf"phase (containers|controller): the agent on host {re.escape(node_agent.host)} did not answer "
+        r"(\w+\(\) within (5|35) s|while run\(\) waited: a heartbeat \(ping\(\) every 15 s\) did not answer "
+        r"within 5 s)",
+        message,
+    ), message
+    assert "deploy again under the same name to resume" in message
 
     coordinator(*deploy, *common)
     assert set(steps(store).values()) == {"done"}, steps(store)
@@ -231,4 +235,41 @@ def test_an_agent_that_hangs_mid_deploy_is_named_with_host_and_phase_and_a_resum
     assert shown["status"] == "deployed"
     assert_deployed_as_planned(node_agent, plan, shown)
     coordinator("destroy", "hang", *common)
+    assert_nothing_left(node_agent, links_before)
+
+
+def test_an_agent_that_hangs_while_stack_sh_runs_is_noticed_by_its_heartbeat(node_agent, tmp_path):
+    """stack.sh may run for hours, so run()'s own deadline is no help when the agent hangs meanwhile: the deploy's
+    heartbeat to the agent notices within its 15 s and --agent-timeout, ends the deploy naming host and phase, and
+    a deploy under the same name (stack.sh shortened) resumes into the cloud."""
+    config, plan, common = setup_cloud(node_agent, tmp_path)
+    data = json.loads(config.read_text())
+    data["controller"]["localrc"]["FAKE_STACK_SECONDS"] = "40"
+    config.write_text(json.dumps(data))
+    controller = next(node["name"] for node in plan["nodes"] if node["role"] == "controller")
+    store = str(tmp_path / "store.sqlite")
+    deploy = ["deploy", str(config), "--name", "beat", "--log-dir", str(tmp_path / "logs"), "--agent-timeout", "5"]
+    links_before = sh("ip", "-br", "link", netns=node_agent.netns)
+    code, message = stop_the_agent_once(
+        node_agent,
+        tmp_path,
+        [*deploy, *common],
+        lambda: f"devstack:{controller}" in steps(store, "running"),
+        "the controller's stack.sh",
+        then_wait=3,
+    )
+    assert code == 1, message
+    assert "Traceback" not in message
+    assert (
+        f"phase controller: the agent on host {node_agent.host} did not answer while run() waited: a heartbeat "
+        "(ping() every 15 s) did not answer within 5 s" in message
+    ), message
+
+    del data["controller"]["localrc"]["FAKE_STACK_SECONDS"]
+    config.write_text(json.dumps(data))
+    coordinator(*deploy, *common)  # waits for the first stack.sh, which the agent ran on, then redoes it
+    shown = json.loads(coordinator("show", "beat", "--json", *common).stdout)
+    assert shown["status"] == "deployed"
+    assert_deployed_as_planned(node_agent, plan, shown)
+    coordinator("destroy", "beat", *common)
     assert_nothing_left(node_agent, links_before)

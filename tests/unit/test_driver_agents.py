@@ -36,15 +36,43 @@ class SlowAgent:
         return {"exit_code": 0, "stdout": "", "stderr": ""}
 
 
-@pytest.fixture
-def slow_agent():
+@Pyro5.api.expose
+class PingedAgent(SlowAgent):
+    """SlowAgent with ping(), which hangs once `hangs` is set; counts the run() calls it got."""
+
+    def __init__(self):
+        self.hangs, self.runs = threading.Event(), 0
+
+    def ping(self):
+        if self.hangs.is_set():
+            time.sleep(30)
+        return "0"
+
+    def run(self, name, argv, stdin=None, env=None, user=None, timeout=None):
+        self.runs += 1
+        return super().run(name, argv, stdin, env, user, timeout)
+
+
+def serve(agent):
     daemon = Pyro5.api.Daemon(host="127.0.0.1")
-    uri = daemon.register(SlowAgent(), "lxc.agent")
+    uri = daemon.register(agent, "lxc.agent")
     thread = threading.Thread(target=daemon.requestLoop, daemon=True)
     thread.start()
     yield uri
     daemon.shutdown()
     thread.join(10)
+
+
+@pytest.fixture
+def slow_agent():
+    yield from serve(SlowAgent())
+
+
+@pytest.fixture
+def pinged_agent():
+    agent = PingedAgent()
+    for uri in serve(agent):
+        yield uri, agent
 
 
 @pytest.fixture
@@ -72,12 +100,11 @@ def garbage_agent():
     server.close()
 
 
-def deployer(tmp_path, uri, call_timeout):
+def deployer(tmp_path, uri, call_timeout, heartbeat_interval=15.0):
     plan = topology.plan(validate(CONFIG))
     store = Store(str(tmp_path / "store.sqlite"))
-    return Deployer(
-        "t", plan, store, lambda host: Pyro5.api.Proxy(uri), Settings(log_dir=str(tmp_path), call_timeout=call_timeout)
-    )
+    settings = Settings(log_dir=str(tmp_path), call_timeout=call_timeout, heartbeat_interval=heartbeat_interval)
+    return Deployer("t", plan, store, lambda host: Pyro5.api.Proxy(uri), settings)
 
 
 def agent_of(d):
@@ -106,3 +133,35 @@ def test_an_agent_that_answers_garbage_is_named_not_a_traceback(tmp_path, garbag
     with pytest.raises(AgentLost) as caught:
         agent_of(deployer(tmp_path, garbage_agent, call_timeout=5)).info()
     assert str(caught.value).startswith("lost the agent on host 198.18.0.10 during info(): ")
+
+
+def test_a_long_call_ends_when_the_agent_stops_answering_its_heartbeat(tmp_path, pinged_agent):
+    """run() of 30 s with a timeout of 100 s would wait up to 101 s for an agent that hangs; the heartbeat (every
+    0.2 s here, an answer within the call timeout of 1 s) ends it, and no later call that long is started."""
+    uri, served = pinged_agent
+    d = deployer(tmp_path, uri, call_timeout=1, heartbeat_interval=0.2)
+    agent = agent_of(d)
+    threading.Timer(1.0, served.hangs.set).start()
+    with pytest.raises(AgentLost) as caught:
+        agent.run("c", ["30"], timeout=100)
+    assert str(caught.value).startswith(
+        "the agent on host 198.18.0.10 did not answer while run() waited: a heartbeat (ping() every 0.2 s) did not "
+        "answer within 1 s; "
+    ), caught.value
+    assert "deploy again under the same name to resume" in str(caught.value)
+    assert served.runs == 1
+    with pytest.raises(AgentLost, match="did not answer while run"):
+        agent_of(d).run("c", ["0"], timeout=100)
+    assert served.runs == 1, "not sent: the agent is known to hang"
+    d.close()
+
+
+def test_a_long_call_on_an_agent_that_answers_its_heartbeat_or_has_none_runs_to_its_end(
+    tmp_path, pinged_agent, slow_agent
+):
+    uri, served = pinged_agent
+    for target in (uri, slow_agent):  # an agent without ping() (an older one) is waited on as before
+        d = deployer(tmp_path, target, call_timeout=1, heartbeat_interval=0.2)
+        assert agent_of(d).run("c", ["1.5"], timeout=100)["exit_code"] == 0
+        d.close()
+    assert served.runs == 1
