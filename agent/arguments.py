@@ -474,7 +474,7 @@ SCHEMAS: dict[str, dict[str, Check]] = {
         "addresses": MapOf(CONTAINER_NAME, Interface(), "container name -> address/prefix", MAX_BATCH),
         "mtu": Optional(MTU),
     },
-    "start": {"names": NAMES, "timeout": Seconds()},
+    "start": {"names": NAMES, "timeout": Seconds(), "merge_memory": Flag("merge_memory")},
     "stop": {"names": NAMES, "timeout": Seconds(zero=True)},
     "destroy": {"names": NAMES},
     "run": {

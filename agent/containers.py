@@ -20,7 +20,7 @@ import time
 
 import lxc
 
-from agent import addressing, btrfs, guest, segments, storage
+from agent import addressing, btrfs, guest, memory_merge, segments, storage
 from agent.errors import AgentError, CommandTimeout, Conflict, ContainerError, InvalidArgument, NotFound, StorageError
 
 TEMPLATE_DIR = "/usr/share/lxc/templates"
@@ -528,8 +528,11 @@ def each(function, lxcpath, names, *args):
     return failed
 
 
-def start_many(lxcpath, names, timeout=30.0):
-    """Start each (daemonized) and wait until all run; returns name -> error text for those that failed. Forks."""
+def start_many(lxcpath, names, timeout=30.0, merge_memory=False):
+    """Start each (daemonized) and wait until all run; returns name -> error text for those that failed. Forks.
+
+    merge_memory: each container's processes get their memory merged by KSM with the others' (agent.memory_merge),
+    for this run of it; a container already running is left as it runs."""
     require_agents(lxcpath, names)
     failed = {}
     started = []
@@ -540,7 +543,10 @@ def start_many(lxcpath, names, timeout=30.0):
         log_file = os.path.join(lxcpath, name, "lxc.log")
         container.set_config_item("lxc.log.file", log_file)
         container.set_config_item("lxc.log.level", "ERROR")
-        with _umask(GUEST_UMASK):
+        launcher = memory_merge.init_command(storage.layers(lxcpath, name)) if merge_memory else None
+        if launcher:  # for this start only: the saved config keeps the plain init
+            container.set_config_item("lxc.init.cmd", launcher)
+        with _umask(GUEST_UMASK), _merging(merge_memory):
             started_ok = container.start(useinit=False, daemonize=True, close_fds=True)
         if started_ok:
             started.append(name)
@@ -553,6 +559,19 @@ def start_many(lxcpath, names, timeout=30.0):
         else:
             log.info("container %s: started", name)
     return failed
+
+
+@contextlib.contextmanager
+def _merging(merge):
+    """The worker's memory-merge setting while it forks a container's monitor and init (they inherit it)."""
+    if not merge:
+        yield
+        return
+    memory_merge.set_for_children(True)
+    try:
+        yield
+    finally:
+        memory_merge.set_for_children(False)
 
 
 def _last_errors(log_file, count=3):

@@ -7,6 +7,8 @@ import secrets
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agent import memory_merge
+
 
 def _filesystems():
     with open("/proc/filesystems") as handle:
@@ -64,6 +66,7 @@ def kernel_features():
         "ipip": _can_create_link("ipip"),
         "openvswitch": _has_module("openvswitch"),
         "loop": _has_loop_devices(),
+        "memory_merge": memory_merge.problem() is None,  # KSM with PR_SET_MEMORY_MERGE: start(merge_memory=True)
     }
 
 

@@ -13,7 +13,18 @@ import threading
 from Pyro5.api import behavior, expose
 
 import agent
-from agent import addressing, arguments, containers, hostinfo, limits, network, segments, storage, tunnels
+from agent import (
+    addressing,
+    arguments,
+    containers,
+    hostinfo,
+    limits,
+    memory_merge,
+    network,
+    segments,
+    storage,
+    tunnels,
+)
 from agent.errors import AgentError, BatchError, Conflict, InvalidArgument, NotFound
 from agent.workers import WorkerPool
 
@@ -187,12 +198,17 @@ class AgentService:
             return self._finish("set_addresses", names, failed)
 
     @remote
-    def start(self, names, timeout=60):
+    def start(self, names, timeout=60, merge_memory=False):
+        """Start and wait until running. merge_memory: their processes' memory merged by KSM with each other's
+        (agent.memory_merge: for copies of one container, like fake computes; turns ksmd on)."""
         with self._changes:
             self._require_existing(names)
+            if merge_memory:
+                memory_merge.require()
+                memory_merge.ensure_ksmd()
             for bridge, indexes in containers.segments_needed(self.lxcpath, names).items():
                 network.ensure_segments(bridge, indexes)
-            failed = self._lifecycle.call(containers.start_many, self.lxcpath, names, timeout)
+            failed = self._lifecycle.call(containers.start_many, self.lxcpath, names, timeout, merge_memory)
             return self._finish("start", names, failed)
 
     @remote

@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from agent import memory_merge
 from simlab import AgentProcess
 from tests.support import system_state
 
@@ -40,10 +41,17 @@ def test_debian_boots_systemd_keeps_its_static_address_and_clones(debian_made_ou
     agent.stop(["deb"], timeout=60)
     assert agent.clone("deb", ["deb-a", "deb-b"]) == ["deb-a", "deb-b"]
     agent.set_addresses(BRIDGE, {name: addresses[name] for name in ("deb-a", "deb-b")})
-    agent.start(["deb-a", "deb-b"])
+    merge = memory_merge.problem() is None
+    agent.start(["deb-a", "deb-b"], 60, merge)  # merge_memory: init through setarch -R, all of it mergeable
     ids = set()
     for name in ("deb-a", "deb-b"):
         assert system_state(agent, name) == "running", name
+        if merge:
+            journald = agent.run(name, ["pidof", "systemd-journald"])["stdout"].strip()
+            for pid in ("1", journald):
+                # ADDR_NO_RANDOMIZE (0x0040000), and KSM's merge-any, in init and in a service it started
+                seen = agent.run(name, ["cat", f"/proc/{pid}/personality", f"/proc/{pid}/ksm_stat"])["stdout"]
+                assert seen.startswith("00040000\n") and "ksm_merge_any: yes" in seen, (name, pid, seen)
         assert agent.run(name, ["hostname"])["stdout"].strip() == name
         assert re.search(rf"inet {addresses[name]}\b", agent.run(name, ["ip", "-4", "addr"])["stdout"])
         ids.add(agent.run(name, ["cat", "/etc/machine-id"])["stdout"].strip())
