@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Host memory per fake compute of a real cloud, measured in one run.
 
-Usage: bench/density.py [--computes 16] [--starts-per-second R]
+Usage: bench/density.py [--computes 16] [--starts-per-second R] [--merge-memory]
 Deploys a real cloud through the coordinator CLI (simlab.cloud: devstack stable/2026.1 from ../shared/openstack,
 one controller and N fake computes, the first stacked and N-1 clones of it) with an agent in this machine's own
 namespace on a loop-file btrfs, then measures
@@ -11,6 +11,11 @@ namespace on a loop-file btrfs, then measures
   what one more compute costs the host.
 Prints those and the deploy's convergence time, destroys the cloud, and last `mib_per_compute=X` (host memory
 per added compute, MiB).
+
+--merge-memory deploys the computes with merge_memory (agent.memory_merge), waits until KSM has merged what it
+will, and measures the host's memory twice side by side: merged, then with KSM's pages unmerged
+(/sys/kernel/mm/ksm/run = 2); `merged_ratio=X` is the first over the second. The last line stays
+`mib_per_compute` (merged).
 """
 
 import argparse
@@ -30,6 +35,8 @@ from simlab import AgentProcess, loop_btrfs
 from simlab.cloud import MIRROR, cloud_config, free_subnet
 
 MIB = 1024 * 1024
+PAGE = os.sysconf("SC_PAGE_SIZE")
+KSM = "/sys/kernel/mm/ksm"
 
 
 def coordinator(*argv, check=True):
@@ -60,17 +67,48 @@ def describe(values):
     return f"median {statistics.median(values) / MIB:6.1f} MiB, max {max(values) / MIB:6.1f} MiB"
 
 
-def measure(agent, plan, settle):
+def ksm(name):
+    with open(f"{KSM}/{name}") as handle:
+        return int(handle.read().split()[0])
+
+
+def wait_merged(limit=1800):
+    """Until KSM's shared pages stop growing: two full scans in a row that add less than 1 %."""
+    began, last, calm = time.monotonic(), -1, 0
+    scans = ksm("full_scans")
+    while time.monotonic() - began < limit and calm < 2:
+        time.sleep(5)
+        if ksm("full_scans") == scans:
+            continue
+        scans, sharing = ksm("full_scans"), ksm("pages_sharing")
+        calm = calm + 1 if last >= 0 and sharing - last < 0.01 * max(1, last) else 0
+        last = sharing
+    print(
+        f"KSM: {ksm('pages_sharing') * PAGE / MIB:.0f} MiB saved after {scans} full scans in "
+        f"{time.monotonic() - began:.0f} s",
+        flush=True,
+    )
+
+
+def measure(agent, plan, settle, merged):
+    """Working sets, and host memory per added compute: (MemAvailable with the clones stopped - with them
+    running) / clones; when merged, also with KSM's pages unmerged, side by side."""
     computes = [node["name"] for node in plan["nodes"] if node["role"] == "compute"]
     clones = [node["name"] for node in plan["nodes"] if node["kind"] == "clone"]
     time.sleep(settle)  # nova-computes finish their first periodic tasks
+    if merged:
+        wait_merged()
     statuses = {status["name"]: status for status in agent.list(computes)}
     usage = [statuses[name]["memory"] for name in computes]
     working = [statuses[name]["working_set"] for name in computes]
-    running = settled_available()
+    running = {"as deployed": settled_available()}
+    if merged:
+        with open(f"{KSM}/run", "w") as handle:
+            handle.write("2")  # unmerge every merged page, stop merging
+        running["unmerged"] = settled_available()
     agent.stop(clones, 30)
     stopped = settled_available()
-    return usage, working, (stopped - running) / max(1, len(clones))
+    return usage, working, {key: (stopped - value) / max(1, len(clones)) for key, value in running.items()}
 
 
 def main(argv=None):
@@ -78,6 +116,7 @@ def main(argv=None):
     parser.add_argument("--computes", type=int, default=16, help="fake computes (default 16; 64 for the note)")
     parser.add_argument("--starts-per-second", type=float, help="the compute group's starts_per_second")
     parser.add_argument("--settle", type=int, default=60, help="seconds to let the computes settle before measuring")
+    parser.add_argument("--merge-memory", action="store_true", help="computes with merge_memory, KSM on and off")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench/density.py needs root (LXC, loop mounts)")
@@ -87,6 +126,9 @@ def main(argv=None):
     if subnet is None:
         sys.exit("no free /24 in 10.250.0.0/16 on this machine")
     settings = {"starts_per_second": args.starts_per_second} if args.starts_per_second else {}
+    if args.merge_memory:
+        settings["merge_memory"] = True
+    ksm_before = ksm("run") if os.path.exists(f"{KSM}/run") else None
     with loop_btrfs(size="48G", prefix="lxcagent-density-") as mountpoint, tempfile.TemporaryDirectory() as scratch:
         lxcpath = os.path.join(mountpoint, "lxc")
         os.mkdir(lxcpath)
@@ -105,14 +147,26 @@ def main(argv=None):
             if not converged or converged.group(1) != converged.group(2):
                 raise SystemExit(f"the cloud did not converge:\n{deployed.stdout[-3000:]}")
             print(f"deployed 1 controller + {args.computes} fake computes in {took:.0f} s; {converged.group(0)}")
-            usage, working, per_compute = measure(process.connect(), plan, args.settle)
+            usage, working, per_compute = measure(process.connect(), plan, args.settle, args.merge_memory)
             print(f"compute cgroup usage:       {describe(usage)}")
             print(f"compute working set:        {describe(working)}")
-            print(f"host memory per compute:    {per_compute / MIB:6.1f} MiB (MemAvailable, clones running vs stopped)")
+            for how, value in per_compute.items():
+                print(
+                    f"host memory per compute:    {value / MIB:6.1f} MiB ({how}; MemAvailable, clones running vs "
+                    "stopped)"
+                )
+            if args.merge_memory:
+                print(f"merged_ratio={per_compute['as deployed'] / per_compute['unmerged']:.2f}")
         finally:
             coordinator("destroy", "density", *common, check=False)
             process.stop()
-    print(f"mib_per_compute={per_compute / MIB:.1f}")
+            if ksm_before is not None and ksm("run") != ksm_before:
+                with open(f"{KSM}/run", "w") as handle:  # as this machine had it (2 unmerged already)
+                    handle.write(str(ksm_before) if ksm_before != 0 else "2")
+                if ksm_before == 0:
+                    with open(f"{KSM}/run", "w") as handle:
+                        handle.write("0")
+    print(f"mib_per_compute={per_compute['as deployed'] / MIB:.1f}")
     return 0
 
 

@@ -17,6 +17,11 @@ from coordinator import access, devstack, nova, topology
 from coordinator.engine import Engine, Phase
 
 WATCH_TIMEOUT = 30  # seconds for one look at which devstack phase a running stack.sh is in
+HASH_SEED_FILE = "/etc/systemd/system.conf.d/lxc-cloud-memory-merge.conf"
+HASH_SEED_SCRIPT = (
+    f"mkdir -p {HASH_SEED_FILE.rsplit('/', 1)[0]} && "
+    f"printf '[Manager]\\nDefaultEnvironment=PYTHONHASHSEED=0\\n' > {HASH_SEED_FILE}"
+)
 
 
 class Devstack(Engine):
@@ -92,10 +97,12 @@ class Devstack(Engine):
                 agent = d.agent_for(d.plan.host(node.host))
                 # A first compute is stopped at the end of this step: a run cut off just after that left it
                 # stopped. Starting a running container is a no-op.
-                agent.start([node.name])
+                d.start(agent, [node])
                 d.wait_booted(agent, [node.name], host=node.host)
                 self._stack(d, agent, node)
                 if node.kind == "first":
+                    if d.plan.groups[node.group].merge_memory:
+                        self._same_hash_seed(agent, node)
                     # No clone may boot into nova under this node's identity: its units wait for personalize.
                     self.seal(agent, node)
                     agent.stop([node.name], 120)
@@ -174,6 +181,20 @@ class Devstack(Engine):
             d.settings.status(node.name, None)
 
     # -- replicate: asked by the provider ------------------------------------------------------------------------
+
+    @staticmethod
+    def _same_hash_seed(agent, node):
+        """Python's string hashes seeded alike in every service of the node and its clones (read by systemd when
+        they boot): equal dicts then sit alike in equal heaps, which KSM merges (agent.memory_merge)."""
+        result = agent.run(node.name, ["sh", "-c", HASH_SEED_SCRIPT], timeout=60)
+        if result["exit_code"] != 0:
+            raise devstack.DevstackError(
+                f"{node.name} on host {node.host}: could not write {HASH_SEED_FILE} for merge_memory "
+                f"(exit code {result['exit_code']}): {result['stderr'].strip()[-500:]}",
+                node.name,
+                node.host,
+                result["exit_code"],
+            )
 
     def seal(self, agent, node):
         self.nova.seal(agent, node)

@@ -300,6 +300,15 @@ class Deployer:
         if self.settings.progress:
             self.settings.progress(phase, done, total)
 
+    def start(self, agent, nodes):
+        """Start the nodes' containers: those of a group with merge_memory with their memory merged by KSM."""
+        for merge in (False, True):
+            names = [node.name for node in nodes if self.plan.groups[node.group].merge_memory == merge]
+            if names and merge:
+                agent.start(names, merge_memory=True)
+            elif names:
+                agent.start(names)
+
     @staticmethod
     def wait_booted(agent, names, host=None):
         wait_booted(agent, names, host=host)

@@ -112,6 +112,7 @@ class GroupSpec:
     host_ca_certificates: bool = False
     host_proxy: bool = False
     starts_per_second: float | None = None
+    merge_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class LxcEngineModel:
     tunnel_type: str
     start_script: str | None
     starts_per_second: float | None
+    merge_memory: bool
     path: str
     count_path: str
     network_path: str
@@ -200,6 +202,7 @@ class LxcEngineModel:
                 release=self.release,
                 start_script=self.start_script,
                 starts_per_second=self.starts_per_second,
+                merge_memory=self.merge_memory,
                 devstack=self.engine.devstack,
                 count_path=self.count_path,
                 network_path=self.network_path,
@@ -440,6 +443,7 @@ class LxcEngine(plugins.Plugin):
                 "maximum": 10000,
                 "x-expected": "how many of these computes start per second, over all their hosts (like 4 or 0.5)",
             },
+            "merge_memory": {"type": "boolean"},
             "provider": {},
             "engine": {},
         },
@@ -464,6 +468,7 @@ class LxcEngine(plugins.Plugin):
             engine=children["engine"],
             start_script=cfg.get("start_script"),
             starts_per_second=cfg.get("starts_per_second"),
+            merge_memory=cfg.get("merge_memory", False),
             **container_group_fields(cfg, site),
         )
 

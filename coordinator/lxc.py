@@ -35,8 +35,16 @@ class LxcContainers(Provider):
         """The tunnel kinds the host's kernel lacks, and planned bridges or subnets another deployment holds."""
         found = []
         kinds = {tunnel.kind for tunnel in deployer.plan.tunnels if host.address in (tunnel.host, tunnel.remote_host)}
+        merging = [group for group in deployer.plan.groups if group.merge_memory and host.address in group.hosts]
+        features = agent.info()["kernel_features"] if kinds or merging else {}
+        for group in merging:
+            if not features.get("memory_merge"):
+                found.append(
+                    f"host {host.address}: {group.path}.merge_memory needs kernel same-page merging with "
+                    "PR_SET_MEMORY_MERGE (Linux 6.4 or later, CONFIG_KSM), which this host's kernel or agent "
+                    "lacks; remove merge_memory, or update the kernel or lxc-agent there"
+                )
         if kinds:
-            features = agent.info()["kernel_features"]
             for kind in sorted(kinds):
                 if not features.get(kind):
                     other = next(k for k in KERNEL_OPTIONS if k != kind)
@@ -126,7 +134,7 @@ class LxcContainers(Provider):
         for bridge, addresses in by_bridge.items():
             agent.set_addresses(bridge, addresses, mtu)
         names = [node.name for node in nodes]
-        agent.start(names)
+        d.start(agent, nodes)
         d.wait_booted(agent, names, host=host.address)
 
     # -- replicate ---------------------------------------------------------------------------------------------
@@ -166,7 +174,7 @@ class LxcContainers(Provider):
         agent.stop([first.name], STOP_TIMEOUT)
         if names:
             agent.clone(first.name, names)
-        agent.start([first.name])  # boots alongside its clones; the deploy ends with all of them up
+        d.start(agent, [first])  # boots alongside its clones; the deploy ends with all of them up
         if group:
             self._address_and_start(d, agent, host, group)
         d.wait_booted(agent, [first.name], host=host.address)

@@ -148,6 +148,9 @@ class Group:
     # How many of the group's nodes start per second, over all its hosts (None: as fast as the start scripts
     # run); plans recorded before it was a setting have none.
     starts_per_second: float | None = None
+    # Its containers' memory merged by KSM, without address-space randomisation (agent.memory_merge); plans
+    # recorded before it was a setting have it off.
+    merge_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -421,6 +424,7 @@ def plan(config, previous=None):
                 nodes=spec.per_host * len(spec.hosts),
                 localrc_path=spec.devstack.path,
                 starts_per_second=spec.starts_per_second,
+                merge_memory=spec.merge_memory,
             )
             for index, spec in enumerate(specs)
         ),

@@ -2,6 +2,7 @@
 
 import ast
 import dataclasses
+import inspect
 import json
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from agent.errors import CommandTimeout, Conflict
 from coordinator import devstack, nova, scale, topology
 from coordinator.config import validate
-from coordinator.devstack_engine import Devstack
+from coordinator.devstack_engine import HASH_SEED_SCRIPT, Devstack
 from coordinator.driver import AgentLost, Deployer, DeployError, Settings, wait_booted
 from coordinator.engine import Engine, Phase
 from coordinator.pacing import Paces
@@ -99,7 +100,13 @@ class FakeAgent:
         self.host, self.journal, self.fail_on = host, journal, fail_on
         self.containers = {} if containers is None else containers
         self.networks = {} if networks is None else networks
-        self.features = features or {"vxlan": True, "ipip": True, "openvswitch": True, "loop": True}
+        self.features = features or {
+            "vxlan": True,
+            "ipip": True,
+            "openvswitch": True,
+            "loop": True,
+            "memory_merge": True,
+        }
 
     def __getattr__(self, operation):
         if operation.startswith("_") or operation not in AGENT_METHODS:
@@ -108,7 +115,8 @@ class FakeAgent:
 
         def call(*args, **options):
             self.journal.append((self.host, operation, json.loads(json.dumps(args))))
-            result = effect(self, *args)
+            declared = inspect.signature(effect).parameters
+            result = effect(self, *args, **{key: value for key, value in options.items() if key in declared})
             outcome = self.fail_on(self.host, operation, args) if self.fail_on else None
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -133,9 +141,10 @@ class FakeAgent:
         for name in changes:
             self.containers[name]["address"] = addresses[name]
 
-    def _start(self, names, *rest):
+    def _start(self, names, *rest, merge_memory=False):
         for name in names:
             self.containers[name]["state"] = "RUNNING"
+            self.containers[name]["merged"] = merge_memory  # as this run of it was started
 
     def _stop(self, names, *rest):
         for name in names:
@@ -236,7 +245,7 @@ def world(tmp_path):
             engine=Devstack(FakeSteps(journal), FakeSteps(journal, "nova")),
         )
 
-    failures["networks"], failures["features"] = networks, features
+    failures["networks"], failures["features"], failures["hosts"] = networks, features, hosts
     yield plan, store, journal, failures, deployer
     store.close()
 
@@ -733,3 +742,47 @@ def test_computes_start_at_their_groups_pace_and_the_controller_at_once(world):
     group = computes[0].group
     assert sorted(waited for seen, waited in waits if seen == group) == [index / 4.0 for index in range(len(computes))]
     assert all(waited == 0.0 for seen, waited in waits if seen != group)
+
+
+def test_a_group_with_merge_memory_starts_merged_with_the_same_hash_seed_and_others_do_not(world):
+    """merge_memory (LxcEngine): every start of the group's containers asks the agent for merging, the first
+    compute gets Python's hash seed fixed before it is sealed and copied; the controller is started plainly."""
+    plan, store, journal, failures, deployer = world
+    merged = dataclasses.replace(
+        plan,
+        groups=tuple(
+            dataclasses.replace(group, merge_memory=True) if group.role == "compute" else group for group in plan.groups
+        ),
+    )
+    d = deployer()
+    d.plan = merged
+    d.deploy()
+    computes = {node.name for node in merged.nodes if node.role == "compute"}
+    started = {name: state for host in failures["hosts"].values() for name, state in host.items()}
+    assert {name for name, state in started.items() if state.get("merged")} == computes
+    assert all(started[node.name].get("merged") is False for node in merged.nodes if node.role == "controller")
+    firsts = [node.name for node in merged.nodes if node.kind == "first"]
+    seeded = [args[0] for _, op, args in journal if op == "run" and args[1][-1] == HASH_SEED_SCRIPT]
+    assert sorted(seeded) == sorted(firsts)
+    order = [
+        ("seed" if op == "run" and args[1][-1] == HASH_SEED_SCRIPT else op, args[0])
+        for _, op, args in journal
+        if op in ("run", "nova.seal", "clone")
+    ]
+    for first in firsts:
+        assert order.index(("seed", first)) < order.index(("nova.seal", first)) < order.index(("clone", first))
+
+
+def test_merge_memory_on_a_host_whose_kernel_lacks_it_is_refused_before_anything_changes(world):
+    plan, store, journal, failures, deployer = world
+    merged = dataclasses.replace(
+        plan, groups=tuple(dataclasses.replace(group, merge_memory=True) for group in plan.groups)
+    )
+    host = merged.groups[-1].hosts[0]
+    failures["features"][host] = {"vxlan": True, "ipip": True, "openvswitch": True, "loop": True}
+    d = deployer()
+    d.plan = merged
+    with pytest.raises(DeployError) as caught:
+        d.deploy()
+    assert f"host {host}: {merged.groups[-1].path}.merge_memory needs kernel same-page merging" in str(caught.value)
+    assert [op for _, op, _ in journal if op not in ("info", "list_networks", "list_tunnels")] == []
