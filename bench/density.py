@@ -75,7 +75,7 @@ def ksm(name):
 def wait_merged(limit=1800):
     """Until KSM's shared pages stop growing: two full scans in a row that add less than 1 %."""
     began, last, calm = time.monotonic(), -1, 0
-    scans = ksm("full_scans")
+    scans = first = ksm("full_scans")
     while time.monotonic() - began < limit and calm < 2:
         time.sleep(5)
         if ksm("full_scans") == scans:
@@ -84,8 +84,8 @@ def wait_merged(limit=1800):
         calm = calm + 1 if last >= 0 and sharing - last < 0.01 * max(1, last) else 0
         last = sharing
     print(
-        f"KSM: {ksm('pages_sharing') * PAGE / MIB:.0f} MiB saved after {scans} full scans in "
-        f"{time.monotonic() - began:.0f} s",
+        f"KSM: {ksm('pages_sharing') * PAGE / MIB:.0f} MiB saved, settled after {scans - first} more full "
+        f"scan(s) in {time.monotonic() - began:.0f} s",
         flush=True,
     )
 

@@ -2,6 +2,9 @@
 an LxcEngine group of 4 fake computes (the first stacked, 3 clones), deployed through the coordinator CLI, then
 scaled to 5 computes and down to 3.
 
+The computes run with merge_memory (their nova-computes mergeable by KSM, without address-space randomisation,
+with one hash seed), as a dense cloud would.
+
 Asserts what a cloud's user sees: 4 distinct nova-compute services and 4 hypervisors up, 8 servers (no NICs,
 compute API 2.37+) ACTIVE on more than one hypervisor, `openstack server list` answering; then destroy leaves
 nothing. About 15 minutes on 2 cores. The containers need the package registries (apt, PyPI through the host's
@@ -24,6 +27,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.devstack, pytest.mark.timeout(3600)]
 
 COMPUTES = 4
 SERVERS = 8
+MERGED = {"merge_memory": True}
+# nova-compute's personality (ADDR_NO_RANDOMIZE is 0x0040000), KSM state and hash seed, read inside a compute
+NOVA_COMPUTE_MEMORY = (
+    'pid=$(pgrep -o -f "[b]in/nova-compute") && cat /proc/$pid/personality && grep merge_any /proc/$pid/ksm_stat '
+    '&& tr "\\0" "\\n" </proc/$pid/environ | grep "^PYTHONHASHSEED="'
+)
 ADMIN = (
     "cd /opt/stack/devstack && source ./openrc admin admin >/dev/null 2>&1 && "
     "export PATH=/opt/stack/data/venv/bin:$PATH OS_COMPUTE_API_VERSION=2.37 && "
@@ -68,7 +77,7 @@ def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(
     if subnet is None:
         pytest.skip("no free /24 in 10.250.0.0/16 on this machine")
     config = tmp_path / "cloud.json"
-    config.write_text(json.dumps(cloud_config(host_agent.port, subnet, COMPUTES)))
+    config.write_text(json.dumps(cloud_config(host_agent.port, subnet, COMPUTES, compute_settings=MERGED)))
     common = ["--store", str(tmp_path / "store.sqlite"), "--pki-dir", pki_dir]
     plan = json.loads(coordinator("plan", str(config), "--format", "json").stdout)
     controller = plan["controller"]
@@ -111,6 +120,10 @@ def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(
                 ids[host] = compute_id
                 assert host in folders and not [f for f in folders if f.endswith("1") and f != host], folders
         assert len(set(ids.values())) == COMPUTES, f"every compute has its own compute_id: {ids}"
+        for node in plan["nodes"]:
+            if node["role"] == "compute":  # merge_memory reached the first compute and the clones alike
+                seen = agent.run(node["name"], ["sh", "-c", NOVA_COMPUTE_MEMORY])
+                assert seen["stdout"].split() == ["00040000", "ksm_merge_any:", "yes", "PYTHONHASHSEED=0"], seen
         assert {h["ID"] for h in hypervisors} == set(ids.values()), "nova's compute nodes are these UUIDs"
 
         # A client boots servers without networks, and they spread over the hypervisors.
