@@ -205,7 +205,8 @@ class AgentService:
             self._require_existing(names)
             if merge_memory:
                 memory_merge.require()
-                memory_merge.ensure_ksmd()
+                if names:
+                    memory_merge.ensure_ksmd()
             for bridge, indexes in containers.segments_needed(self.lxcpath, names).items():
                 network.ensure_segments(bridge, indexes)
             failed = self._lifecycle.call(containers.start_many, self.lxcpath, names, timeout, merge_memory)

@@ -456,6 +456,7 @@ PLAUSIBLE = {
     "packages": [None, ["git"]],
     "keys": [None, ["ghost-default-00000000"]],
     "snapshot": [True, False],
+    "merge_memory": [False, True],
     "bridge": ["lxcbr-ghost"],
     "addresses": [{"ghost": "10.232.9.5/24"}],
     "mtu": [None, 1450],
