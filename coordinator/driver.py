@@ -22,7 +22,6 @@ from coordinator import heartbeat, nova
 from coordinator.devstack_engine import Devstack
 from coordinator.engine import walk_order
 from coordinator.errors import CoordinatorError
-from coordinator.heartbeat import Heartbeat
 from coordinator.lxc import LxcContainers
 from coordinator.pacing import Paces
 
@@ -137,7 +136,7 @@ class Deployer:
         self._record_lock = threading.Lock()
         self._local = threading.local()
         self._opened = []
-        self._heartbeats: dict[str, Heartbeat] = {}  # host address -> its agent's
+        self._heartbeats: dict[str, heartbeat.Heartbeat] = {}  # host address -> its agent's
         self._checked = False
         self.paces = Paces(plan.groups)
 
@@ -159,7 +158,7 @@ class Deployer:
                 ) from None
             with self._record_lock:
                 if host.address not in self._heartbeats:
-                    self._heartbeats[host.address] = Heartbeat(
+                    self._heartbeats[host.address] = heartbeat.Heartbeat(
                         lambda: self.connect(host),
                         host.address,
                         self.settings.heartbeat_interval,

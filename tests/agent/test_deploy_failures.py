@@ -202,6 +202,19 @@ def stop_the_agent_once(node_agent, tmp_path, argv, ready, what, then_wait=0.0):
     return code, err_path.read_text()
 
 
+def resume_then_destroy(node_agent, plan, deploy, common, links_before):
+    """Deploy again under the same name: every step done, the cloud as planned; then destroy leaves nothing."""
+    name = deploy[deploy.index("--name") + 1]
+    coordinator(*deploy, *common)
+    store = common[common.index("--store") + 1]
+    assert set(steps(store).values()) == {"done"}, steps(store)
+    shown = json.loads(coordinator("show", name, "--json", *common).stdout)
+    assert shown["status"] == "deployed"
+    assert_deployed_as_planned(node_agent, plan, shown)
+    coordinator("destroy", name, *common)
+    assert_nothing_left(node_agent, links_before)
+
+
 def test_an_agent_that_hangs_mid_deploy_is_named_with_host_and_phase_and_a_resume_completes(node_agent, tmp_path):
     """The agent stops answering (SIGSTOP) while the containers are made: the deploy gives up after
     --agent-timeout naming the host and the phase, instead of waiting for ever; once the agent runs again, deploying
@@ -229,13 +242,7 @@ def test_an_agent_that_hangs_mid_deploy_is_named_with_host_and_phase_and_a_resum
     ), message
     assert "deploy again under the same name to resume" in message
 
-    coordinator(*deploy, *common)
-    assert set(steps(store).values()) == {"done"}, steps(store)
-    shown = json.loads(coordinator("show", "hang", "--json", *common).stdout)
-    assert shown["status"] == "deployed"
-    assert_deployed_as_planned(node_agent, plan, shown)
-    coordinator("destroy", "hang", *common)
-    assert_nothing_left(node_agent, links_before)
+    resume_then_destroy(node_agent, plan, deploy, common, links_before)
 
 
 def test_an_agent_that_hangs_while_stack_sh_runs_is_noticed_by_its_heartbeat(node_agent, tmp_path):
@@ -267,9 +274,5 @@ def test_an_agent_that_hangs_while_stack_sh_runs_is_noticed_by_its_heartbeat(nod
 
     del data["controller"]["localrc"]["FAKE_STACK_SECONDS"]
     config.write_text(json.dumps(data))
-    coordinator(*deploy, *common)  # waits for the first stack.sh, which the agent ran on, then redoes it
-    shown = json.loads(coordinator("show", "beat", "--json", *common).stdout)
-    assert shown["status"] == "deployed"
-    assert_deployed_as_planned(node_agent, plan, shown)
-    coordinator("destroy", "beat", *common)
-    assert_nothing_left(node_agent, links_before)
+    # The resume waits for the first stack.sh, which the agent ran on, then redoes it.
+    resume_then_destroy(node_agent, plan, deploy, common, links_before)
