@@ -15,7 +15,7 @@ import re
 
 from pyroute2 import IPRoute, NetlinkError
 
-from agent import addressing, arguments, firewall, segments
+from agent import addressing, arguments, firewall, links, segments
 from agent.errors import Conflict, NetworkError, NotFound
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
@@ -116,6 +116,13 @@ def ensure_segments(bridge: str, indexes) -> None:
             raise NotFound(f"bridge {bridge!r} is not set up on this host; call ensure_network first", bridge=bridge)
         _check_ours(link, bridge, "its containers cannot be given segments of it")
         segments.ensure(ipr, link, indexes)
+
+
+def link_mtus(names) -> dict:
+    """{name: MTU} of the links `names` that exist (bridges, segments), each asked for alone (agent.links)."""
+    with IPRoute() as ipr:
+        found = {name: _dump(lambda name=name: [links.mtu(ipr, name)], name)[0] for name in sorted(names)}
+    return {name: mtu for name, mtu in found.items() if mtu}
 
 
 def get_host_network(bridge: str) -> dict | None:
@@ -254,8 +261,8 @@ def _check_overlaps(ipr, bridge, network, own_index):
 
 
 def _find_link(ipr, bridge):
-    found = _dump(lambda: ipr.get_links(ifname=bridge), bridge, missing_ok=True)
-    return found[0] if found else None
+    """The link `bridge`, or None (agent.links: no dump of every link)."""
+    return _dump(lambda: [links.named(ipr, bridge)], bridge)[0]
 
 
 def _is_ours(link):
@@ -364,12 +371,10 @@ def _shape(bridge, network, owner):
     }
 
 
-def _dump(call, bridge, missing_ok=False):
+def _dump(call, bridge):
     try:
         return list(call())
     except NetlinkError as error:
-        if missing_ok and error.code == errno.ENODEV:
-            return []
         raise NetworkError(
             f"cannot read the host's links, addresses or routes for bridge {bridge}: "
             f"{error.args[-1]} (errno {error.code}); check that the agent runs as root",

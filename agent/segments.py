@@ -21,6 +21,7 @@ import re
 
 from pyroute2 import NetlinkError
 
+from agent import links
 from agent.errors import InvalidArgument, NetworkError
 
 PORTS_PER_SEGMENT = 1000
@@ -73,7 +74,7 @@ def ensure(ipr, main, indexes):
 def _ensure_one(ipr, main, index):
     bridge = main.get_attr("IFLA_IFNAME")
     segment, uplink, peer = names(bridge, index)
-    link = _link(ipr, segment)
+    link = links.named(ipr, segment)
     if link is not None and _alias(link) != (index, bridge):
         raise NetworkError(
             f"host link {segment} exists but is not segment {index} of bridge {bridge}; delete it "
@@ -83,7 +84,7 @@ def _ensure_one(ipr, main, index):
         )
     if link is None:
         _call(f"create bridge {segment}", bridge, ipr.link, "add", ifname=segment, kind="bridge", address=_mac(segment))
-        link = _link(ipr, segment)
+        link = links.named(ipr, segment)
         alias = f"{TAG} {index} of={bridge}"
         _call(f"tag bridge {segment}", bridge, ipr.link, "set", index=link["index"], ifalias=alias)
         log.info(
@@ -93,7 +94,7 @@ def _ensure_one(ipr, main, index):
             bridge,
             index * PORTS_PER_SEGMENT,
         )
-    if _link(ipr, uplink) is None:
+    if links.named(ipr, uplink) is None:
         _call(
             f"join {segment} to {bridge}",
             bridge,
@@ -110,7 +111,7 @@ def _ensure_one(ipr, main, index):
     for name in (segment, uplink, peer):
         _without_ipv6(name)
     for end, master in ((uplink, main["index"]), (peer, link["index"])):
-        end_index = _link(ipr, end)["index"]
+        end_index = links.named(ipr, end)["index"]
         _call(f"attach {end}", bridge, ipr.link, "set", index=end_index, master=master, state="up")
     _call(f"bring {segment} up", bridge, ipr.link, "set", index=link["index"], state="up")
 
@@ -123,7 +124,7 @@ def remove_all(ipr, bridge):
             continue
         segment, uplink, _ = names(bridge, found[0])
         for name in (uplink, segment):
-            existing = _link(ipr, name)
+            existing = links.named(ipr, name)
             if existing is not None:
                 try:
                     ipr.link("del", index=existing["index"])
@@ -160,16 +161,6 @@ def _mac(name):
 def _alias(link):
     match = _ALIAS.fullmatch(link.get_attr("IFLA_IFALIAS") or "")
     return (int(match.group(1)), match.group(2)) if match else None
-
-
-def _link(ipr, name):
-    try:
-        found = list(ipr.get_links(ifname=name))
-    except NetlinkError as error:
-        if error.code == errno.ENODEV:
-            return None
-        raise
-    return found[0] if found else None
 
 
 def _call(what, bridge, call, *args, **kwargs):

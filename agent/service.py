@@ -209,7 +209,8 @@ class AgentService:
                     memory_merge.ensure_ksmd()
             for bridge, indexes in containers.segments_needed(self.lxcpath, names).items():
                 network.ensure_segments(bridge, indexes)
-            failed = self._lifecycle.call(containers.start_many, self.lxcpath, names, timeout, merge_memory)
+            mtus = network.link_mtus(containers.links_without_mtu(self.lxcpath, names))
+            failed = self._lifecycle.call(containers.start_many, self.lxcpath, names, timeout, merge_memory, mtus)
             return self._finish("start", names, failed)
 
     @remote

@@ -17,7 +17,7 @@ import zlib
 
 from pyroute2 import IPRoute, NetlinkError
 
-from agent import arguments, firewall
+from agent import arguments, firewall, links
 from agent.errors import AgentError, Conflict, InvalidArgument, NetworkError
 from agent.network import write_sysctl
 
@@ -396,7 +396,7 @@ def _create_link(ipr, spec):
         raise NetworkError(
             f"cannot create {spec.kind} tunnel {spec.name}: {error.args[-1]} (errno {error.code})", tunnel=spec.name
         ) from error
-    link = _dump(lambda: ipr.get_links(ifname=spec.name), spec.name)[0]
+    link = _named(ipr, spec.name)
     try:
         # The kernel ignores IFLA_IFALIAS on creation, hence a separate set.
         ipr.link("set", index=link["index"], ifalias=TAG)
@@ -415,7 +415,7 @@ def _create_link(ipr, spec):
         spec.remote,
         f" (vni {spec.vni})" if spec.vni else "",
     )
-    return _dump(lambda: ipr.get_links(ifname=spec.name), spec.name)[0]
+    return _named(ipr, spec.name)
 
 
 def _converge_link(ipr, spec, link, mtu):
@@ -611,9 +611,9 @@ def _undo(ipr, spec):
     try:
         _remove_rules(ipr, spec.name, spec.table)
         _remove_routes(ipr, spec.name, spec.table)
-        link = _dump(lambda: ipr.get_links(ifname=spec.name), spec.name, missing_ok=True)
-        if link:
-            _delete_link(ipr, spec.name, link[0]["index"])
+        link = _named(ipr, spec.name)
+        if link is not None:
+            _delete_link(ipr, spec.name, link["index"])
         firewall.remove_exemption(spec.name)
     except AgentError as error:
         log.warning(
@@ -680,12 +680,15 @@ def _rule_text(rule):
     )
 
 
-def _dump(call, name, missing_ok=False):
+def _named(ipr, name):
+    """The link `name`, or None (agent.links: no dump of every link); read errors worded as _dump words them."""
+    return _dump(lambda: [links.named(ipr, name)], name)[0]
+
+
+def _dump(call, name):
     try:
         return list(call())
     except NetlinkError as error:
-        if missing_ok and error.code == errno.ENODEV:
-            return []
         raise NetworkError(
             f"cannot read the host's links, addresses, routes or rules for tunnel {name}: "
             f"{error.args[-1]} (errno {error.code}); check that the agent runs as root",

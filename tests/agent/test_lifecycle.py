@@ -4,6 +4,7 @@ import ipaddress
 import json
 import os
 import re
+import sys
 
 import pytest
 
@@ -152,3 +153,24 @@ def test_running_a_command_in_a_stopped_container_is_refused(loopback_agent):
     agent.create("idle", "busybox")
     with pytest.raises(Conflict, match="'idle' is not running; start it first"):
         agent.run("idle", ["true"])
+
+
+def test_a_container_without_an_mtu_of_its_own_takes_its_bridges_at_each_start(agent_in_host, sim_host, lxcpath):
+    """The agent reads the bridge's MTU for liblxc, which would otherwise dump every link of the host to learn it
+    (a start took 65 ms instead of 20 with 1,250 containers running). It is read at each start, not stored."""
+    agent = agent_in_host.connect()
+    agent.create("base", "busybox")
+    agent.ensure_network(BRIDGE, str(SUBNET))
+    agent.set_addresses(BRIDGE, {"base": f"{SUBNET[10]}/24"})
+    for mtu in (1400, 1300):
+        sh("ip", "link", "set", BRIDGE, "mtu", str(mtu), netns=sim_host.netns)
+        assert agent.start(["base"]) == ["base"]
+        assert f"mtu {mtu} " in agent.run("base", ["ip", "link", "show", "eth0"])["stdout"]
+        asked = f"import lxc; print(lxc.Container('base', {lxcpath!r}).get_running_config_item('lxc.net.0.mtu'))"
+        given = sh(sys.executable, "-c", asked, netns=sim_host.netns)  # from its monitor: no CLI tells it
+        assert given.strip() == str(mtu), "the agent gave liblxc the MTU"
+        agent.stop(["base"], 0)
+    with open(os.path.join(lxcpath, "base", "config")) as handle:
+        assert "lxc.net.0.mtu" not in handle.read(), "nothing stored: the next start reads the bridge again"
+    agent.destroy(["base"])
+    agent.destroy_network(BRIDGE)
