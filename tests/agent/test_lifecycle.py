@@ -1,15 +1,17 @@
 """The agent's container lifecycle through RPC, on real LXC, btrfs and netlink, checked with the real CLIs."""
 
+import glob
 import ipaddress
 import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
 from agent.errors import BatchError, Conflict
-from tests.support import lxc_states, sh, subvolumes
+from tests.support import agent_pid, lxc_states, sh, subvolumes
 
 CLONES = [f"web-{i:03d}" for i in range(16)]
 SUBNET = ipaddress.ip_network("10.231.7.0/24")
@@ -153,6 +155,54 @@ def test_running_a_command_in_a_stopped_container_is_refused(loopback_agent):
     agent.create("idle", "busybox")
     with pytest.raises(Conflict, match="'idle' is not running; start it first"):
         agent.run("idle", ["true"])
+
+
+def monitor_cgroups(names):
+    """liblxc's monitor cgroups of the containers `names` in every hierarchy, v1 and v2 (lxc.monitor.NAME[-N])."""
+    found = set()
+    for name in names:
+        for pattern in (f"lxc.monitor.{name}", f"lxc.monitor.{name}-*"):
+            found |= set(glob.glob(f"/sys/fs/cgroup/{pattern}") + glob.glob(f"/sys/fs/cgroup/*/{pattern}"))
+    return found
+
+
+def process_tree(pid):
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [pid], [pid]
+    while queue:
+        found += children.get(queue[-1], [])
+        queue += children.pop(queue.pop(), [])
+    return found
+
+
+def test_a_start_leaves_the_agent_in_its_own_cgroups_and_a_stop_leaves_no_cgroup_behind(loopback_agent):
+    """liblxc moves whoever calls a daemonized start into the container's monitor cgroup. The agent's workers must
+    not be that caller: they would be charged to the container, and its monitor cgroup could not be removed at
+    its stop (empty lxc.monitor.* cgroups piled up by the thousand on a host, in every hierarchy)."""
+    names = ["cgroups-a", "cgroups-b"]
+    before = monitor_cgroups(names)
+    agent = loopback_agent.connect()
+    agent.create("base", "busybox")
+    agent.clone("base", names)
+    assert agent.start(names) == names
+
+    agent_process = agent_pid(loopback_agent.process)
+    home = Path(f"/proc/{agent_process}/cgroup").read_text()
+    ours = process_tree(agent_process)
+    assert len(ours) > 1, "the agent and its workers"
+    assert {pid: Path(f"/proc/{pid}/cgroup").read_text() for pid in ours} == dict.fromkeys(ours, home)
+    assert monitor_cgroups(names) - before, "liblxc made monitor cgroups for the running containers"
+
+    agent.stop(names)
+    assert monitor_cgroups(names) - before == set(), "each monitor removed its cgroup at the stop"
+    agent.destroy([*names, "base"])
 
 
 def test_a_container_without_an_mtu_of_its_own_takes_its_bridges_at_each_start(agent_in_host, sim_host, lxcpath):
