@@ -21,6 +21,7 @@ from coordinator.providers import (
 
 DEFAULT_DEVSTACK_REPO = "https://opendev.org/openstack/devstack"
 DEFAULT_DEVSTACK_BRANCH = "master"
+MAX_STARTS_PER_SECOND = 10000
 
 LOCALRC_SCHEMA = {
     "type": "object",
@@ -440,7 +441,7 @@ class LxcEngine(plugins.Plugin):
             "starts_per_second": {
                 "type": "number",
                 "exclusiveMinimum": 0,
-                "maximum": 10000,
+                "maximum": MAX_STARTS_PER_SECOND,
                 "x-expected": "how many of these computes start per second, over all their hosts (like 4 or 0.5)",
             },
             "merge_memory": {"type": "boolean"},

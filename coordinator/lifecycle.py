@@ -18,6 +18,7 @@ from agent import endpoint
 from coordinator import nova, resume, scale, topology
 from coordinator.config import load_config, validate
 from coordinator.driver import CALL_TIMEOUT, Deployer, DeployError, Settings
+from coordinator.engines import MAX_STARTS_PER_SECOND
 from coordinator.providers import MAX_PER_HOST
 from coordinator.store import Store, StoreError
 
@@ -89,6 +90,13 @@ def add_arguments(commands):
     grow.add_argument(
         "--computes", type=_count, required=True, metavar="N", help="computes per host of the group (1 or more)"
     )
+    grow.add_argument(
+        "--starts-per-second",
+        type=_rate,
+        metavar="R",
+        help="start the group's computes at most R per second over all its hosts, from this scale on (sets the "
+        "group's starts_per_second in the deployment's recorded config; 0.5 is one every 2 s)",
+    )
     grow.add_argument("--group", metavar="PATH", help="the group's config path (e.g. nodes[1]) when there are several")
     grow.add_argument("--dry-run", action="store_true", help="show what would change, and change nothing")
     grow.set_defaults(run=scale_command)
@@ -150,6 +158,17 @@ def _count(text):
     if not text.isdigit() or not 1 <= int(text) <= MAX_PER_HOST:
         raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_PER_HOST}, got {text!r}")
     return int(text)
+
+
+def _rate(text):
+    """A starts_per_second for argparse, in the config schema's range."""
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = None
+    if rate is None or not 0 < rate <= MAX_STARTS_PER_SECOND:
+        raise argparse.ArgumentTypeError(f"expected a number above 0 and at most {MAX_STARTS_PER_SECOND}, got {text!r}")
+    return rate
 
 
 def default_name(config_path):
@@ -449,12 +468,16 @@ def scale_command(args):
             )
         config = validate(record["config"])
         spec = scale.choose_group(config, args.group)
-        data = scale.scaled(record["config"], spec, args.computes)
+        data = scale.scaled(record["config"], spec, args.computes, args.starts_per_second)
         new_plan = topology.plan(validate(data), previous=old_plan)
-        change, plan = scale.change(spec, old_plan, new_plan, args.computes)
+        change, plan = scale.change(spec, old_plan, new_plan, args.computes, args.starts_per_second)
         for line in change.describe():
             print(line)
-        if args.dry_run or (not change.added and not change.removed):
+        if args.dry_run:
+            return 0
+        if not change.added and not change.removed:
+            if change.pace is not None:  # no node to start now: recorded for the next scale or resume
+                store.replace_config(args.name, data, plan.to_dict())
             return 0
         log.info("scale %r: %s", args.name, change.describe()[0])
         deployer = Deployer(

@@ -31,10 +31,14 @@ class Change:
     after: int
     added: tuple
     removed: tuple
+    pace: tuple | None = None  # (starts_per_second before, after) when the scale sets another
 
     def describe(self):
         """The change in words, one line per host and kind of change, for the user to see before it is made."""
         lines = [f"{self.group}: {self.before} -> {self.after} compute(s) per host"]
+        if self.pace is not None:
+            before, after = (f"{rate:g} per second" if rate else "as fast as they run" for rate in self.pace)
+            lines.append(f"  starts: {before} -> {after}")
         for verb, nodes in (("adds", self.added), ("removes", self.removed)):
             by_host: dict = {}
             for node in nodes:
@@ -79,20 +83,24 @@ def choose_group(config, path):
     return next(iter(groups.values()))
 
 
-def scaled(data, spec, count):
-    """A copy of the config data with the group's count of computes per host set to `count`."""
+def scaled(data, spec, count, starts_per_second=None):
+    """A copy of the config data with the group's count of computes per host set to `count`, and its
+    starts_per_second (beside the count, in the group's LxcEngine) to `starts_per_second` when one is given."""
     out = copy.deepcopy(data)
     steps = [name if name else int(index) for name, index in _STEP.findall(spec.count_path)]
     holder = out
     for step in steps[:-1]:
         holder = holder[step]
     holder[steps[-1]] = count
+    if starts_per_second is not None:
+        holder["starts_per_second"] = starts_per_second
     return out
 
 
-def change(spec, old_plan, new_plan, count):
+def change(spec, old_plan, new_plan, count, starts_per_second=None):
     """The nodes a scale adds and removes, and the new plan with the recorded plan's nodes kept as they were;
-    ScaleError if any other node would change (which the planner's stable names and kept addresses rule out)."""
+    ScaleError if any other node would change (which the planner's stable names and kept addresses rule out).
+    `starts_per_second`: the group's new pace, when the scale sets one."""
     old = {node.name: node for node in old_plan.nodes}
     new = {node.name: node for node in new_plan.nodes}
     moved = [
@@ -119,4 +127,7 @@ def change(spec, old_plan, new_plan, count):
     added_by_name = {node.name: node for node in added}
     nodes = tuple(old.get(node.name) or added_by_name[node.name] for node in new_plan.nodes)
     plan = dataclasses.replace(new_plan, nodes=nodes)
-    return Change(spec.path, spec.per_host, count, added, removed), plan
+    pace = None
+    if starts_per_second is not None and starts_per_second != spec.starts_per_second:
+        pace = (spec.starts_per_second, starts_per_second)
+    return Change(spec.path, spec.per_host, count, added, removed, pace), plan

@@ -43,8 +43,9 @@ def test_a_running_deployment_grows_and_shrinks_with_stable_names_and_nova_follo
     assert dry.stdout.splitlines()[0] == "nodes[0]: 3 -> 5 compute(s) per host"
     assert layout(common, "grow") == before, "a dry run changes nothing"
 
-    grown = coordinator("scale", "grow", "--computes", "5", *common)
+    grown = coordinator("scale", "grow", "--computes", "5", "--starts-per-second", "2", *common)
     assert "5/5 nova-compute services up as 5 hypervisors" in grown.stdout, grown.stdout + grown.stderr
+    assert grown.stdout.splitlines()[1] == "  starts: as fast as they run -> 2 per second"
     after = layout(common, "grow")
     assert {name: after[name] for name in before} == before, "no node renamed or re-addressed"
     added = sorted(set(after) - set(before))
@@ -66,8 +67,9 @@ def test_a_running_deployment_grows_and_shrinks_with_stable_names_and_nova_follo
     assert_every_compute_reports(node_agent.connect(), recorded)
     assert nova_services(node_agent, controller) == sorted(f"{name}1" for name in after if name != controller)
 
-    shrunk = coordinator("scale", "grow", "--computes", "2", *common)
+    shrunk = coordinator("scale", "grow", "--computes", "2", "--starts-per-second", "2", *common)
     assert "2/2 nova-compute services up as 2 hypervisors" in shrunk.stdout, shrunk.stdout + shrunk.stderr
+    assert "starts:" not in shrunk.stdout, "the pace the grow recorded is the deployment's now"
     left = layout(common, "grow")
     assert sorted(left) == sorted([controller, first, "devstack-compute-10-100-1-001"])
     assert {name: left[name] for name in left} == {name: before[name] for name in left}

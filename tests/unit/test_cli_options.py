@@ -128,3 +128,13 @@ def test_interrupted_is_status_130_with_a_line_not_a_traceback(tmp_path):
             process.wait()
     assert "Traceback" not in err
     assert err.splitlines()[-1] == "coordinator validate: interrupted", err
+
+
+@pytest.mark.parametrize("rate", ["0", "-1", "10001", "nan", "fast", "inf"])
+def test_scale_refuses_a_pace_outside_the_configs_range_before_it_reads_the_store(capsys, tmp_path, rate):
+    store = tmp_path / "never-made.sqlite"
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["scale", "cloud", "--computes", "2", "--starts-per-second", rate, "--store", str(store)])
+    assert exited.value.code == 2
+    assert f"expected a number above 0 and at most 10000, got {rate!r}" in capsys.readouterr().err
+    assert not store.exists()

@@ -78,3 +78,25 @@ def test_a_change_that_would_move_another_node_is_refused():
     )
     with pytest.raises(scale.ScaleError, match="would change other nodes"):
         scale.change(spec, moved, topology.plan(config), 4)
+
+
+def test_a_scale_can_set_the_groups_pace_which_the_new_plan_carries():
+    config = validate(SEED_LIKE)
+    old = topology.plan(config)
+    spec = scale.choose_group(config, None)
+    data = scale.scaled(SEED_LIKE, spec, 5, 2.5)
+    assert data["nodes"][0]["starts_per_second"] == 2.5, "beside the count, in the group's LxcEngine"
+    assert "starts_per_second" not in SEED_LIKE["nodes"][0], "the config on record is not changed in place"
+    change, plan = scale.change(spec, old, topology.plan(validate(data), previous=old), 5, 2.5)
+    assert change.pace == (None, 2.5)
+    assert change.describe()[:2] == [
+        "nodes[0]: 4 -> 5 compute(s) per host",
+        "  starts: as fast as they run -> 2.5 per second",
+    ]
+    assert [group.starts_per_second for group in plan.groups if group.role == "compute"] == [2.5]
+
+    again = scale.choose_group(validate(data), None)
+    same, _ = scale.change(again, plan, topology.plan(validate(data), previous=plan), 5, 2.5)
+    assert same.pace is None and same.describe()[-1] == "  nothing to change", "the pace it already has"
+    slower, _ = scale.change(again, plan, topology.plan(validate(data), previous=plan), 5, 0.5)
+    assert slower.describe()[1] == "  starts: 2.5 per second -> 0.5 per second"
