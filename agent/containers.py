@@ -44,6 +44,11 @@ HIDDEN_HOST_TUNABLES = ("sys/kernel/mm/ksm",)
 # What set_network records in the metadata; the same values asked again are done already.
 NETWORK_KEYS = ("bridge", "address", "gateway", "mtu")
 TTYS = 1
+# Every container's cgroups (payload, monitor, pivot) under one parent per hierarchy. On a cgroup v1 host liblxc
+# copies the parent's CPUs into each new top-level cpuset, and every such write walks all the cpusets beside it and
+# rebuilds the scheduler's domains: two per start. Under a parent that liblxc has set to pass its CPUs on
+# (cgroup.clone_children), the kernel copies them when the cgroup is made, and liblxc's writes change nothing.
+CGROUP_PARENT = "lxc-agent"
 IPV6_SYSCTLS = "/proc/sys/net/ipv6"
 
 log = logging.getLogger(__name__)
@@ -550,6 +555,7 @@ def start_many(lxcpath, names, timeout=30.0, merge_memory=False, link_mtus=None)
         log_file = os.path.join(lxcpath, name, "lxc.log")
         container.set_config_item("lxc.log.file", log_file)
         container.set_config_item("lxc.log.level", "ERROR")
+        container.set_config_item("lxc.cgroup.dir", CGROUP_PARENT)  # for this start, like the log
         made = read_metadata(lxcpath, name)
         inherited = None if made.get("mtu") else (link_mtus or {}).get(made.get("link"))
         if inherited:
