@@ -15,6 +15,8 @@ import os
 import selectors
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -540,40 +542,44 @@ def each(function, lxcpath, names, *args):
 
 
 def start_many(lxcpath, names, timeout=30.0, merge_memory=False, link_mtus=None):
-    """Start each (daemonized) and wait until all run; returns name -> error text for those that failed. Forks.
+    """Start each (daemonized, through agent.starter) and wait until all run; returns name -> error text for those
+    that failed.
 
     merge_memory: each container's processes get their memory merged by KSM with the others' (agent.memory_merge),
     for this run of it; a container already running is left as it runs. link_mtus: {link: MTU} of the links that
     containers without an MTU of their own join (links_without_mtu), read by the caller just before."""
     require_agents(lxcpath, names)
-    failed = {}
-    started = []
+    batch = []
     for name in names:
-        container = _container(lxcpath, name)
-        if container.running:
+        if _container(lxcpath, name).running:
             continue
-        log_file = os.path.join(lxcpath, name, "lxc.log")
-        container.set_config_item("lxc.log.file", log_file)
-        container.set_config_item("lxc.log.level", "ERROR")
-        container.set_config_item("lxc.cgroup.dir", CGROUP_PARENT)  # for this start, like the log
+        # For this start only, like the log: the saved config stays as it is.
+        config = [
+            ["lxc.log.file", _log_file(lxcpath, name)],
+            ["lxc.log.level", "ERROR"],
+            ["lxc.cgroup.dir", CGROUP_PARENT],
+        ]
         made = read_metadata(lxcpath, name)
         inherited = None if made.get("mtu") else (link_mtus or {}).get(made.get("link"))
         if inherited:
-            # For this start: the MTU liblxc would inherit from the link. Left to liblxc, it learns it by dumping
-            # every link of the host, and each veth's peer namespace costs a linear search in the kernel: a start
-            # took 20 ms with none running and 65 ms with 1,250 (bench/scale.py).
-            container.set_config_item("lxc.net.0.mtu", str(inherited))
+            # The MTU liblxc would inherit from the link. Left to liblxc, it learns it by dumping every link of
+            # the host, and each veth's peer namespace costs a linear search in the kernel: a start took 20 ms
+            # with none running and 65 ms with 1,250 (bench/scale.py).
+            config.append(["lxc.net.0.mtu", str(inherited)])
         launcher = memory_merge.init_command(storage.layers(lxcpath, name)) if merge_memory else None
-        if launcher:  # for this start only: the saved config keeps the plain init
-            container.set_config_item("lxc.init.cmd", launcher)
-        with _umask(GUEST_UMASK), _merging(merge_memory):
-            started_ok = _start_from_a_child(container)
-        if started_ok:
-            started.append(name)
-        else:
-            failed[name] = f"liblxc could not start it: {_last_errors(log_file)} (log: {log_file})"
+        if launcher:
+            config.append(["lxc.init.cmd", launcher])
+        batch.append({"name": name, "config": config})
+    started = _run_starter(
+        {"lxcpath": lxcpath, "umask": GUEST_UMASK, "merge_memory": merge_memory, "containers": batch}
+    )
+    failed = {
+        name: f"liblxc could not start it: {_last_errors(_log_file(lxcpath, name))} (log: {_log_file(lxcpath, name)})"
+        for name, ok in started.items()
+        if not ok
+    }
     deadline = time.monotonic() + timeout
-    for name in started:
+    for name in [name for name, ok in started.items() if ok]:
         if not _container(lxcpath, name).wait("RUNNING", _seconds_left(deadline)):
             failed[name] = f"did not reach RUNNING within {timeout:.0f} s"
         else:
@@ -581,37 +587,35 @@ def start_many(lxcpath, names, timeout=30.0, merge_memory=False, link_mtus=None)
     return failed
 
 
-def _start_from_a_child(container):
-    """container.start(daemonize) called by a child that exits when it returns, as lxc-start and LXD's forkstart
-    call it; what start returned. Forks (workers are single-threaded).
-
-    liblxc moves the process that calls a daemonized start into the new container's monitor cgroup: it takes the
-    caller for a short-lived lxc-start. A worker that called it itself sat in the last started container's monitor
-    cgroup, charged to it, and that cgroup could not be removed when its container stopped: each worker left one
-    behind per start and stop, and on this test machine 1,018 empty lxc.monitor.* cgroups had piled up in every
-    hierarchy, which every later cgroup v1 cpuset made by a start walks."""
-    child = os.fork()
-    if child == 0:
-        code = 1  # also when start raises: the child must never return into the worker's loop
-        try:
-            code = 0 if container.start(useinit=False, daemonize=True, close_fds=True) else 1
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(child, 0)
-    return os.waitstatus_to_exitcode(status) == 0
+def _log_file(lxcpath, name):
+    return os.path.join(lxcpath, name, "lxc.log")
 
 
-@contextlib.contextmanager
-def _merging(merge):
-    """The worker's memory-merge setting while it forks a container's monitor and init (they inherit it)."""
-    if not merge:
-        yield
-        return
-    memory_merge.set_for_children(True)
+def _run_starter(batch):
+    """{name: started} from agent.starter, run for this batch: a small process, so the containers' monitors
+    (copies of it) do not each copy the worker's heap; see agent.starter."""
+    if not batch["containers"]:
+        return {}
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.starter"],
+        input=json.dumps(batch),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path},
+        check=False,
+    )
     try:
-        yield
-    finally:
-        memory_merge.set_for_children(False)
+        started = json.loads(result.stdout) if result.returncode == 0 else None
+    except ValueError:
+        started = None
+    if not isinstance(started, dict):
+        raise ContainerError(
+            f"the agent's starter process failed (exit {result.returncode}) starting "
+            f"{[entry['name'] for entry in batch['containers']]}: {result.stderr.strip()[-2000:] or 'no output'}"
+        )
+    return started
 
 
 def _last_errors(log_file, count=3):

@@ -232,3 +232,28 @@ def test_a_container_without_an_mtu_of_its_own_takes_its_bridges_at_each_start(a
         assert "lxc.net.0.mtu" not in handle.read(), "nothing stored: the next start reads the bridge again"
     agent.destroy(["base"])
     agent.destroy_network(BRIDGE)
+
+
+def rss_anon_kib(pid):
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["RssAnon"].split()[0])
+
+
+def test_a_containers_monitor_is_a_copy_of_the_small_starter_not_of_a_worker(loopback_agent):
+    """liblxc's monitor, which lives as long as its container, is a fork of whatever called start: agent.starter,
+    which imports little, not a worker holding the agent's heap (see agent.starter for what that cost)."""
+    agent = loopback_agent.connect()
+    agent.create("base", "busybox")
+    agent.clone("base", ["watched"])
+    assert agent.start(["watched"]) == ["watched"]
+    init = sh("lxc-info", "-P", loopback_agent.lxcpath, "-n", "watched", "-p", "-H").strip()
+    monitor = int(Path(f"/proc/{init}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert "lxc monitor" in Path(f"/proc/{monitor}/cmdline").read_text(), "init's parent is its monitor"
+    agent_process = agent_pid(loopback_agent.process)
+    workers = [pid for pid in process_tree(agent_process) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert workers, "the worker that ran the start"
+    assert rss_anon_kib(monitor) * 2 < min(rss_anon_kib(pid) for pid in workers), (
+        rss_anon_kib(monitor),
+        [rss_anon_kib(pid) for pid in workers],
+    )
+    agent.destroy(["watched", "base"])
