@@ -47,7 +47,7 @@ class Change:
                 shown = ", ".join(f"{node.name} ({node.address})" for node in mine)
                 lines.append(f"  host {host}: {verb} {len(mine)}: {shown}")
         if not self.added and not self.removed:
-            lines.append("  nothing to change")
+            lines.append("  no compute to add or remove" if self.pace else "  nothing to change")
         return lines
 
 

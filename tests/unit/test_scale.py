@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import scale, topology
+from coordinator import cli, scale, topology
 from coordinator.config import validate
+from coordinator.store import Store
 from tests.unit.test_driver import SEED_LIKE
 
 SEED = json.loads((Path(__file__).parents[2] / "configs" / "seed.json").read_text())
@@ -99,4 +100,28 @@ def test_a_scale_can_set_the_groups_pace_which_the_new_plan_carries():
     same, _ = scale.change(again, plan, topology.plan(validate(data), previous=plan), 5, 2.5)
     assert same.pace is None and same.describe()[-1] == "  nothing to change", "the pace it already has"
     slower, _ = scale.change(again, plan, topology.plan(validate(data), previous=plan), 5, 0.5)
-    assert slower.describe()[1] == "  starts: 2.5 per second -> 0.5 per second"
+    assert slower.describe()[1:] == ["  starts: 2.5 per second -> 0.5 per second", "  no compute to add or remove"]
+
+
+def test_a_scale_that_only_changes_the_pace_records_it_without_asking_any_agent(tmp_path, capsys):
+    """The seed's hosts do not exist here: any agent call would fail. Only the recorded config changes."""
+    path = str(tmp_path / "deployments.sqlite")
+    store = Store(path)
+    try:
+        store.begin("perf", SEED, topology.plan(validate(SEED)).to_dict())
+        store.set_status("perf", "deployed")
+    finally:
+        store.close()
+    argv = ["scale", "perf", "--computes", "64", "--starts-per-second", "4", "--store", path]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "  starts: as fast as they run -> 4 per second",
+        "  no compute to add or remove",
+    ]
+    store = Store(path)
+    try:
+        assert store.get("perf")["config"]["nodes"][0]["starts_per_second"] == 4
+    finally:
+        store.close()
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["  nothing to change"], "the pace on record now"
