@@ -23,27 +23,16 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agent import pki
-from simlab import AgentProcess, loop_btrfs
-from simlab.cloud import MIRROR, cloud_config, free_subnet
+from simlab.cloud import MIRROR, cloud_config, coordinator, free_subnet, local_agent
 
 MIB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 KSM = "/sys/kernel/mm/ksm"
-
-
-def coordinator(*argv, check=True):
-    result = subprocess.run([sys.executable, "-m", "coordinator.cli", *argv], capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise SystemExit(f"coordinator {argv[0]} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def mem_available():
@@ -129,13 +118,8 @@ def main(argv=None):
     if args.merge_memory:
         settings["merge_memory"] = True
     ksm_before = ksm("run") if os.path.exists(f"{KSM}/run") else None
-    with loop_btrfs(size="48G", prefix="lxcagent-density-") as mountpoint, tempfile.TemporaryDirectory() as scratch:
-        lxcpath = os.path.join(mountpoint, "lxc")
-        os.mkdir(lxcpath)
-        pki.create_pki(f"{scratch}/pki", ["127.0.0.1"])
-        process = AgentProcess(lxcpath, f"{scratch}/pki", log_level="warning")
-        common = ["--store", f"{scratch}/store.sqlite", "--pki-dir", f"{scratch}/pki"]
-        try:
+    try:
+        with local_agent("density", "lxcagent-density-") as (process, scratch, common):
             config = f"{scratch}/cloud.json"
             with open(config, "w") as handle:
                 json.dump(cloud_config(process.port, subnet, args.computes, "dn", settings), handle)
@@ -157,15 +141,13 @@ def main(argv=None):
                 )
             if args.merge_memory:
                 print(f"merged_ratio={per_compute['as deployed'] / per_compute['unmerged']:.2f}")
-        finally:
-            coordinator("destroy", "density", *common, check=False)
-            process.stop()
-            if ksm_before is not None and ksm("run") != ksm_before:
-                with open(f"{KSM}/run", "w") as handle:  # as this machine had it (2 unmerged already)
-                    handle.write(str(ksm_before) if ksm_before != 0 else "2")
-                if ksm_before == 0:
-                    with open(f"{KSM}/run", "w") as handle:
-                        handle.write("0")
+    finally:
+        if ksm_before is not None and ksm("run") != ksm_before:
+            with open(f"{KSM}/run", "w") as handle:  # as this machine had it (2 unmerged already)
+                handle.write(str(ksm_before) if ksm_before != 0 else "2")
+            if ksm_before == 0:
+                with open(f"{KSM}/run", "w") as handle:
+                    handle.write("0")
     print(f"mib_per_compute={per_compute['as deployed'] / MIB:.1f}")
     return 0
 

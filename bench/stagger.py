@@ -16,26 +16,15 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from agent import pki
-from simlab import AgentProcess, loop_btrfs
-from simlab.cloud import MIRROR, cloud_config, free_subnet
+from simlab.cloud import MIRROR, cloud_config, coordinator, free_subnet, local_agent
 
 CONVERGED = re.compile(r"(\d+)/(\d+) nova-compute services up as (\d+) hypervisors .* in (\S+)")
 PHASE = re.compile(r"^(add computes|remove computes)\s+([\d.]+) s$", re.M)
-
-
-def coordinator(*argv, check=True):
-    result = subprocess.run([sys.executable, "-m", "coordinator.cli", *argv], capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise SystemExit(f"coordinator {argv[0]} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def seconds(shown):
@@ -78,32 +67,23 @@ def main(argv=None):
     if subnet is None:
         sys.exit("no free /24 in 10.250.0.0/16 on this machine")
     converged = {}
-    with loop_btrfs(size="48G", prefix="lxcagent-stagger-") as mountpoint, tempfile.TemporaryDirectory() as scratch:
-        lxcpath = os.path.join(mountpoint, "lxc")
-        os.mkdir(lxcpath)
-        pki.create_pki(f"{scratch}/pki", ["127.0.0.1"])
-        process = AgentProcess(lxcpath, f"{scratch}/pki", log_level="warning")
-        common = ["--store", f"{scratch}/store.sqlite", "--pki-dir", f"{scratch}/pki"]
-        try:
-            config = f"{scratch}/cloud.json"
-            with open(config, "w") as handle:
-                json.dump(cloud_config(process.port, subnet, 1, "sg"), handle)
-            began = time.monotonic()
-            coordinator("deploy", config, "--name", "stagger", "--log-dir", f"{scratch}/logs", *common)
-            print(f"deployed 1 controller + 1 fake compute in {time.monotonic() - began:.0f} s", flush=True)
-            for rate in (None, *rates):
-                took, phases, converged[rate] = grow(common, args.computes, rate)
-                shown = f"{rate:g} per second" if rate else "unpaced"
-                print(
-                    f"1 -> {args.computes} computes, {shown:>15}: clones made and started in "
-                    f"{phases.get('add computes', 0):6.1f} s, converged {converged[rate]:4d} s after the clones' "
-                    f"start (the scale took {took:.0f} s)",
-                    flush=True,
-                )
-                coordinator("scale", "stagger", "--computes", "1", *common)
-        finally:
-            coordinator("destroy", "stagger", *common, check=False)
-            process.stop()
+    with local_agent("stagger", "lxcagent-stagger-") as (process, scratch, common):
+        config = f"{scratch}/cloud.json"
+        with open(config, "w") as handle:
+            json.dump(cloud_config(process.port, subnet, 1, "sg"), handle)
+        began = time.monotonic()
+        coordinator("deploy", config, "--name", "stagger", "--log-dir", f"{scratch}/logs", *common)
+        print(f"deployed 1 controller + 1 fake compute in {time.monotonic() - began:.0f} s", flush=True)
+        for rate in (None, *rates):
+            took, phases, converged[rate] = grow(common, args.computes, rate)
+            shown = f"{rate:g} per second" if rate else "unpaced"
+            print(
+                f"1 -> {args.computes} computes, {shown:>15}: clones made and started in "
+                f"{phases.get('add computes', 0):6.1f} s, converged {converged[rate]:4d} s after the clones' "
+                f"start (the scale took {took:.0f} s)",
+                flush=True,
+            )
+            coordinator("scale", "stagger", "--computes", "1", *common)
     print(f"paced_ratio={converged[rates[0]] / max(1, converged[None]):.2f}")
     return 0
 

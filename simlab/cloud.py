@@ -5,11 +5,16 @@ The containers need the package registries (apt, PyPI through the host's CA), so
 own namespace, with the cloud on a bridge and subnet of its own.
 """
 
+import contextlib
 import ipaddress
+import os
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
-from simlab import REPO
+from agent import pki
+from simlab import REPO, AgentProcess, loop_btrfs
 
 MIRROR = Path(REPO).parent / "shared" / "openstack"
 CONTROLLER_SERVICES = "key,mysql,rabbit,n-api,n-cond,n-sch,placement-api,g-api,q-svc"
@@ -27,6 +32,32 @@ def free_subnet(within="10.250.0.0/16"):
         if not any(candidate.overlaps(route) for route in used if route.prefixlen > 0):
             return str(candidate)
     return None
+
+
+def coordinator(*argv, check=True):
+    """The coordinator CLI for a benchmark: its result, or SystemExit with its output when it fails."""
+    result = subprocess.run([sys.executable, "-m", "coordinator.cli", *argv], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise SystemExit(f"coordinator {argv[0]} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@contextlib.contextmanager
+def local_agent(deployment, prefix):
+    """(agent process, scratch folder, the coordinator's --store/--pki-dir arguments) for a benchmark's real cloud:
+    an agent in this machine's namespace on a loop-file btrfs. On the way out the deployment `deployment` is
+    destroyed and the agent stopped, before the loop mount goes."""
+    with loop_btrfs(size="48G", prefix=prefix) as mountpoint, tempfile.TemporaryDirectory() as scratch:
+        lxcpath = os.path.join(mountpoint, "lxc")
+        os.mkdir(lxcpath)
+        pki.create_pki(f"{scratch}/pki", ["127.0.0.1"])
+        process = AgentProcess(lxcpath, f"{scratch}/pki", log_level="warning")
+        common = ["--store", f"{scratch}/store.sqlite", "--pki-dir", f"{scratch}/pki"]
+        try:
+            yield process, scratch, common
+        finally:
+            coordinator("destroy", deployment, *common, check=False)
+            process.stop()
 
 
 def cloud_config(port, subnet, computes, prefix="rc", compute_settings=None):
