@@ -56,9 +56,9 @@ def without_carrier(value):
     return value
 
 
-def agent_pid(process):
-    """The lxc-agent process itself under the nsenter/unshare/sh chain that started it in its node."""
-    children = {}
+def children_by_parent():
+    """pid -> the pids of its children, for every process now (read from /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -67,6 +67,22 @@ def agent_pid(process):
                 continue
             parent = int(stat.rsplit(")", 1)[1].split()[1])
             children.setdefault(parent, []).append(int(entry))
+    return children
+
+
+def descendants(pid):
+    """Every process below `pid` now: children, theirs, and so on."""
+    children = children_by_parent()
+    found, queue = [], [pid]
+    while queue:
+        found += children.get(queue[-1], [])
+        queue += children.pop(queue.pop(), [])
+    return found
+
+
+def agent_pid(process):
+    """The lxc-agent process itself under the nsenter/unshare/sh chain that started it in its node."""
+    children = children_by_parent()
     queue = [process.pid]
     while queue:
         pid = queue.pop()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import BatchError, Conflict
-from tests.support import agent_pid, lxc_states, sh, subvolumes
+from tests.support import agent_pid, descendants, lxc_states, sh, subvolumes
 
 CLONES = [f"web-{i:03d}" for i in range(16)]
 SUBNET = ipaddress.ip_network("10.231.7.0/24")
@@ -168,22 +168,6 @@ def monitor_cgroups(names):
     return found
 
 
-def process_tree(pid):
-    children = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, queue = [pid], [pid]
-    while queue:
-        found += children.get(queue[-1], [])
-        queue += children.pop(queue.pop(), [])
-    return found
-
-
 def test_a_start_leaves_the_agent_in_its_own_cgroups_and_a_stop_leaves_no_cgroup_behind(loopback_agent):
     """liblxc moves whoever calls a daemonized start into the container's monitor cgroup. The agent's workers must
     not be that caller: they would be charged to the container, and its monitor cgroup could not be removed at
@@ -198,7 +182,7 @@ def test_a_start_leaves_the_agent_in_its_own_cgroups_and_a_stop_leaves_no_cgroup
 
     agent_process = agent_pid(loopback_agent.process)
     home = Path(f"/proc/{agent_process}/cgroup").read_text()
-    ours = process_tree(agent_process)
+    ours = [agent_process, *descendants(agent_process)]
     assert len(ours) > 1, "the agent and its workers"
     assert {pid: Path(f"/proc/{pid}/cgroup").read_text() for pid in ours} == dict.fromkeys(ours, home)
     assert monitor_cgroups(names) - before, "liblxc made monitor cgroups for the running containers"
@@ -250,7 +234,7 @@ def test_a_containers_monitor_is_a_copy_of_the_small_starter_not_of_a_worker(loo
     monitor = int(Path(f"/proc/{init}/stat").read_text().rsplit(")", 1)[1].split()[1])
     assert "lxc monitor" in Path(f"/proc/{monitor}/cmdline").read_text(), "init's parent is its monitor"
     agent_process = agent_pid(loopback_agent.process)
-    workers = [pid for pid in process_tree(agent_process) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    workers = [pid for pid in descendants(agent_process) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert workers, "the worker that ran the start"
     assert rss_anon_kib(monitor) * 2 < min(rss_anon_kib(pid) for pid in workers), (
         rss_anon_kib(monitor),

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from agent import memory_merge
-from tests.support import agent_pid, sh
+from tests.support import agent_pid, descendants, sh
 
 KSM_RUN = Path("/sys/kernel/mm/ksm/run")
 
@@ -35,22 +35,6 @@ def merge_any(pid):
 def init_pid(process, name):
     """The container's init as the host sees it, from the real CLI."""
     return int(sh("lxc-info", "-P", process.lxcpath, "-n", name, "-p", "-H").strip())
-
-
-def descendants(pid):
-    children = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, queue = [], [pid]
-    while queue:
-        found += children.get(queue[-1], [])
-        queue += children.pop(queue.pop(), [])
-    return found
 
 
 def test_a_container_started_with_merge_memory_is_mergeable_to_its_last_process(loopback_agent, ksm_as_found):
