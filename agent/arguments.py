@@ -439,6 +439,11 @@ OWNER = Pattern(
     "use 1-128 letters, digits, '_', '.', ':', '@', '+' or '-', starting with a letter or digit (or None for no owner)",
     wording="{what} {value} is not valid",
 )
+LABEL_NAME = Pattern(
+    "label name", r"[a-z][a-z0-9_]{0,31}", 32, "use 1-32 lower-case letters, digits and '_', starting with a letter"
+)
+MAX_LABELS = 32
+LABELS = MapOf(LABEL_NAME, Text("label", 4_096), "labels", MAX_LABELS, total_bytes=16_384)
 TUNNEL_KINDS = ("ipip", "vxlan")
 VNI = Integer("vni", 1, 2**24 - 1)
 MTU = Integer("mtu", 68, 65535)  # 68: the least IPv4 allows (RFC 791); 65535: the most it can carry
@@ -468,6 +473,8 @@ SCHEMAS: dict[str, dict[str, Check]] = {
         "packages": Optional(ListOf(PACKAGE, "package name", MAX_PACKAGES)),
     },
     "destroy_images": {"keys": Optional(ListOf(IMAGE_KEY, "image key", MAX_BATCH, distinct=True))},
+    "save_image": {"name": CONTAINER_NAME, "key": IMAGE_KEY, "labels": Optional(LABELS)},
+    "create_from_image": {"name": CONTAINER_NAME, "key": IMAGE_KEY},
     "clone": {"source": CONTAINER_NAME, "names": NAMES, "snapshot": Flag("snapshot")},
     "set_addresses": {
         "bridge": BRIDGE,

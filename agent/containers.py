@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import selectors
+import shutil
 import signal
 import stat
 import subprocess
@@ -186,6 +187,8 @@ def origin(metadata):
         return "an unfinished create or clone (cut short; destroy it and ask again)"
     if metadata.get("clone_of"):
         return f"a clone of {metadata['clone_of']!r}"
+    if metadata.get("saved_from"):
+        return f"image {metadata.get('image')} (saved from {metadata['saved_from']!r})"
     if metadata.get("template"):
         return describe(metadata["template"], metadata.get("release"), metadata.get("packages") or [])
     return "something else (not made by lxc-agent)"
@@ -260,6 +263,93 @@ def ensure_image(lxcpath, name, template, release, packages):
         "image %s: built from %s for container %s (%d bytes)", key, describe(template, release, packages), name, size
     )
     return key
+
+
+def save_image(lxcpath, name, key, labels, backend):
+    """The container's filesystem and config as they are now, kept as the sealed image `key` (kind "saved") that
+    create_from_image makes containers from. A running container is frozen (its cgroup freezer) while its rootfs
+    is copied, so every file is as it was at one moment, as after a power cut; one found frozen (an earlier save
+    cut short) is copied as it is, and thawed after. btrfs: a snapshot, milliseconds; copy: a full copy while it
+    is frozen. Overlay storage keeps no saved images. Asking again for the same key and container is done already
+    ({"saved": False}); a key another container or a template holds is a Conflict."""
+    made = storage.read_image(lxcpath, key)
+    if made is not None:
+        if made.get("kind") == "saved" and made.get("source") == name:
+            return {"key": key, "saved": False, "size": made.get("size")}
+        holder = f"saved from {made.get('source')!r}" if made.get("kind") == "saved" else "a template's image"
+        raise Conflict(f"image {key} exists already, {holder}; pick another key or destroy_images it", image=key)
+    if backend == "overlay":
+        raise StorageError(
+            f"cannot save container {name!r} as an image: this host keeps containers on overlay storage, whose "
+            "merged view exists only while one runs; put the lxcpath on btrfs (snapshots) or use --storage copy",
+            container=name,
+        )
+    container = _container(lxcpath, name)
+    storage.remove_image_files(lxcpath, key)  # what a cut-short save left: never sealed, never used
+    storage.make_agent_folder(storage.images_path(lxcpath))
+    storage.make_folder(storage.image_folder(lxcpath, key), storage.PRIVATE_MODE)
+    try:
+        if container.state == "RUNNING":
+            _check(container.freeze(), name, "freeze")
+        try:
+            if btrfs.is_subvolume(storage.rootfs_path(lxcpath, name)):
+                btrfs.snapshot(storage.rootfs_path(lxcpath, name), storage.image_rootfs(lxcpath, key))
+            else:
+                storage.copy_tree(storage.rootfs_path(lxcpath, name), storage.image_rootfs(lxcpath, key))
+        finally:
+            if container.state == "FROZEN":
+                _check(container.unfreeze(), name, "thaw")
+        shutil.copyfile(os.path.join(lxcpath, name, "config"), storage.image_config(lxcpath, key))
+        size = storage.tree_size(storage.image_rootfs(lxcpath, key))
+        storage.seal_image(
+            lxcpath,
+            key,
+            {
+                "kind": "saved",
+                "source": name,
+                "labels": dict(labels),
+                "size": size,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
+    except BaseException:
+        storage.remove_image_files(lxcpath, key)
+        raise
+    log.info("image %s: saved from container %s (%d bytes)", key, name, size)
+    return {"key": key, "saved": True, "size": size}
+
+
+def create_from_image(lxcpath, name, key, backend):
+    """A container from an image save_image made, with its own host name, machine-id and no network, made the
+    way clones are for the backend. True if made, False if it exists made from this image already; Conflict if
+    it exists made otherwise, NotFound if the host has no such saved image."""
+    if exists(lxcpath, name):
+        made = read_metadata(lxcpath, name)
+        if made.get("saved_from") and made.get("image") == key:
+            return False
+        raise Conflict(
+            f"container {name!r} exists but was made from {origin(made)}, not image {key}; destroy it first "
+            "or pick another name",
+            container=name,
+        )
+    if storage.is_agents(lxcpath, name) or os.path.exists(os.path.join(lxcpath, name)):
+        raise Conflict(
+            f"{os.path.join(lxcpath, name)} exists but is no finished container (a create cut short?); destroy "
+            f"{name!r} and ask again",
+            container=name,
+        )
+    image = storage.read_image(lxcpath, key)
+    if image is None or image.get("kind") != "saved":
+        raise NotFound(
+            f"no saved image {key} on this host"
+            + (" (that key is a template's image: create() uses those)" if image else "")
+            + "; list_images() shows them",
+            image=key,
+        )
+    _from_image(lxcpath, name, key, backend, {"image": key, "saved_from": image.get("source")})
+    storage.touch_image(lxcpath, key)
+    log.info("container %s: created from saved image %s (%s)", name, key, backend)
+    return True
 
 
 def _missing_packages(rootfs, packages):

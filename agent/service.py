@@ -113,8 +113,9 @@ class AgentService:
 
     @remote
     def list_images(self):
-        """The cached template images: key, template, release, packages, size (bytes), created, and `used_by`,
-        the containers that stack on one as their overlay base (btrfs snapshots and copies do not hold it)."""
+        """The cached images: key, size (bytes), created, and `used_by`, the containers that stack on one as their
+        overlay base (btrfs snapshots and copies do not hold it); a template's image has template, release and
+        packages, an image save_image kept has kind "saved", source, labels and last_used."""
         return storage.list_images(self.lxcpath)
 
     @remote
@@ -157,6 +158,24 @@ class AgentService:
         not exist are already done."""
         with self._changes:
             return storage.destroy_images(self.lxcpath, keys)
+
+    @remote
+    def save_image(self, name, key, labels=None):
+        """Keep the container as it is now as the image `key`, for create_from_image: a running one is frozen
+        while its rootfs is snapshotted (btrfs) or copied (copy storage), then thawed. `labels` ({name: text}) are
+        kept with the image for whoever lists it. The same key for the same container again is done already."""
+        with self._changes:
+            self._require_existing([name])
+            containers.require_agents(self.lxcpath, [name])
+            return self._lifecycle.call(containers.save_image, self.lxcpath, name, key, labels or {}, self.backend)
+
+    @remote
+    def create_from_image(self, name, key):
+        """A container made from an image save_image kept, with its own host name and machine-id, and no network
+        yet; asking again for the same image is a no-op."""
+        with self._changes:
+            created = self._lifecycle.call(containers.create_from_image, self.lxcpath, name, key, self.backend)
+            return {"name": name, "created": created}
 
     @remote
     def clone(self, source, names, snapshot=True):

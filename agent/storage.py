@@ -7,6 +7,8 @@ Layout (all under the lxcpath, so nothing outside it is ever written or removed)
       config, rootfs/ (a btrfs subvolume where the lxcpath is on btrfs), lxc-agent-image.json
                                                what a template made, once; never started, never changed; the
                                                json (written last) marks it complete
+  <lxcpath>/.lxc-agent/images/<key>/           the same for an image saved from a container (save_image): its
+                                               rootfs as it was at one moment, kind "saved" in the json
   <lxcpath>/.lxc-agent/bases/<source>-<hex>/   a frozen layer: read-only from then on, shared by its users
   <lxcpath>/<name>/overlay/delta, .../work     the container's own upper and work dirs (liblxc's own layout)
   <lxcpath>/<name>/config                      lxc.rootfs.path = overlay:<top base>:...:<bottom layer>:<delta>
@@ -31,6 +33,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 
 from agent import btrfs
 from agent.errors import Conflict, InvalidArgument, StorageError
@@ -443,6 +446,18 @@ def seal_image(lxcpath, key, made):
     path = os.path.join(image_folder(lxcpath, key), IMAGE_METADATA)
     with open(path + ".tmp", "w") as handle:
         json.dump({"key": key, **made}, handle, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def touch_image(lxcpath, key):
+    """Record that a container was just made from a sealed image (`last_used` in its metadata)."""
+    made = read_image(lxcpath, key)
+    if made is None:
+        return
+    made["last_used"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path = os.path.join(image_folder(lxcpath, key), IMAGE_METADATA)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(made, handle, sort_keys=True)
     os.replace(path + ".tmp", path)
 
 

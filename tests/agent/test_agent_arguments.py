@@ -455,6 +455,8 @@ PLAUSIBLE = {
     "release": [None, "bookworm"],
     "packages": [None, ["git"]],
     "keys": [None, ["ghost-default-00000000"]],
+    "key": ["ghost-default-00000000", "golden-ghost"],
+    "labels": [None, {"node": "ghost"}],
     "snapshot": [True, False],
     "merge_memory": [False, True],
     "bridge": ["lxcbr-ghost"],
