@@ -165,6 +165,28 @@ def mirror_entries(folder):
     return entries
 
 
+def mirror_digests(folder):
+    """{name: sha256} of each repository in a mirror folder: a bundle's bytes (what push_git_mirror sends), a
+    repository's refs and the commits they name. Any commit added, moved or removed changes its digest."""
+    digests = {}
+    for name, path in mirror_entries(folder).items():
+        hashed = hashlib.sha256()
+        if os.path.isfile(path):
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    hashed.update(block)
+        else:
+            refs = subprocess.run(
+                ["git", "-C", path, "for-each-ref", "--format=%(objectname) %(refname)"], capture_output=True, text=True
+            )
+            head = subprocess.run(["git", "-C", path, "rev-parse", "-q", "HEAD"], capture_output=True, text=True)
+            if refs.returncode != 0:
+                raise DevstackError(f"git for-each-ref in {path} (git_mirror) failed: {refs.stderr.strip()}")
+            hashed.update((refs.stdout + head.stdout).encode())
+        digests[name] = hashed.hexdigest()
+    return digests
+
+
 def _bundle_bytes(name, path):
     if os.path.isfile(path):
         with open(path, "rb") as handle:

@@ -371,7 +371,7 @@ def fetch(agent, node, repo, branch, timeout=COMMAND_TIMEOUT):
     path = local_repo_path(repo)
     if path is None:
         return fetch_remote(agent, node, repo, branch, timeout)
-    commit, is_branch = _local_commit(path, branch, node)
+    commit, is_branch = local_commit(path, branch, node)
     if _checked_out(agent, node) == commit:
         return {"commit": commit, "changed": False}
     _run(
@@ -428,7 +428,7 @@ def _git(path, *args):
     return subprocess.run(["git", "-C", path, *args], capture_output=True, text=True)
 
 
-def _local_commit(path, branch, node):
+def local_commit(path, branch, node):
     """(commit, is a branch) for `branch` in the repository at `path` on this machine."""
     if _git(path, "rev-parse", "--git-dir").returncode != 0:
         raise DevstackError(

@@ -13,7 +13,7 @@ import concurrent.futures
 import contextlib
 import threading
 
-from coordinator import access, devstack, nova, topology
+from coordinator import access, devstack, golden, nova, topology
 from coordinator.engine import Engine, Phase
 
 WATCH_TIMEOUT = 30  # seconds for one look at which devstack phase a running stack.sh is in
@@ -94,7 +94,13 @@ class Devstack(Engine):
             with d.step(f"devstack:{node.name}") as todo:
                 if not todo:
                     return
-                agent = d.agent_for(d.plan.host(node.host))
+                host = d.plan.host(node.host)
+                agent = d.agent_for(host)
+                if d.golden.reused(agent, host, node):
+                    # Made from its golden image when placed: stack.sh has run in it, a first compute is sealed.
+                    if node.kind == "first":
+                        agent.stop([node.name], 120)
+                    return
                 # A first compute is stopped at the end of this step: a run cut off just after that left it
                 # stopped. Starting a running container is a no-op.
                 d.start(agent, [node])
@@ -106,6 +112,7 @@ class Devstack(Engine):
                     # No clone may boot into nova under this node's identity: its units wait for personalize.
                     self.seal(agent, node)
                     agent.stop([node.name], 120)
+                d.golden.keep(agent, host, node)
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
             for future in [pool.submit(one, node) for node in nodes]:
@@ -179,6 +186,21 @@ class Devstack(Engine):
             stop.set()
             watcher.join(timeout=5)
             d.settings.status(node.name, None)
+
+    def golden_decision(self, d, node, packages):
+        """What decides what stack.sh makes of a node (golden.decide): the git mirror's repositories, a local
+        devstack_repo's commit, the rendered local.conf, the CA certificates and proxy settings it is given, and
+        for a first compute its hash seed (merge_memory)."""
+        mirror = d.golden.mirror(node.git_mirror) if node.git_mirror else None
+        path = devstack.local_repo_path(node.devstack_repo) if node.devstack_repo is not None else None
+        commit = devstack.local_commit(path, node.devstack_branch, node)[0] if path else None
+        lab = []
+        if node.host_ca_certificates:
+            lab += access.host_ca_certificates()
+        if node.host_proxy:
+            lab += self._proxy(d, node)
+        merge = node.kind == "first" and d.plan.groups[node.group].merge_memory
+        return golden.decide(node, packages, mirror, commit, "\n".join(lab), merge)
 
     # -- replicate: asked by the provider ------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from coordinator import heartbeat, nova
 from coordinator.devstack_engine import Devstack
 from coordinator.engine import walk_order
 from coordinator.errors import CoordinatorError
+from coordinator.golden_nodes import GoldenNodes
 from coordinator.lxc import LxcContainers
 from coordinator.pacing import Paces
 
@@ -113,6 +114,8 @@ class Settings:
     call_timeout: float = CALL_TIMEOUT
     heartbeat_interval: float = heartbeat.INTERVAL  # while a longer call waits, its agent is pinged this often
     environ: dict = field(default_factory=lambda: dict(os.environ))  # where host_proxy settings come from
+    golden: bool = True  # golden nodes (golden_nodes.py): reuse them, keep them; deploy --no-golden: neither
+    notice: object = None  # callable(text): a line worth showing as it happens (what a golden node decided)
 
 
 @dataclass
@@ -139,6 +142,7 @@ class Deployer:
         self._heartbeats: dict[str, heartbeat.Heartbeat] = {}  # host address -> its agent's
         self._checked = False
         self.paces = Paces(plan.groups)
+        self.golden = GoldenNodes(self, settings.golden)
 
     error = DeployError
 
@@ -294,6 +298,11 @@ class Deployer:
         controller = self.plan.controller_node
         if controller is not None:
             self.engine.forget(self.agent_for(self.plan.host(controller.host)), controller, nodes)
+
+    def notice(self, text):
+        log.info("deployment %s: %s", self.name, text)
+        if self.settings.notice:
+            self.settings.notice(text)
 
     def progress(self, phase, done, total):
         if self.settings.progress:

@@ -77,9 +77,19 @@ class Engine(abc.ABC):
     def forget(self, agent, controller, nodes):
         """The cloud forgets these nodes (before they are made again or removed)."""
 
+    def golden_decision(self, deployer, node, packages):
+        """The node's golden key (golden.Decision) from everything that decides what this engine's install makes
+        of it, or why it has none; `packages` are what the provider installs in its containers. An engine that
+        keeps no golden nodes has none."""
+        from coordinator.golden import Decision
+
+        return Decision(None, {}, f"{type(self).__name__} keeps no golden images")
+
 
 class Provider(abc.ABC):
     """Where nodes live: it places them on hosts and copies a ready node."""
+
+    packages: tuple = ()  # what it installs in a node before the engine's install (part of a golden key)
 
     @abc.abstractmethod
     def phases(self):

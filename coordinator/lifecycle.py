@@ -30,8 +30,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 WIDE = 400  # columns for tables when stdout is not a terminal (a log, CI): rich would assume 80 and cut names
 
 
-def add_arguments(commands):
-    """Subcommands deploy, list, show, destroy and scale, with the options they share."""
+def shared_options():
+    """A function adding the options every command that reaches agents or the store shares to its parser."""
     shared: dict[str, dict[str, Any]] = {
         "--store": dict(
             help="deployment records (default $LXC_COORDINATOR_STORE or /var/lib/lxc-coordinator/deployments.sqlite)"
@@ -55,6 +55,12 @@ def add_arguments(commands):
             parser.add_argument(option, **settings)
         return parser
 
+    return with_shared
+
+
+def add_arguments(commands):
+    """Subcommands deploy, list, show, destroy and scale, with the options they share."""
+    with_shared = shared_options()
     deploy = with_shared(
         commands.add_parser("deploy", help="deploy a config (again under the same --name: resume after a failure)")
     )
@@ -64,6 +70,12 @@ def add_arguments(commands):
         "--log-dir",
         default=DEFAULT_LOG_DIR,
         help=f"full stack.sh logs, one per node and attempt (default {DEFAULT_LOG_DIR})",
+    )
+    deploy.add_argument(
+        "--no-golden",
+        action="store_true",
+        help="neither start nodes from golden images nor keep new ones: every stacked node runs stack.sh "
+        "(`coordinator golden list` shows the golden images)",
     )
     deploy.set_defaults(run=deploy_command)
     listing = with_shared(commands.add_parser("list", help="the deployments on record"))
@@ -150,6 +162,9 @@ def progress_bars(console, deployer):
             progress.update(tasks[phase], completed=done, total=total)
 
         deployer.settings.progress = report
+        deployer.settings.notice = lambda text: progress.console.print(
+            text, markup=False, highlight=False, soft_wrap=True
+        )
         yield progress
 
 
@@ -242,7 +257,7 @@ def deploy_command(args):
             plan,
             store,
             connector(args),
-            Settings(log_dir=os.path.abspath(args.log_dir), call_timeout=args.agent_timeout),
+            Settings(log_dir=os.path.abspath(args.log_dir), call_timeout=args.agent_timeout, golden=not args.no_golden),
         )
         try:
             # Before the deployment is recorded: a refused config can be fixed and deployed under the same name.

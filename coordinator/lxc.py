@@ -21,6 +21,8 @@ STOP_TIMEOUT = 120
 class LxcContainers(Provider):
     """Containers on the plan's hosts, made and copied by their agents."""
 
+    packages = PACKAGES
+
     def phases(self):
         return (
             Phase("networks", "place", lambda d: d.each_host(lambda host: self._networks(d, host))),
@@ -118,14 +120,22 @@ class LxcContainers(Provider):
             if not todo:
                 return
             agent = d.agent_for(host)
+            sealed = []  # first computes from a golden image: already stopped for cloning, so not started here
             for done, node in enumerate(nodes, 1):
                 d.record(host.address, "container", node.name)
-                agent.create(node.name, node.template, node.release, list(PACKAGES))
+                golden = d.golden.source(agent, host, node)
+                if golden:
+                    agent.create_from_image(node.name, golden)
+                    if node.kind == "first":
+                        sealed.append(node)
+                else:
+                    agent.create(node.name, node.template, node.release, list(PACKAGES))
                 d.progress("containers", done, len(nodes))
-            self._address_and_start(d, agent, host, nodes)
+            self._address_and_start(d, agent, host, nodes, [node for node in nodes if node not in sealed])
 
     @staticmethod
-    def _address_and_start(d, agent, host, nodes):
+    def _address_and_start(d, agent, host, nodes, started=None):
+        """Addresses for `nodes`, then those of them in `started` (all by default) started and booted."""
         by_bridge: dict = {}
         for node in nodes:
             by_bridge.setdefault(node.bridge, {})[node.name] = f"{node.address}/{node.prefixlen}"
@@ -133,9 +143,10 @@ class LxcContainers(Provider):
         mtu = min((tunnel["mtu"] for tunnel in agent.list_tunnels()), default=None)
         for bridge, addresses in by_bridge.items():
             agent.set_addresses(bridge, addresses, mtu)
-        names = [node.name for node in nodes]
-        d.start(agent, nodes)
-        d.wait_booted(agent, names, host=host.address)
+        started = nodes if started is None else started
+        if started:
+            d.start(agent, started)
+            d.wait_booted(agent, [node.name for node in started], host=host.address)
 
     # -- replicate ---------------------------------------------------------------------------------------------
 

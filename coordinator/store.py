@@ -47,6 +47,17 @@ CREATE TABLE IF NOT EXISTS resources (
     detail TEXT NOT NULL DEFAULT '{}',
     UNIQUE (deployment, host, kind, name)
 );
+-- Golden images kept on hosts (coordinator.golden_nodes): they outlive the deployment that kept them, so this
+-- remembers where to look for them (`coordinator golden list`) after its record is gone.
+CREATE TABLE IF NOT EXISTS golden_images (
+    host TEXT NOT NULL,
+    port INTEGER,
+    key TEXT NOT NULL,
+    node TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    kept REAL NOT NULL,
+    PRIMARY KEY (host, key)
+);
 """
 
 
@@ -271,6 +282,22 @@ class Store:
             (name, host, kind, resource),
         )
         log.debug("deployment %r: forgot %s %s on %s", name, kind, resource, host)
+
+    # -- golden images ---------------------------------------------------------------------------------------
+
+    def add_golden(self, host, port, key, node, deployment):
+        self._sql(
+            "INSERT INTO golden_images VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (host, key) DO UPDATE "
+            "SET port = excluded.port, node = excluded.node, deployment = excluded.deployment, kept = excluded.kept",
+            (host, port, key, node, deployment, time.time()),
+        )
+
+    def golden_images(self):
+        rows = self._sql("SELECT host, port, key, node, deployment, kept FROM golden_images ORDER BY kept")
+        return [{"host": r[0], "port": r[1], "key": r[2], "node": r[3], "deployment": r[4], "kept": r[5]} for r in rows]
+
+    def remove_golden(self, host, key):
+        self._sql("DELETE FROM golden_images WHERE host = ? AND key = ?", (host, key))
 
 
 def _has_open(pid, path):
