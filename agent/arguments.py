@@ -401,6 +401,12 @@ IMAGE_KEY = Pattern(
     128,
     "keys are as list_images() gives them: letters, digits, '.', '_' and '-', at most 128 characters, no '..'",
 )
+SNAPSHOT_TAG = Pattern(
+    "snapshot tag",
+    r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+    64,
+    "use letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 characters, no '..'",
+)
 TEMPLATE = Pattern(
     "template",
     r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
@@ -475,6 +481,10 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     "destroy_images": {"keys": Optional(ListOf(IMAGE_KEY, "image key", MAX_BATCH, distinct=True))},
     "save_image": {"name": CONTAINER_NAME, "key": IMAGE_KEY, "labels": Optional(LABELS)},
     "create_from_image": {"name": CONTAINER_NAME, "key": IMAGE_KEY},
+    "snapshot": {"names": NAMES, "tag": SNAPSHOT_TAG},
+    "restore": {"names": NAMES, "tag": SNAPSHOT_TAG, "timeout": Seconds(zero=True)},
+    "list_snapshots": {"names": Optional(NAMES)},
+    "delete_snapshots": {"names": NAMES, "tag": SNAPSHOT_TAG},
     "clone": {"source": CONTAINER_NAME, "names": NAMES, "snapshot": Flag("snapshot")},
     "set_addresses": {
         "bridge": BRIDGE,

@@ -22,6 +22,7 @@ from agent import (
     memory_merge,
     network,
     segments,
+    snapshots,
     storage,
     tunnels,
 )
@@ -176,6 +177,53 @@ class AgentService:
         with self._changes:
             created = self._lifecycle.call(containers.create_from_image, self.lxcpath, name, key, self.backend)
             return {"name": name, "created": created}
+
+    # -- snapshots of containers -------------------------------------------------------------------------------
+
+    @remote
+    def snapshot(self, names, tag):
+        """Snapshot every named container under `tag` at one moment: the running ones are all frozen before the
+        first is copied and thawed after the last (agent.snapshots). Those that have `tag` already are left as
+        they are: {name: True if taken now}."""
+        with self._changes:
+            self._require_existing(names)
+            containers.require_agents(self.lxcpath, names)
+            return self._lifecycle.call(snapshots.take, self.lxcpath, names, tag, self.backend)
+
+    @remote
+    def restore(self, names, tag, timeout=120):
+        """Stop the named containers (killing what still runs after `timeout` seconds) and give each the rootfs
+        and config of its snapshot `tag`, which is kept; they are left stopped, for start(). NotFound, before
+        anything changes, when any lacks the snapshot."""
+        with self._changes:
+            self._require_existing(names)
+            containers.require_agents(self.lxcpath, names)
+            lacking = snapshots.missing(self.lxcpath, names, tag)
+            if lacking:
+                raise NotFound(
+                    f"no snapshot {tag!r} of container(s) {arguments.show(lacking)}; list_snapshots() shows theirs",
+                    containers=lacking,
+                )
+            failed = self._lifecycle.call(containers.stop_many, self.lxcpath, names, timeout)
+            if not failed:
+                failed = self._lifecycle.call(containers.each, snapshots.restore, self.lxcpath, names, tag)
+            return self._finish("restore", names, failed)
+
+    @remote
+    def list_snapshots(self, names=None):
+        """[{name, tag, created, size (bytes in its files), was (running or stopped)}] of the complete snapshots
+        of the given containers, or of all of the agent's."""
+        names = containers.list_names(self.lxcpath) if names is None else names
+        return snapshots.listed(self.lxcpath, [name for name in names if storage.is_agents(self.lxcpath, name)])
+
+    @remote
+    def delete_snapshots(self, names, tag):
+        """Remove the snapshot `tag` of each named container; a container or snapshot that is not there is done."""
+        with self._changes:
+            present = [name for name in names if containers.exists(self.lxcpath, name)]
+            containers.require_agents(self.lxcpath, present)
+            snapshots.delete(self.lxcpath, present, tag)
+            return list(names)
 
     @remote
     def clone(self, source, names, snapshot=True):

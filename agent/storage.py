@@ -43,6 +43,8 @@ AGENT_DIR = ".lxc-agent"
 IMAGE_METADATA = "lxc-agent-image.json"
 # In the folder of every container lxc-agent made, written by every version at the end of create and clone.
 METADATA_FILE = "lxc-agent.json"
+# In a container's folder: its snapshots (agent.snapshots), each rootfs a subvolume on btrfs.
+SNAPSHOTS_FOLDER = "lxc-agent-snapshots"
 # LXD's modes. The lxcpath: others may pass through (to containers they own there, made with other tools) but
 # not list it. A container's folder: only root passes, and root itself needs CAP_DAC_OVERRIDE to list or write
 # it (the agent and liblxc have it). The agent's own folders and an overlay container's upper and work dirs'
@@ -619,13 +621,17 @@ def lookup(directories, relative):
 
 
 def remove_container_files(lxcpath, name):
-    """Remove a container's folder (its rootfs subvolume first, only its own, never a path from config), then
-    each base it stacked on that no remaining container names."""
+    """Remove a container's folder (its subvolumes first: its rootfs and its snapshots', only its own, never a path
+    from config), then each base it stacked on that no remaining container names."""
     folder = os.path.join(lxcpath, name)
     parsed = parse_overlay(read_rootfs_spec(lxcpath, name))
     rootfs = rootfs_path(lxcpath, name)
-    if btrfs.is_subvolume(rootfs):
-        btrfs.delete_subvolume(rootfs)
+    snapshots = os.path.join(folder, SNAPSHOTS_FOLDER)
+    tags = sorted(os.listdir(snapshots)) if os.path.isdir(snapshots) else []
+    # Its snapshots' and a cut-short restore's subvolumes, which rmtree cannot remove.
+    for subvolume in [os.path.join(snapshots, tag, "rootfs") for tag in tags] + [rootfs + ".restoring", rootfs]:
+        if btrfs.is_subvolume(subvolume):
+            btrfs.delete_subvolume(subvolume)
     if os.path.isdir(folder):
         shutil.rmtree(folder)
     if parsed:

@@ -11,9 +11,10 @@ each declaring its own phases by stage:
 
 The stages run in this order, each stage's phases in the order the provider then the engine declare them:
 place (provider) -> install (engine) -> replicate (provider, which asks the engine to seal the source and to
-give each copy its own identity) -> join (engine: prove the cloud). Golden images, scaling and snapshots each
-find their home in one part: reusing an installed node is the engine's install, adding copies the provider's
-replicate, a consistent snapshot the provider's.
+give each copy its own identity) -> join (engine: prove the cloud). Golden nodes span both: the engine says what
+keys a node's install (golden_decision), the provider makes the node's container from a golden image with that
+key, and the engine's install then skips it (golden_nodes.py); adding copies is the provider's replicate, a
+consistent snapshot the provider's.
 """
 
 import abc

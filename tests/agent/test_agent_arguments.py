@@ -457,6 +457,7 @@ PLAUSIBLE = {
     "keys": [None, ["ghost-default-00000000"]],
     "key": ["ghost-default-00000000", "golden-ghost"],
     "labels": [None, {"node": "ghost"}],
+    "tag": ["clean", "ghost-tag"],
     "snapshot": [True, False],
     "merge_memory": [False, True],
     "bridge": ["lxcbr-ghost"],

@@ -1,6 +1,6 @@
 """A real dummy cloud: real devstack (stable/2026.1 from ../shared/openstack) in Debian containers, 1 controller and
 an LxcEngine group of 4 fake computes (the first stacked, 3 clones), deployed through the coordinator CLI, then
-scaled to 5 computes and down to 3.
+scaled to 5 computes and down to 3; destroyed and deployed again from the golden images the first deploy kept.
 
 The computes run with merge_memory (their nova-computes mergeable by KSM, without address-space randomisation,
 with one hash seed), as a dense cloud would.
@@ -170,8 +170,33 @@ def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(
         assert hypervisor_hosts(agent, controller) == kept, "removed computes leave nova's hypervisor list"
         services = json.loads(admin(agent, controller, "openstack compute service list --service nova-compute -f json"))
         assert sorted(s["Host"] for s in services) == kept
-    finally:
+
+        # Destroyed and deployed again: the controller and the first compute start from their golden images, no
+        # stack.sh runs, and the cloud converges and boots servers as before.
         destroyed = coordinator("destroy", "cloud", *common, check=False)
-    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+        assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+        again = coordinator("deploy", str(config), "--name", "again", "--log-dir", str(tmp_path / "logs"), *common)
+        for node in plan["nodes"]:
+            if node["kind"] in ("standalone", "first"):
+                assert f"{node['name']}: golden image reused (golden-" in again.stderr, again.stderr
+        assert not os.path.exists(tmp_path / "logs" / "again"), "no stack.sh ran"
+        assert f"{COMPUTES}/{COMPUTES} nova-compute services up as {COMPUTES} hypervisors" in again.stdout, (
+            again.stdout + again.stderr
+        )
+        assert hypervisor_hosts(agent, controller) == expected, "only this deployment's computes"
+        admin(
+            agent,
+            controller,
+            "head -c 1048576 /dev/zero > /tmp/dummy.img && openstack image create "
+            "--disk-format raw --container-format bare --file /tmp/dummy.img dummy -f json",
+        )
+        admin(agent, controller, "openstack server create --image dummy --flavor m1.tiny --nic none --wait again")
+        admin(agent, controller, "openstack server delete --wait again")
+    finally:
+        for name in ("cloud", "again"):
+            destroyed = coordinator("destroy", name, *common, check=False)
+            assert destroyed.returncode == 0 or "no deployment named" in destroyed.stderr, destroyed.stderr
     assert host_agent.states() == {}
+    pruned = coordinator("golden", "prune", *common)
+    assert "2 golden image(s) removed" in pruned.stdout, pruned.stdout + pruned.stderr
     assert subnet.rsplit(".", 1)[0] not in sh("ip", "-4", "-br", "addr")

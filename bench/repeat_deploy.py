@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""How much faster a repeat deploy is than the first, with golden nodes, measured in one run on a real cloud.
+
+Usage: bench/repeat_deploy.py [--computes 64]
+With an agent in this machine's own namespace on a new loop-file btrfs (so no golden image exists yet), deploys a
+real cloud through the coordinator CLI (simlab.cloud: devstack stable/2026.1 from ../shared/openstack, one
+controller and a group of N fake computes, the first stacked and the rest its clones), destroys it, and deploys
+the same config again: the controller and the first compute then start from the golden images the first deploy
+kept. Prints both deploys' wall-clock times and phases, then the golden images' size and the disk space they hold
+alone (the filesystem's use with and without them, once both deployments are gone); last line `ratio=X.XX`, the
+repeat deploy's time over the first's.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from simlab.cloud import MIRROR, cloud_config, coordinator, free_subnet, local_agent
+
+CONVERGED = re.compile(r"(\d+)/(\d+) nova-compute services up as (\d+) hypervisors .*")
+PHASE = re.compile(r"^(\S[\w ]*?)\s+([\d.]+) s$", re.M)
+
+
+def deploy(config, common, logs, computes):
+    """One deploy; (seconds, {phase: seconds}, what it said about golden nodes)."""
+    began = time.monotonic()
+    result = coordinator("deploy", config, "--name", "repeat", "--log-dir", logs, *common)
+    took = time.monotonic() - began
+    converged = CONVERGED.search(result.stdout)
+    if not converged or not converged.group(1) == converged.group(2) == converged.group(3) == str(computes):
+        raise SystemExit(f"the cloud did not converge:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    golden = [line for line in result.stderr.splitlines() if "golden image" in line or ": stack.sh: " in line]
+    return took, dict(PHASE.findall(result.stderr)), golden
+
+
+def used_bytes(path):
+    """The filesystem's bytes in use, once btrfs has finished removing deleted subvolumes."""
+    subprocess.run(["btrfs", "subvolume", "sync", path], check=True, capture_output=True)
+    os.sync()
+    stats = os.statvfs(path)
+    return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--computes", type=int, default=64, help="fake computes in the cloud (default 64)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("bench/repeat_deploy.py needs root (LXC, loop mounts)")
+    if not MIRROR.is_dir():
+        sys.exit(f"no OpenStack sources at {MIRROR}: real devstack needs the git bundles of ../shared/openstack")
+    if args.computes < 1:
+        sys.exit("need --computes of 1 or more")
+    subnet = free_subnet()
+    if subnet is None:
+        sys.exit("no free /24 in 10.250.0.0/16 on this machine")
+    with local_agent("repeat", "lxcagent-repeat-") as (process, scratch, common):
+        config = f"{scratch}/cloud.json"
+        with open(config, "w") as handle:
+            json.dump(cloud_config(process.port, subnet, args.computes, "rp"), handle)
+        times = {}
+        for label in ("first", "repeat"):
+            took, phases, golden = deploy(config, common, f"{scratch}/logs", args.computes)
+            times[label] = took
+            shown = ", ".join(f"{name} {float(value):.0f} s" for name, value in phases.items())
+            print(f"{label} deploy of 1 controller + {args.computes} computes: {took:.0f} s ({shown})", flush=True)
+            for line in golden:
+                print(f"  {line}", flush=True)
+            coordinator("destroy", "repeat", *common)
+        images = json.loads(coordinator("golden", "list", "--json", *common).stdout)
+        lxcpath = process.lxcpath
+        with_images = used_bytes(lxcpath)
+        coordinator("golden", "prune", *common)
+        without = used_bytes(lxcpath)
+        print(
+            f"golden images: {len(images)}, {sum(image['size'] for image in images) / 2**30:.2f} GiB in their files, "
+            f"{(with_images - without) / 2**30:.2f} GiB of disk held by them alone",
+            flush=True,
+        )
+    print(f"ratio={times['repeat'] / times['first']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
