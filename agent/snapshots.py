@@ -33,7 +33,8 @@ def _folder(lxcpath, name, tag=None):
 
 
 def read(lxcpath, name, tag):
-    """What a complete snapshot records ({tag, created, size, was}), or None."""
+    """What a complete snapshot records ({tag, created: the host's UTC time as it was taken, size, was}), or
+    None."""
     try:
         with open(os.path.join(_folder(lxcpath, name, tag), MARK)) as handle:
             return json.load(handle)
@@ -71,6 +72,7 @@ def take(lxcpath, names, tag, backend):
     _refuse_overlay(backend, names)
     todo = [name for name in names if read(lxcpath, name, tag) is None]
     frozen = []
+    moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # before the freeze: nothing they record is later
     try:
         for name in todo:
             container = _container(lxcpath, name)
@@ -97,7 +99,7 @@ def take(lxcpath, names, tag, backend):
         folder = _folder(lxcpath, name, tag)
         made = {
             "tag": tag,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": moment,
             "size": storage.tree_size(os.path.join(folder, "rootfs")),
             "was": states[name],
         }

@@ -10,7 +10,7 @@ import logging
 import sys
 
 from agent.errors import AgentError
-from coordinator import golden_commands, lifecycle, topology
+from coordinator import golden_commands, lifecycle, snapshot_commands, topology
 from coordinator.config import ConfigError, load_config
 from coordinator.errors import CoordinatorError
 
@@ -128,6 +128,7 @@ def _parser():
     plan.set_defaults(run=_plan)
     lifecycle.add_arguments(commands)
     golden_commands.add_arguments(commands)
+    snapshot_commands.add_arguments(commands)
     for command in commands.choices.values():
         # After the command too; SUPPRESS keeps a -v given before it (a subparser's default would overwrite it).
         _add_verbose(command, default=argparse.SUPPRESS)

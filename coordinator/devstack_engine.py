@@ -254,6 +254,7 @@ class Devstack(Engine):
             started,
             d.settings.converge_timeout,
             progress=lambda done, total: d.progress("nova computes up", done, total),
+            since=d.converge_since,
         )
         d.report.convergence = result
         if result["waiting"]:

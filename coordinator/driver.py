@@ -29,6 +29,7 @@ from coordinator.pacing import Paces
 BOOT_TIMEOUT = 300
 BOOT_ROUND = 30.0
 CALL_TIMEOUT = 1800.0
+RESTORE_STOP_TIMEOUT = 30  # a restore stops containers whose state is thrown away: no long grace
 log = logging.getLogger(__name__)
 
 
@@ -143,6 +144,7 @@ class Deployer:
         self._checked = False
         self.paces = Paces(plan.groups)
         self.golden = GoldenNodes(self, settings.golden)
+        self.converge_since = None  # after a restore: computes count once they report after this (nova.not_ready)
 
     error = DeployError
 
@@ -210,6 +212,50 @@ class Deployer:
                         lambda host: work(self, host, [node for node in nodes if node.host == host.address])
                     ),
                 )
+        for phase in walk_order(self.engine):
+            if phase.stage == "join":
+                self._phase(phase.name, lambda phase=phase: phase.run(self))
+        return self.report
+
+    def _containers_by_host(self):
+        return {
+            host: [node for node in self.plan.nodes_on(host.address) if node.kind != "host"] for host in self.plan.hosts
+        }
+
+    def snapshot(self, tag):
+        """Every container of the deployment snapshotted under `tag`: hosts at once, and on each host all its
+        containers at one moment (the agent freezes them together). Returns {host address: [names]}."""
+        by_host = self._containers_by_host()
+
+        def one(host):
+            if by_host[host]:
+                self.agent_for(host).snapshot([node.name for node in by_host[host]], tag)
+
+        self._phase("snapshot", lambda: self.each_host(one))
+        return {host.address: [node.name for node in nodes] for host, nodes in by_host.items()}
+
+    def restore(self, tag):
+        """Every container given back its snapshot `tag` (stopped, restored, started again), then the cloud proved
+        again with the engine's join phases: only computes that report after the snapshot's moment count."""
+        by_host = self._containers_by_host()
+        self.started = self.replicate_started = time.monotonic()
+
+        def restore(host):
+            if by_host[host]:
+                self.agent_for(host).restore([node.name for node in by_host[host]], tag, RESTORE_STOP_TIMEOUT)
+
+        def start(host):
+            if by_host[host]:
+                agent = self.agent_for(host)
+                self.start(agent, by_host[host])
+                self.wait_booted(agent, [node.name for node in by_host[host]], host=host.address)
+
+        self._phase("restore", lambda: self.each_host(restore))
+        controller = self.plan.controller_node
+        if controller is not None:
+            taken = self.agent_for(self.plan.host(controller.host)).list_snapshots([controller.name])
+            self.converge_since = next((entry["created"] for entry in taken if entry["tag"] == tag), None)
+        self._phase("start", lambda: self.each_host(start))
         for phase in walk_order(self.engine):
             if phase.stage == "join":
                 self._phase(phase.name, lambda phase=phase: phase.run(self))

@@ -377,9 +377,9 @@ def _widest(plan, column):
 
 
 def shown_status(store, record):
-    """The recorded status, except that a deploy whose coordinator died (killed, machine lost) without
-    recording how it ended is "interrupted" rather than "deploying": nobody holds its lock any more."""
-    if record["status"] == "deploying" and not store.locked(record["name"]):
+    """The recorded status, except that a deploy or restore whose coordinator died (killed, machine lost) without
+    recording how it ended is "interrupted" rather than "deploying" or "restoring": nobody holds its lock any more."""
+    if record["status"] in ("deploying", "restoring") and not store.locked(record["name"]):
         return "interrupted"
     return record["status"]
 

@@ -220,8 +220,9 @@ def parse_status(text):
             parts[current] = []
         elif current:
             parts[current].append(line)
-    services = {}
+    services, updated = {}, {}
     for row in json.loads("\n".join(parts.get("services", [])) or "[]"):
+        updated[row["Host"]] = str(row.get("Updated At") or "")[:19]  # 2026-12-01T14:50:00.000000
         if str(row.get("Status", "enabled")).lower() != "enabled":
             services[row["Host"]] = "disabled"
         else:
@@ -236,11 +237,13 @@ def parse_status(text):
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) >= 3 and cells[2] and cells[2] != "Hostname":
             mapped.add(cells[2])
-    return {"services": services, "hypervisors": hypervisors, "mapped": mapped}
+    return {"services": services, "hypervisors": hypervisors, "mapped": mapped, "updated": updated}
 
 
-def not_ready(expected, status):
-    """{host: why} for every expected nova host that is not yet an up, mapped service and hypervisor."""
+def not_ready(expected, status, since=None):
+    """{host: why} for every expected nova host that is not yet an up, mapped service and hypervisor. `since`
+    (UTC, 2026-12-01T14:50:00, the controller's clock): a service counts only once it has reported after it; a
+    restored database holds reports from before its snapshot, which nova shows as up for a while."""
     waiting = {}
     for host in expected:
         state = status["services"].get(host)
@@ -248,6 +251,8 @@ def not_ready(expected, status):
             waiting[host] = "no nova-compute service registered"
         elif state != "up":
             waiting[host] = f"nova-compute service is {state}"
+        elif since and status.get("updated", {}).get(host, "") <= since[:19]:
+            waiting[host] = "no report from nova-compute since the restore"
         elif host not in status["mapped"]:
             waiting[host] = "not mapped to a cell yet"
         elif status["hypervisors"].get(host) != "up":
@@ -364,10 +369,13 @@ def discover_hosts(agent, controller):
     )["stdout"]
 
 
-def converge(agent, controller, expected, started, timeout=CONVERGE_TIMEOUT, progress=None, interval=POLL_INTERVAL):
+def converge(
+    agent, controller, expected, started, timeout=CONVERGE_TIMEOUT, progress=None, interval=POLL_INTERVAL, since=None
+):
     """Wait until every host in `expected` is an up nova-compute service, an up hypervisor and mapped to a cell,
     mapping new hosts as they come. `started` is the monotonic time convergence is counted from (the clones'
     start); the wait itself lasts at most `timeout` seconds, and a failing status call is retried until then.
+    `since`: see not_ready.
     Returns {"expected", "services_up", "hypervisors_up", "seconds", "waiting": {host: why}, "error": the last
     failed call or None}; `waiting` is empty when it converged."""
     expected = list(expected)
@@ -377,16 +385,16 @@ def converge(agent, controller, expected, started, timeout=CONVERGE_TIMEOUT, pro
     while True:
         try:
             status = cloud_status(agent, controller)
-            waiting = not_ready(expected, status)
+            waiting = not_ready(expected, status, since)
             # Nova lists a hypervisor only once its host is mapped to a cell: map every registered host first.
             if any(host in status["services"] and host not in status["mapped"] for host in waiting):
                 discover_hosts(agent, controller)
                 status = cloud_status(agent, controller)
-                waiting = not_ready(expected, status)
+                waiting = not_ready(expected, status, since)
             error = None
         except DevstackError as failed:  # a busy API (many computes registering at once) answers again later
             error = str(failed)
-            waiting = not_ready(expected, status)
+            waiting = not_ready(expected, status, since)
         if progress:
             progress(len(expected) - len(waiting), len(expected))
         if not waiting or time.monotonic() > deadline:

@@ -47,6 +47,15 @@ CREATE TABLE IF NOT EXISTS resources (
     detail TEXT NOT NULL DEFAULT '{}',
     UNIQUE (deployment, host, kind, name)
 );
+-- Whole-deployment snapshots (coordinator snapshot): complete ones only, with the nodes they hold; the containers'
+-- snapshots themselves are on the hosts, and go with their containers.
+CREATE TABLE IF NOT EXISTS snapshots (
+    deployment TEXT NOT NULL REFERENCES deployments(name) ON DELETE CASCADE,
+    tag TEXT NOT NULL,
+    taken REAL NOT NULL,
+    nodes TEXT NOT NULL,
+    PRIMARY KEY (deployment, tag)
+);
 -- Golden images kept on hosts (coordinator.golden_nodes): they outlive the deployment that kept them, so this
 -- remembers where to look for them (`coordinator golden list`) after its record is gone.
 CREATE TABLE IF NOT EXISTS golden_images (
@@ -282,6 +291,22 @@ class Store:
             (name, host, kind, resource),
         )
         log.debug("deployment %r: forgot %s %s on %s", name, kind, resource, host)
+
+    # -- snapshots -------------------------------------------------------------------------------------------
+
+    def add_snapshot(self, name, tag, nodes):
+        self._sql(
+            "INSERT INTO snapshots VALUES (?, ?, ?, ?) ON CONFLICT (deployment, tag) DO UPDATE "
+            "SET taken = excluded.taken, nodes = excluded.nodes",
+            (name, tag, time.time(), _dump(list(nodes))),
+        )
+
+    def snapshots(self, name):
+        rows = self._sql("SELECT tag, taken, nodes FROM snapshots WHERE deployment = ? ORDER BY taken", (name,))
+        return [{"tag": r[0], "taken": r[1], "nodes": json.loads(r[2])} for r in rows]
+
+    def remove_snapshot(self, name, tag):
+        self._sql("DELETE FROM snapshots WHERE deployment = ? AND tag = ?", (name, tag))
 
     # -- golden images ---------------------------------------------------------------------------------------
 

@@ -75,6 +75,7 @@ def test_status_reads_services_hypervisors_and_the_cell_table():
         "services": {"cpu-0001": "up", "cpu-0011": "down", "cpu-0021": "disabled", "cpu-0031": "up"},
         "hypervisors": {"cpu-0001": "up", "cpu-0031": "up"},
         "mapped": {"cpu-0001"},
+        "updated": dict.fromkeys(("cpu-0001", "cpu-0011", "cpu-0021", "cpu-0031"), "2026-11-30T23:03:55"),
     }
 
 
@@ -83,7 +84,12 @@ def test_an_empty_cloud_reads_as_nothing():
         "+-----------+-----------+----------+\n| Cell Name | Cell UUID | Hostname |\n"
         "+-----------+-----------+----------+\n+-----------+-----------+----------+\n"
     )
-    assert nova.parse_status(status_text([], [], empty)) == {"services": {}, "hypervisors": {}, "mapped": set()}
+    assert nova.parse_status(status_text([], [], empty)) == {
+        "services": {},
+        "hypervisors": {},
+        "mapped": set(),
+        "updated": {},
+    }
 
 
 @pytest.mark.parametrize(
@@ -100,6 +106,16 @@ def test_an_empty_cloud_reads_as_nothing():
 def test_what_each_host_still_waits_for(host, why):
     waiting = nova.not_ready([host], nova.parse_status(status_text()))
     assert waiting == ({} if why is None else {host: why})
+
+
+def test_after_a_restore_a_service_counts_only_once_it_has_reported_since_the_snapshot():
+    """A restored database still says up for reports made before the snapshot (nova's service_down_time)."""
+    status = nova.parse_status(status_text())
+    assert nova.not_ready(["cpu-0001"], status, since="2026-11-30T23:03:54Z") == {}
+    for since in ("2026-11-30T23:03:55Z", "2026-12-01T00:00:00Z"):
+        assert nova.not_ready(["cpu-0001"], status, since=since) == {
+            "cpu-0001": "no report from nova-compute since the restore"
+        }
 
 
 def test_an_up_service_without_a_hypervisor_waits():

@@ -76,6 +76,7 @@ def openstack(args):
                 "Zone": "nova",
                 "Status": "enabled",
                 "State": "up" if age < DOWN_AFTER else "down",
+                "Updated At": time.strftime("%Y-%m-%dT%H:%M:%S.000000", time.gmtime(time.time() - age)),
             }
             for name, (age, _) in computes().items()
             if host in (None, name)
