@@ -1,6 +1,7 @@
 """A real dummy cloud: real devstack (stable/2026.1 from ../shared/openstack) in Debian containers, 1 controller and
 an LxcEngine group of 4 fake computes (the first stacked, 3 clones), deployed through the coordinator CLI, then
-scaled to 5 computes and down to 3; destroyed and deployed again from the golden images the first deploy kept.
+scaled to 5 computes and down to 3; destroyed and deployed again from the golden images the first deploy kept;
+then snapshotted, loaded with servers and restored to the snapshot.
 
 The computes run with merge_memory (their nova-computes mergeable by KSM, without address-space randomisation,
 with one hash seed), as a dense cloud would.
@@ -192,6 +193,23 @@ def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(
         )
         admin(agent, controller, "openstack server create --image dummy --flavor m1.tiny --nic none --wait again")
         admin(agent, controller, "openstack server delete --wait again")
+
+        # Snapshot, load (servers booted), restore: the servers are gone, every compute is up again, and the
+        # cloud boots new ones.
+        taken = coordinator("snapshot", "again", "clean", *common)
+        assert f"snapshot clean of again: {1 + COMPUTES} container(s)" in taken.stdout, taken.stdout + taken.stderr
+        for server in ("load-1", "load-2"):
+            admin(
+                agent, controller, f"openstack server create --image dummy --flavor m1.tiny --nic none --wait {server}"
+            )
+        assert len(json.loads(admin(agent, controller, "openstack server list -f json"))) == 2
+        restored = coordinator("restore", "again", "clean", *common)
+        assert f"{COMPUTES}/{COMPUTES} nova-compute services up as {COMPUTES} hypervisors" in restored.stdout, (
+            restored.stdout + restored.stderr
+        )
+        assert json.loads(admin(agent, controller, "openstack server list -f json")) == [], "the load is gone"
+        admin(agent, controller, "openstack server create --image dummy --flavor m1.tiny --nic none --wait after")
+        admin(agent, controller, "openstack server delete --wait after")
     finally:
         for name in ("cloud", "again"):
             destroyed = coordinator("destroy", name, *common, check=False)
