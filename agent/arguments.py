@@ -22,7 +22,7 @@ from agent.errors import InvalidArgument
 
 # --- the limits (README: "Limits of the agent's arguments") ---
 
-MAX_BATCH = 16_384  # names per call (list, clone, start, stop, destroy, set_addresses, destroy_images, snapshot, restore, list_snapshots, delete_snapshots)
+MAX_BATCH = 16_384  # names per call: every method that takes a list of container names, and destroy_images
 MAX_PACKAGES = 256  # distribution packages per create
 MAX_SUBNETS = 1_024  # subnets on each side of a tunnel
 MAX_ARGV = 4_096  # arguments of a command run()

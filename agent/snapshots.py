@@ -54,8 +54,10 @@ def _remove_tree(path):
     rootfs = os.path.join(path, "rootfs") if os.path.basename(path) != "rootfs" else path
     if btrfs.is_subvolume(rootfs):
         btrfs.delete_subvolume(rootfs)
-    if os.path.lexists(path):
-        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
 
 
 def _refuse_overlay(backend, names):

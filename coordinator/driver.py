@@ -224,12 +224,16 @@ class Deployer:
 
     def snapshot(self, tag):
         """Every container of the deployment snapshotted under `tag`: hosts at once, and on each host all its
-        containers at one moment (the agent freezes them together). Returns {host address: [names]}."""
+        containers at one moment (the agent freezes them together). What a snapshot under this tag cut short
+        left is removed first: its containers' copies are of another moment. Returns {host address: [names]}."""
         by_host = self._containers_by_host()
 
         def one(host):
             if by_host[host]:
-                self.agent_for(host).snapshot([node.name for node in by_host[host]], tag)
+                names = [node.name for node in by_host[host]]
+                agent = self.agent_for(host)
+                agent.delete_snapshots(names, tag)
+                agent.snapshot(names, tag)
 
         self._phase("snapshot", lambda: self.each_host(one))
         return {host.address: [node.name for node in nodes] for host, nodes in by_host.items()}

@@ -154,6 +154,7 @@ def prune_command(args):
             + " (destroy those deployments first)"
         )
     connect = connector(args)
+    ports = _hosts(store, args)
     removed = 0
     for image in chosen:
         if image["used_by"]:
@@ -161,8 +162,9 @@ def prune_command(args):
         if args.dry_run:
             print(f"would remove {image['key']} ({image.get('node')}) on {image['host']}")
             continue
-        port = _hosts(store, args).get(image["host"])
-        host = types.SimpleNamespace(address=image["host"], port=port, ca=None, cert=None, key=None, token_file=None)
+        host = types.SimpleNamespace(
+            address=image["host"], port=ports.get(image["host"]), ca=None, cert=None, key=None, token_file=None
+        )
         agent = connect(host)
         try:
             agent.destroy_images([image["key"]])

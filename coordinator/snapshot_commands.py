@@ -1,7 +1,8 @@
 """`coordinator snapshot NAME TAG`, `coordinator restore NAME TAG` and `coordinator snapshots NAME [--delete TAG]`:
 a whole deployment saved at one moment and brought back to it (the agents' snapshot and restore).
 
-A snapshot is on record once every container of the deployment has it; a restore needs the deployment to hold the
+A snapshot is on record once every container of the deployment has it (one cut short is taken again whole, its
+containers' copies being of another moment); a restore needs the deployment to hold the
 nodes it held then (scale it back first), gives every container its snapshot, starts them, and waits until the
 cloud has converged again, counting only computes that report after the snapshot's moment.
 """
