@@ -6,9 +6,10 @@ With an agent in this machine's own namespace on a new loop-file btrfs (so no go
 real cloud through the coordinator CLI (simlab.cloud: devstack stable/2026.1 from ../shared/openstack, one
 controller and a group of N fake computes, the first stacked and the rest its clones), destroys it, and deploys
 the same config again: the controller and the first compute then start from the golden images the first deploy
-kept. Prints both deploys' wall-clock times and phases, then the golden images' size and the disk space they hold
-alone (the filesystem's use with and without them, once both deployments are gone); last line `ratio=X.XX`, the
-repeat deploy's time over the first's.
+kept. The repeated cloud is then snapshotted and restored to its snapshot (`coordinator snapshot`, `restore`).
+Prints both deploys' wall-clock times and phases, the snapshot's and the restore's, then the golden images' size
+and the disk space they hold alone (the filesystem's use with and without them, once both deployments are gone);
+last line `ratio=X.XX`, the repeat deploy's time over the first's.
 """
 
 import argparse
@@ -47,6 +48,28 @@ def used_bytes(path):
     return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
 
 
+def snapshot_and_restore(common, lxcpath, computes):
+    """The running cloud snapshotted and restored to it: both times, and the disk the snapshot holds alone."""
+    began = time.monotonic()
+    coordinator("snapshot", "repeat", "clean", *common)
+    taken = time.monotonic() - began
+    began = time.monotonic()
+    restored = coordinator("restore", "repeat", "clean", *common)
+    took = time.monotonic() - began
+    converged = CONVERGED.search(restored.stdout)
+    if not converged or converged.group(1) != str(computes):
+        raise SystemExit(f"the restored cloud did not converge:\n{restored.stdout[-3000:]}\n{restored.stderr[-3000:]}")
+    phases = ", ".join(f"{name} {float(value):.0f} s" for name, value in PHASE.findall(restored.stderr))
+    with_snapshot = used_bytes(lxcpath)
+    coordinator("snapshots", "repeat", "--delete", "clean", *common)
+    without = used_bytes(lxcpath)
+    print(
+        f"snapshot of the running cloud: {taken:.1f} s; restore until converged: {took:.0f} s ({phases}); the "
+        f"snapshot held {(with_snapshot - without) / 2**20:.0f} MiB of disk alone after the restore",
+        flush=True,
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--computes", type=int, default=64, help="fake computes in the cloud (default 64)")
@@ -72,6 +95,8 @@ def main(argv=None):
             print(f"{label} deploy of 1 controller + {args.computes} computes: {took:.0f} s ({shown})", flush=True)
             for line in golden:
                 print(f"  {line}", flush=True)
+            if label == "repeat":
+                snapshot_and_restore(common, process.lxcpath, args.computes)
             coordinator("destroy", "repeat", *common)
         images = json.loads(coordinator("golden", "list", "--json", *common).stdout)
         lxcpath = process.lxcpath

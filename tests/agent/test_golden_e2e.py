@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from coordinator.store import Store
 from examples.fake_devstack import make_fake_devstack_repo
 from tests.agent.test_deploy_e2e import assert_every_compute_reports, config_for, coordinator
 
@@ -64,6 +65,10 @@ def test_a_repeat_deploy_starts_from_golden_nodes_and_skips_stack_sh(node_agent,
     assert sorted(image["node"] for image in images) == sorted([controller, first])
     assert all(image["used_by"] == ["g1"] and image["size"] > 0 for image in images)
     keys = {image["node"]: image["key"] for image in images}
+    kept = Store(str(tmp_path / "store.sqlite")).golden_images()
+    assert {(entry["host"], entry["key"], entry["deployment"]) for entry in kept} == {
+        (node_agent.host, key, "g1") for key in keys.values()
+    }, "the store remembers where each was kept"
     # In use while g1 is on record: not removed, and asking for one by key is refused.
     assert "0 golden image(s) removed" in coordinator("golden", "prune", *common).stdout
     refused = coordinator("golden", "prune", keys[controller], *common, check=False)
@@ -116,3 +121,4 @@ def test_a_repeat_deploy_starts_from_golden_nodes_and_skips_stack_sh(node_agent,
     assert "3 golden image(s) removed" in pruned.stdout
     assert coordinator("golden", "list", *common).stdout.startswith("no golden images")
     assert [image for image in agent.list_images() if image.get("kind") == "saved"] == []
+    assert Store(str(tmp_path / "store.sqlite")).golden_images() == [], "the store forgets them too"
