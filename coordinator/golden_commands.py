@@ -138,16 +138,16 @@ def list_command(args):
 
 
 def prune_command(args):
+    wanted = set(args.keys)
+    unknown = sorted(key for key in wanted if not key.startswith(golden.PREFIX))
+    if unknown:
+        raise StoreError(f"{', '.join(unknown)}: not golden image keys (they start with {golden.PREFIX})")
     store = Store(args.store)
     images, unreachable = _survey(store, args)
     present = {(image["host"], image["key"]) for image in images}
     for kept in store.golden_images():  # removed by a prune cut short, or by hand: nothing left to look for
         if kept["host"] not in unreachable and (kept["host"], kept["key"]) not in present and not args.dry_run:
             store.remove_golden(kept["host"], kept["key"])
-    wanted = set(args.keys)
-    unknown = sorted(key for key in wanted if not key.startswith(golden.PREFIX))
-    if unknown:
-        raise StoreError(f"{', '.join(unknown)}: not golden image keys (they start with {golden.PREFIX})")
     chosen = [image for image in images if (image["key"] in wanted if wanted else True)]
     missing = sorted(wanted - {image["key"] for image in images})
     busy = [image for image in chosen if image["used_by"]]

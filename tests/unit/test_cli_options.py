@@ -86,7 +86,9 @@ def test_help_says_what_each_exit_status_means(capsys):
         assert re.search(rf"^  {status} +\S", statuses, re.M), statuses
 
 
-@pytest.mark.parametrize("command", ["validate", "plan", "deploy", "list", "show", "destroy"])
+@pytest.mark.parametrize(
+    "command", ["validate", "plan", "deploy", "list", "show", "destroy", "snapshot", "restore", "snapshots", "golden"]
+)
 def test_every_command_takes_verbose(capsys, command):
     with pytest.raises(SystemExit):
         cli.main([command, "--help"])
@@ -138,3 +140,21 @@ def test_scale_refuses_a_pace_outside_the_configs_range_before_it_reads_the_stor
     assert exited.value.code == 2
     assert f"expected a number above 0 and at most 10000, got {rate!r}" in capsys.readouterr().err
     assert not store.exists()
+
+
+@pytest.mark.parametrize("argv", [["snapshot", "cloud"], ["restore", "cloud"], ["snapshots", "cloud", "--delete"]])
+@pytest.mark.parametrize("tag", ["../up", "a/b", ".x", "x" * 65, "t\n", ""])
+def test_snapshot_tags_are_checked_before_the_store_is_read(capsys, tmp_path, argv, tag):
+    store = tmp_path / "never-made.sqlite"
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, tag, "--store", str(store)])
+    assert exited.value.code == 2
+    assert f"invalid snapshot tag {tag!r}" in capsys.readouterr().err
+    assert not store.exists()
+
+
+def test_golden_prune_refuses_what_is_no_golden_key_and_says_so(capsys, tmp_path):
+    store = tmp_path / "never-made.sqlite"
+    assert cli.main(["golden", "prune", "debian-bookworm-1234abcd", "--store", str(store)]) == 1
+    assert "not golden image keys (they start with golden-)" in capsys.readouterr().err
+    assert not store.exists(), "refused before the store or any agent is asked"
