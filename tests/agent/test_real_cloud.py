@@ -8,7 +8,7 @@ with one hash seed), as a dense cloud would.
 
 Asserts what a cloud's user sees: 4 distinct nova-compute services and 4 hypervisors up, 8 servers (no NICs,
 compute API 2.37+) ACTIVE on more than one hypervisor, `openstack server list` answering; then destroy leaves
-nothing. About 15 minutes on 2 cores. The containers need the package registries (apt, PyPI through the host's
+nothing. About 16 minutes on 2 cores. The containers need the package registries (apt, PyPI through the host's
 CA), so the agent runs in this machine's own namespace, on a bridge of the test's own with NAT.
 """
 
