@@ -184,7 +184,7 @@ class AgentService:
     def snapshot(self, names, tag):
         """Snapshot every named container under `tag` at one moment: the running ones are all frozen before the
         first is copied and thawed after the last (agent.snapshots). Those that have `tag` already are left as
-        they are: {name: True if taken now}."""
+        they are: {name: {"taken": True if taken now, "frozen": seconds its containers were frozen}}."""
         with self._changes:
             self._require_existing(names)
             containers.require_agents(self.lxcpath, names)

@@ -33,8 +33,8 @@ def _folder(lxcpath, name, tag=None):
 
 
 def read(lxcpath, name, tag):
-    """What a complete snapshot records ({tag, created: the host's UTC time as it was taken, size, was}), or
-    None."""
+    """What a complete snapshot records ({tag, created: the host's UTC time as it was taken, was: running or
+    stopped, frozen: how many seconds its containers were frozen, size once listed}), or None."""
     try:
         with open(os.path.join(_folder(lxcpath, name, tag), MARK)) as handle:
             return json.load(handle)
@@ -70,11 +70,22 @@ def _refuse_overlay(backend, names):
 
 def take(lxcpath, names, tag, backend):
     """Snapshot every container of `names` under `tag` at one moment; those that have it already are left as they
-    are. Returns {name: True if taken now, False if it was there}."""
+    are. Returns {name: {"taken": True if taken now, False if it was there, "frozen": seconds it was frozen}}.
+
+    The containers stay frozen only while btrfs snapshots them: folders and configs are made before, and dirty
+    pages written out (each snapshot commits a transaction, which writes what is dirty in its subvolume); the
+    files are sized later, when first listed."""
     _refuse_overlay(backend, names)
     todo = [name for name in names if read(lxcpath, name, tag) is None]
+    for name in todo:
+        folder = _folder(lxcpath, name, tag)
+        _remove_tree(folder)  # what a snapshot cut short left
+        os.makedirs(folder, mode=storage.PRIVATE_MODE)
+        shutil.copyfile(os.path.join(lxcpath, name, "config"), os.path.join(folder, "config"))
+    os.sync()
     frozen = []
     moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # before the freeze: nothing they record is later
+    began = time.monotonic()
     try:
         for name in todo:
             container = _container(lxcpath, name)
@@ -82,13 +93,8 @@ def take(lxcpath, names, tag, backend):
                 _check(container.freeze(), name, "freeze")
             if container.state == "FROZEN":
                 frozen.append(name)
-        states = {name: "running" if name in frozen else "stopped" for name in todo}
         for name in todo:
-            folder = _folder(lxcpath, name, tag)
-            _remove_tree(folder)  # what a snapshot cut short left
-            os.makedirs(folder, mode=storage.PRIVATE_MODE)
-            _copy_rootfs(storage.rootfs_path(lxcpath, name), os.path.join(folder, "rootfs"))
-            shutil.copyfile(os.path.join(lxcpath, name, "config"), os.path.join(folder, "config"))
+            _copy_rootfs(storage.rootfs_path(lxcpath, name), os.path.join(_folder(lxcpath, name, tag), "rootfs"))
     finally:
         for name in frozen:
             container = _container(lxcpath, name)
@@ -96,21 +102,33 @@ def take(lxcpath, names, tag, backend):
                 log.error(
                     "container %s: could not be thawed after its snapshot %s; thaw it with lxc-unfreeze", name, tag
                 )
-    # Sealed after the thaw: sizing the files is slow, and nothing needs the containers frozen for it.
+    held = time.monotonic() - began
     for name in todo:
-        folder = _folder(lxcpath, name, tag)
-        made = {
-            "tag": tag,
-            "created": moment,
-            "size": storage.tree_size(os.path.join(folder, "rootfs")),
-            "was": states[name],
-        }
-        with open(os.path.join(folder, MARK + ".tmp"), "w") as handle:
-            json.dump(made, handle, sort_keys=True)
-        os.replace(os.path.join(folder, MARK + ".tmp"), os.path.join(folder, MARK))
+        made = {"tag": tag, "created": moment, "was": "running" if name in frozen else "stopped", "frozen": held}
+        _seal(lxcpath, name, tag, made)
     if todo:
-        log.info("snapshot %s: %d container(s) at one moment: %s", tag, len(todo), ", ".join(todo))
-    return {name: name in todo for name in names}
+        log.info(
+            "snapshot %s: %d container(s) at one moment, %d of them frozen for %.2f s: %s",
+            tag,
+            len(todo),
+            len(frozen),
+            held,
+            ", ".join(todo),
+        )
+    return {
+        name: {
+            "taken": name in todo,
+            "frozen": held if name in todo else (read(lxcpath, name, tag) or {}).get("frozen"),
+        }
+        for name in names
+    }
+
+
+def _seal(lxcpath, name, tag, made):
+    folder = _folder(lxcpath, name, tag)
+    with open(os.path.join(folder, MARK + ".tmp"), "w") as handle:
+        json.dump(made, handle, sort_keys=True)
+    os.replace(os.path.join(folder, MARK + ".tmp"), os.path.join(folder, MARK))
 
 
 def missing(lxcpath, names, tag):
@@ -135,7 +153,7 @@ def restore(lxcpath, name, tag):
 
 
 def listed(lxcpath, names):
-    """[{name, tag, created, size, was}] of the complete snapshots of these containers."""
+    """[{name, tag, created, size, was, frozen}] of the complete snapshots of these containers."""
     found = []
     for name in names:
         try:
@@ -144,8 +162,13 @@ def listed(lxcpath, names):
             continue
         for tag in tags:
             made = read(lxcpath, name, tag)
-            if made is not None:
-                found.append({"name": name, **made, "tag": tag})
+            if made is None:
+                continue
+            if "size" not in made:  # sized once, when first listed: too slow for the moment it is taken
+                made["size"] = storage.tree_size(os.path.join(_folder(lxcpath, name, tag), "rootfs"))
+                with contextlib.suppress(OSError):  # deleted meanwhile: it is not listed again
+                    _seal(lxcpath, name, tag, made)
+            found.append({"name": name, **made, "tag": tag})
     return found
 
 

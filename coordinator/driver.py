@@ -225,18 +225,20 @@ class Deployer:
     def snapshot(self, tag):
         """Every container of the deployment snapshotted under `tag`: hosts at once, and on each host all its
         containers at one moment (the agent freezes them together). What a snapshot under this tag cut short
-        left is removed first: its containers' copies are of another moment. Returns {host address: [names]}."""
+        left is removed first: its containers' copies are of another moment. Returns {host address: {name: the
+        agent's answer: taken, and seconds frozen}}."""
         by_host = self._containers_by_host()
+        taken: dict = {}
 
         def one(host):
             if by_host[host]:
                 names = [node.name for node in by_host[host]]
                 agent = self.agent_for(host)
                 agent.delete_snapshots(names, tag)
-                agent.snapshot(names, tag)
+                taken[host.address] = agent.snapshot(names, tag)
 
         self._phase("snapshot", lambda: self.each_host(one))
-        return {host.address: [node.name for node in nodes] for host, nodes in by_host.items()}
+        return taken
 
     def restore(self, tag):
         """Every container given back its snapshot `tag` (stopped, restored, started again), then the cloud proved

@@ -101,10 +101,16 @@ def snapshot_command(args):
             took = time.monotonic() - began
         finally:
             deployer.close()
-        names = [name for names in by_host.values() for name in names]
+        names = [name for answers in by_host.values() for name in answers]
         store.add_snapshot(args.name, args.tag, names)
+        frozen = max(
+            (entry.get("frozen") or 0 for answers in by_host.values() for entry in answers.values()), default=0
+        )
         log.info("snapshot %r of %r: %d containers in %.1f s", args.tag, args.name, len(names), took)
-    print(f"snapshot {args.tag} of {args.name}: {len(names)} container(s) on {len(by_host)} host(s) in {took:.1f} s")
+    print(
+        f"snapshot {args.tag} of {args.name}: {len(names)} container(s) on {len(by_host)} host(s) in {took:.1f} s, "
+        f"frozen {frozen:.2f} s"
+    )
     return 0
 
 

@@ -44,14 +44,19 @@ def three(loopback_agent, lxcpath):
 
 def test_containers_are_snapshotted_together_and_restored_as_they_were(three, lxcpath, btrfs_mount):
     agent = three
-    assert agent.snapshot(NAMES, "clean") == dict.fromkeys(NAMES, True)
+    taken = agent.snapshot(NAMES, "clean")
+    assert {name: entry["taken"] for name, entry in taken.items()} == dict.fromkeys(NAMES, True)
+    frozen = {entry["frozen"] for entry in taken.values()}
+    assert len(frozen) == 1 and frozen.pop() > 0, "one freeze for all of them"
     assert lxc_states(lxcpath) == {
         "snap-base": "STOPPED",
         "snap-a": "RUNNING",
         "snap-b": "RUNNING",
         "snap-c": "STOPPED",
     }
-    assert agent.snapshot(NAMES, "clean") == dict.fromkeys(NAMES, False), "asked again: done already"
+    again = agent.snapshot(NAMES, "clean")
+    assert {name: entry["taken"] for name, entry in again.items()} == dict.fromkeys(NAMES, False), "done already"
+    assert again == {name: {**entry, "taken": False} for name, entry in taken.items()}
     for name in NAMES:
         taken = os.path.join(lxcpath, name, "lxc-agent-snapshots", "clean", "rootfs")
         assert subvolume_field(taken, "Parent UUID") == subvolume_field(os.path.join(lxcpath, name, "rootfs"), "UUID")
@@ -110,7 +115,9 @@ def test_a_snapshot_or_restore_cut_short_is_completed_by_asking_again(three, lxc
     os.makedirs(half)
     sh("lxc-freeze", "-P", lxcpath, "-n", "snap-b")
     assert agent.list_snapshots(NAMES) == [], "an unsealed snapshot is not one"
-    assert agent.snapshot(NAMES, "clean") == dict.fromkeys(NAMES, True)
+    assert {name: entry["taken"] for name, entry in agent.snapshot(NAMES, "clean").items()} == dict.fromkeys(
+        NAMES, True
+    )
     assert not os.path.exists(half) and lxc_states(lxcpath)["snap-b"] == "RUNNING", "redone, and thawed"
 
     mark(agent, ["snap-a", "snap-b"], "after")
