@@ -51,8 +51,9 @@ def used_bytes(path):
 def snapshot_and_restore(common, lxcpath, computes):
     """The running cloud snapshotted and restored to it: both times, and the disk the snapshot holds alone."""
     began = time.monotonic()
-    coordinator("snapshot", "repeat", "clean", *common)
+    said = coordinator("snapshot", "repeat", "clean", *common).stdout.strip()
     taken = time.monotonic() - began
+    print(f"  {said}", flush=True)
     began = time.monotonic()
     restored = coordinator("restore", "repeat", "clean", *common)
     took = time.monotonic() - began
