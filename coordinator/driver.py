@@ -29,7 +29,7 @@ from coordinator.pacing import Paces
 BOOT_TIMEOUT = 300
 BOOT_ROUND = 30.0
 CALL_TIMEOUT = 1800.0
-RESTORE_STOP_TIMEOUT = 30  # a restore stops containers whose state is thrown away: no long grace
+RESTORE_STOP_TIMEOUT = 0  # a restore throws the containers' state away: killed at once, no halt to wait for
 log = logging.getLogger(__name__)
 
 
