@@ -129,10 +129,19 @@ def _parser():
     lifecycle.add_arguments(commands)
     golden_commands.add_arguments(commands)
     snapshot_commands.add_arguments(commands)
-    for command in commands.choices.values():
+    for command in _commands(commands):
         # After the command too; SUPPRESS keeps a -v given before it (a subparser's default would overwrite it).
         _add_verbose(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _commands(commands):
+    """Every command's parser, and those of its own actions (`golden list`), depth first."""
+    for command in commands.choices.values():
+        yield command
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                yield from _commands(action)
 
 
 def _add_verbose(parser, default):

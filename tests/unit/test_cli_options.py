@@ -95,6 +95,13 @@ def test_every_command_takes_verbose(capsys, command):
     assert "-v, --verbose" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("action", ["list", "prune"])
+def test_the_golden_actions_take_verbose_after_them(capsys, action):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["golden", action, "--help"])
+    assert exited.value.code == 0 and "-v, --verbose" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "cls", [ConfigError, StoreError, SyntaxProblem, TooBig, PlanVersionError, DeployError, DevstackError]
 )
