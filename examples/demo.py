@@ -179,6 +179,11 @@ def clean():
     if recorded:
         ensure_agent()
         code = cli.main(["destroy", NAME, "--pki-dir", PKI_DIR])
+        if code == 0:
+            print(
+                "the golden images of the stacked nodes stay, so the next `make demo` skips stack.sh: "
+                f"`.venv/bin/coordinator golden list --pki-dir {PKI_DIR}` shows them, `golden prune` removes them"
+            )
     else:
         print(f"no deployment {NAME!r} on record")
     return stop_agent() or code
