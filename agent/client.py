@@ -129,8 +129,10 @@ def _connect_once(host, port, context, token, where, timeout):
                 # A certificate it refuses ends in an alert, after this; a full agent closes before it.
                 raise _Busy(f"it closed the connection before TLS was done ({error})") from None
         answer = _handshake(sock, token, where, closed_means_busy=context is None)
-        sock.settimeout(None)
+        # Pyro5 asks the agent for the object's metadata as the proxy is made: still within `timeout`, or an
+        # agent that stops answering right then would hold this call for ever.
         proxy = AgentProxy(OBJECT_ID, connected_socket=sock)
+        sock.settimeout(None)
         limit = answer.get("max_message_size")
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
             proxy._pyroConnection = _SizedConnection(sock, where, limit)
@@ -138,6 +140,12 @@ def _connect_once(host, port, context, token, where, timeout):
     except (errors.AgentError, _Busy):
         sock.close()
         raise
+    except (TimeoutError, Pyro5.errors.TimeoutError):
+        sock.close()
+        raise errors.AgentError(
+            f"lxc-agent at {where} did not answer within {timeout:.0f} s while connecting: it hangs, or the host or "
+            "network does"
+        ) from None
     except (OSError, Pyro5.errors.PyroError) as error:
         sock.close()
         raise errors.AgentError(f"cannot connect to lxc-agent at {where}: {error}") from error

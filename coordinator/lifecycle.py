@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PKI, DEFAULT_PORT = endpoint.DEFAULT_PKI, endpoint.DEFAULT_PORT  # where the agents are, as they say
 DEFAULT_LOG_DIR = "/var/log/lxc-coordinator"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+CONNECT_TIMEOUT = 30.0  # connecting and authenticating, tries against a full agent included (--agent-timeout if less)
 WIDE = 400  # columns for tables when stdout is not a terminal (a log, CI): rich would assume 80 and cut names
 
 
@@ -127,6 +128,7 @@ def connector(args):
             cert=host.cert,
             key=host.key,
             token_file=host.token_file,
+            timeout=min(CONNECT_TIMEOUT, getattr(args, "agent_timeout", CONNECT_TIMEOUT)),
         )
 
     return connect_host
