@@ -265,6 +265,27 @@ def ensure_image(lxcpath, name, template, release, packages):
     return key
 
 
+@contextlib.contextmanager
+def frozen(lxcpath, names):
+    """Every running container of `names` frozen (the cgroup freezer) before the body runs, and thawed after it,
+    whatever happens; yields those frozen. One found frozen already (a save or snapshot cut short) is taken as it
+    is, and thawed after too."""
+    held = []
+    try:
+        for name in names:
+            container = _container(lxcpath, name)
+            if container.state == "RUNNING":
+                _check(container.freeze(), name, "freeze")
+            if container.state == "FROZEN":
+                held.append(name)
+        yield held
+    finally:
+        for name in held:
+            container = _container(lxcpath, name)
+            if container.state == "FROZEN" and not container.unfreeze():
+                log.error("container %s: could not be thawed; thaw it with lxc-unfreeze", name)
+
+
 def save_image(lxcpath, name, key, labels, backend):
     """The container's filesystem and config as they are now, kept as the sealed image `key` (kind "saved") that
     create_from_image makes containers from. A running container is frozen (its cgroup freezer) while its rootfs
@@ -284,21 +305,12 @@ def save_image(lxcpath, name, key, labels, backend):
             "merged view exists only while one runs; put the lxcpath on btrfs (snapshots) or use --storage copy",
             container=name,
         )
-    container = _container(lxcpath, name)
     storage.remove_image_files(lxcpath, key)  # what a cut-short save left: never sealed, never used
     storage.make_agent_folder(storage.images_path(lxcpath))
     storage.make_folder(storage.image_folder(lxcpath, key), storage.PRIVATE_MODE)
     try:
-        if container.state == "RUNNING":
-            _check(container.freeze(), name, "freeze")
-        try:
-            if btrfs.is_subvolume(storage.rootfs_path(lxcpath, name)):
-                btrfs.snapshot(storage.rootfs_path(lxcpath, name), storage.image_rootfs(lxcpath, key))
-            else:
-                storage.copy_tree(storage.rootfs_path(lxcpath, name), storage.image_rootfs(lxcpath, key))
-        finally:
-            if container.state == "FROZEN":
-                _check(container.unfreeze(), name, "thaw")
+        with frozen(lxcpath, [name]):
+            storage.copy_rootfs(storage.rootfs_path(lxcpath, name), storage.image_rootfs(lxcpath, key))
         shutil.copyfile(os.path.join(lxcpath, name, "config"), storage.image_config(lxcpath, key))
         size = storage.tree_size(storage.image_rootfs(lxcpath, key))
         storage.seal_image(

@@ -18,8 +18,7 @@ import os
 import shutil
 import time
 
-from agent import btrfs, storage
-from agent.containers import _check, _container, is_running
+from agent import btrfs, containers, storage
 from agent.errors import StorageError
 
 FOLDER = storage.SNAPSHOTS_FOLDER
@@ -40,13 +39,6 @@ def read(lxcpath, name, tag):
             return json.load(handle)
     except FileNotFoundError:
         return None
-
-
-def _copy_rootfs(source, destination):
-    if btrfs.is_subvolume(source):
-        btrfs.snapshot(source, destination)
-    else:
-        storage.copy_tree(source, destination)
 
 
 def _remove_tree(path):
@@ -83,25 +75,11 @@ def take(lxcpath, names, tag, backend):
         os.makedirs(folder, mode=storage.PRIVATE_MODE)
         shutil.copyfile(os.path.join(lxcpath, name, "config"), os.path.join(folder, "config"))
     os.sync()
-    frozen = []
     moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # before the freeze: nothing they record is later
     began = time.monotonic()
-    try:
+    with containers.frozen(lxcpath, todo) as frozen:
         for name in todo:
-            container = _container(lxcpath, name)
-            if container.state == "RUNNING":
-                _check(container.freeze(), name, "freeze")
-            if container.state == "FROZEN":
-                frozen.append(name)
-        for name in todo:
-            _copy_rootfs(storage.rootfs_path(lxcpath, name), os.path.join(_folder(lxcpath, name, tag), "rootfs"))
-    finally:
-        for name in frozen:
-            container = _container(lxcpath, name)
-            if container.state == "FROZEN" and not container.unfreeze():
-                log.error(
-                    "container %s: could not be thawed after its snapshot %s; thaw it with lxc-unfreeze", name, tag
-                )
+            storage.copy_rootfs(storage.rootfs_path(lxcpath, name), os.path.join(_folder(lxcpath, name, tag), "rootfs"))
     held = time.monotonic() - began
     for name in todo:
         made = {"tag": tag, "created": moment, "was": "running" if name in frozen else "stopped", "frozen": held}
@@ -138,13 +116,13 @@ def missing(lxcpath, names, tag):
 def restore(lxcpath, name, tag):
     """The stopped container's rootfs and config replaced by copies of its snapshot `tag`. Each step leaves a
     state the next call completes: the copy is made beside the rootfs, then swapped in."""
-    if is_running(lxcpath, name):
+    if containers.is_running(lxcpath, name):
         raise StorageError(f"container {name!r} runs; stop it before restoring it", container=name)
     folder = _folder(lxcpath, name, tag)
     rootfs = storage.rootfs_path(lxcpath, name)
     incoming = rootfs + ".restoring"
     _remove_tree(incoming)
-    _copy_rootfs(os.path.join(folder, "rootfs"), incoming)
+    storage.copy_rootfs(os.path.join(folder, "rootfs"), incoming)
     _remove_tree(rootfs)
     os.rename(incoming, rootfs)
     shutil.copyfile(os.path.join(folder, "config"), os.path.join(lxcpath, name, "config.restoring"))

@@ -511,6 +511,14 @@ def tree_size(path):
     return total
 
 
+def copy_rootfs(source, destination):
+    """A rootfs as it is now at `destination`: a btrfs snapshot of a subvolume, else a full copy."""
+    if btrfs.is_subvolume(source):
+        btrfs.snapshot(source, destination)
+    else:
+        copy_tree(source, destination)
+
+
 def copy_tree(source, destination):
     """A full copy of a rootfs as it is (owners, modes, links, device nodes, xattrs); `destination` must not exist."""
     result = subprocess.run(
