@@ -23,7 +23,7 @@ import time
 
 import lxc
 
-from agent import addressing, btrfs, guest, memory_merge, segments, storage
+from agent import addressing, btrfs, guest, memory_merge, neighbours, segments, storage
 from agent.errors import AgentError, CommandTimeout, Conflict, ContainerError, InvalidArgument, NotFound, StorageError
 
 TEMPLATE_DIR = "/usr/share/lxc/templates"
@@ -662,6 +662,8 @@ def start_many(lxcpath, names, timeout=30.0, merge_memory=False, link_mtus=None)
             ["lxc.cgroup.dir", CGROUP_PARENT],
         ]
         made = read_metadata(lxcpath, name)
+        if made.get("link"):  # a port the agent finds by name (agent.neighbours)
+            config.append(["lxc.net.0.veth.pair", neighbours.port_name(name)])
         inherited = None if made.get("mtu") else (link_mtus or {}).get(made.get("link"))
         if inherited:
             # The MTU liblxc would inherit from the link. Left to liblxc, it learns it by dumping every link of
@@ -687,6 +689,12 @@ def start_many(lxcpath, names, timeout=30.0, merge_memory=False, link_mtus=None)
         else:
             log.info("container %s: started", name)
     return failed
+
+
+def neighbour_facts(lxcpath, names):
+    """agent.neighbours.facts of each container in `names` that has an address on an agent bridge."""
+    found = [neighbours.facts(name, read_metadata(lxcpath, name)) for name in names]
+    return [entry for entry in found if entry]
 
 
 def _log_file(lxcpath, name):

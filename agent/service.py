@@ -20,6 +20,7 @@ from agent import (
     hostinfo,
     limits,
     memory_merge,
+    neighbours,
     network,
     segments,
     snapshots,
@@ -278,6 +279,7 @@ class AgentService:
                 network.ensure_segments(bridge, indexes)
             mtus = network.link_mtus(containers.links_without_mtu(self.lxcpath, names))
             failed = self._lifecycle.call(containers.start_many, self.lxcpath, names, timeout, merge_memory, mtus)
+            neighbours.confine(containers.neighbour_facts(self.lxcpath, [name for name in names if name not in failed]))
             return self._finish("start", names, failed)
 
     @remote
@@ -288,13 +290,16 @@ class AgentService:
             # In a worker: liblxc's shutdown and wait keep Python's lock while they wait, and would freeze every
             # other client's call (and a heartbeat) for up to `timeout` seconds.
             failed = self._lifecycle.call(containers.stop_many, self.lxcpath, names, timeout)
+            neighbours.forget(containers.neighbour_facts(self.lxcpath, [name for name in names if name not in failed]))
             return self._finish("stop", names, failed)
 
     @remote
     def destroy(self, names):
         """Stop and remove each container with its storage; names that do not exist are already done."""
         with self._changes:
+            known = containers.neighbour_facts(self.lxcpath, names)  # read before the metadata goes
             failed = self._lifecycle.call(containers.destroy_many, self.lxcpath, names)  # stops too: see stop()
+            neighbours.forget([entry for entry in known if entry["name"] not in failed])
             return self._finish("destroy", names, failed)
 
     @remote

@@ -7,7 +7,8 @@ real cloud through the coordinator CLI (simlab.cloud: devstack stable/2026.1 fro
 controller and a group of N fake computes, the first stacked and the rest its clones), destroys it, and deploys
 the same config again: the controller and the first compute then start from the golden images the first deploy
 kept. The repeated cloud is then snapshotted and restored to its snapshot (`coordinator snapshot`, `restore`).
-Prints both deploys' wall-clock times and phases, the snapshot's and the restore's, then the golden images' size
+Prints both deploys' wall-clock times and phases, the snapshot's and the restore's (with the CPU time each kept
+the machine busy, which bounds how fast the same work can go on its cores), then the golden images' size
 and the disk space they hold alone (the filesystem's use with and without them, once both deployments are gone);
 last line `ratio=X.XX`, the repeat deploy's time over the first's.
 """
@@ -28,16 +29,34 @@ CONVERGED = re.compile(r"(\d+)/(\d+) nova-compute services up as (\d+) hyperviso
 PHASE = re.compile(r"^(\S[\w ]*?)\s+([\d.]+) s$", re.M)
 
 
+def busy_cpu_seconds():
+    """CPU time this machine has spent busy since boot, all cores (/proc/stat: every state but idle and iowait).
+    Busy seconds over the number of cores bounds from below the wall-clock time the same work can take here."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_bound(busy, took):
+    """How the CPU time of `took` seconds of work compares with the time itself on this machine's cores."""
+    cores = os.cpu_count() or 1
+    return (
+        f"{busy:.0f} CPU-seconds busy: at least {busy / cores:.0f} s on {cores} cores, "
+        f"{busy / cores / took:.0%} of its time"
+    )
+
+
 def deploy(config, common, logs, computes):
-    """One deploy; (seconds, {phase: seconds}, what it said about golden nodes)."""
-    began = time.monotonic()
+    """One deploy; (seconds, {phase: seconds}, what it said about golden nodes, CPU-seconds it kept busy)."""
+    began, busy = time.monotonic(), busy_cpu_seconds()
     result = coordinator("deploy", config, "--name", "repeat", "--log-dir", logs, *common)
-    took = time.monotonic() - began
+    took, busy = time.monotonic() - began, busy_cpu_seconds() - busy
     converged = CONVERGED.search(result.stdout)
     if not converged or not converged.group(1) == converged.group(2) == converged.group(3) == str(computes):
         raise SystemExit(f"the cloud did not converge:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     golden = [line for line in result.stderr.splitlines() if "golden image" in line or ": stack.sh: " in line]
-    return took, dict(PHASE.findall(result.stderr)), golden
+    return took, dict(PHASE.findall(result.stderr)), golden, busy
 
 
 def used_bytes(path):
@@ -54,9 +73,9 @@ def snapshot_and_restore(common, lxcpath, computes):
     said = coordinator("snapshot", "repeat", "clean", *common).stdout.strip()
     taken = time.monotonic() - began
     print(f"  {said}", flush=True)
-    began = time.monotonic()
+    began, busy = time.monotonic(), busy_cpu_seconds()
     restored = coordinator("restore", "repeat", "clean", *common)
-    took = time.monotonic() - began
+    took, busy = time.monotonic() - began, busy_cpu_seconds() - busy
     converged = CONVERGED.search(restored.stdout)
     if not converged or converged.group(1) != str(computes):
         raise SystemExit(f"the restored cloud did not converge:\n{restored.stdout[-3000:]}\n{restored.stderr[-3000:]}")
@@ -65,8 +84,9 @@ def snapshot_and_restore(common, lxcpath, computes):
     coordinator("snapshots", "repeat", "--delete", "clean", *common)
     without = used_bytes(lxcpath)
     print(
-        f"snapshot of the running cloud: {taken:.1f} s; restore until converged: {took:.0f} s ({phases}); the "
-        f"snapshot held {(with_snapshot - without) / 2**20:.0f} MiB of disk alone after the restore",
+        f"snapshot of the running cloud: {taken:.1f} s; restore until converged: {took:.0f} s ({phases}; "
+        f"{cpu_bound(busy, took)}); the snapshot held {(with_snapshot - without) / 2**20:.0f} MiB of disk alone "
+        f"after the restore",
         flush=True,
     )
 
@@ -90,10 +110,14 @@ def main(argv=None):
             json.dump(cloud_config(process.port, subnet, args.computes, "rp"), handle)
         times = {}
         for label in ("first", "repeat"):
-            took, phases, golden = deploy(config, common, f"{scratch}/logs", args.computes)
+            took, phases, golden, busy = deploy(config, common, f"{scratch}/logs", args.computes)
             times[label] = took
             shown = ", ".join(f"{name} {float(value):.0f} s" for name, value in phases.items())
-            print(f"{label} deploy of 1 controller + {args.computes} computes: {took:.0f} s ({shown})", flush=True)
+            print(
+                f"{label} deploy of 1 controller + {args.computes} computes: {took:.0f} s ({shown}; "
+                f"{cpu_bound(busy, took)})",
+                flush=True,
+            )
             for line in golden:
                 print(f"  {line}", flush=True)
             if label == "repeat":
