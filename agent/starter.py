@@ -23,13 +23,21 @@ import lxc
 from agent import memory_merge
 
 
-def start(container):
-    """container.start(daemonize) from a child that exits when it returns; what start returned. Forks."""
+def start(lxcpath, entry):
+    """Whether container entry["name"] started: configured for this start and started (daemonized) by a child
+    that exits when start returns. Forks.
+
+    The child also makes the container's liblxc object and sets its config: liblxc keeps the log file that
+    `lxc.log.file` opens after the object is gone (200 objects given a log file left 60 descriptors open), so
+    this process would gather hundreds over a batch of thousands, and every later fork, and every monitor's
+    closing of inherited descriptors, would walk them all."""
     child = os.fork()
     if child == 0:
-        code = 1  # also when start raises: the child must never return into the loop
+        code = 1  # also when liblxc raises: the child must never return into the loop
         try:
-            code = 0 if container.start(useinit=False, daemonize=True, close_fds=True) else 1
+            container = lxc.Container(entry["name"], lxcpath)
+            if all(container.set_config_item(key, value) for key, value in entry["config"]):
+                code = 0 if container.start(useinit=False, daemonize=True, close_fds=True) else 1
         finally:
             os._exit(code)
     _, status = os.waitpid(child, 0)
@@ -41,12 +49,7 @@ def start_batch(batch):
     os.umask(batch["umask"])
     if batch["merge_memory"]:  # inherited by every child, every monitor and init: the whole batch asked for it
         memory_merge.set_for_children(True)
-    started = {}
-    for entry in batch["containers"]:
-        container = lxc.Container(entry["name"], batch["lxcpath"])
-        configured = all(container.set_config_item(key, value) for key, value in entry["config"])
-        started[entry["name"]] = configured and start(container)
-    return started
+    return {entry["name"]: start(batch["lxcpath"], entry) for entry in batch["containers"]}
 
 
 def main():
