@@ -74,6 +74,7 @@ def facts(name, made):
 
 def confine(started):
     """Keep the ARP of each container in `started` (facts) to its own port; see the module's docstring."""
+    confined = 0
     with IPRoute() as ipr:
         indexes: dict[str, int | None] = {}
         flagged_uplinks = set()
@@ -100,6 +101,7 @@ def confine(started):
                         ipr.brport("set", index=uplink, proxyarp_wifi=1)
                         flagged_uplinks.add(uplink)
                 ipr.brport("set", index=port, proxyarp=1, proxyarp_wifi=1)
+                confined += 1
             except NetlinkError as error:
                 log.warning(
                     "container %s: its ARP is flooded as before, since bridge %s could not take its entries for "
@@ -110,6 +112,8 @@ def confine(started):
                     error.args[-1],
                     error.code,
                 )
+    if confined:
+        log.info("%d started containers: ARP kept on their own bridge ports (host neighbour and FDB entries)", confined)
 
 
 def forget(stopped):
