@@ -775,13 +775,16 @@ def kill_many(lxcpath, names, wait=KILL_WAIT):
     lined every teardown up: the restore of a 1 + 64 real cloud spent 256 s killing its containers. The kernel
     kills every process of a container's PID namespace when its init dies, and the monitor tears the container down
     as when init exits on its own. A pidfd makes sure the signal goes to the init that was asked for, not to a
-    process that took its PID after it exited."""
+    process that took its PID after it exited. A frozen container (a snapshot cut short) is thawed first, as
+    liblxc's stop() does: a frozen process takes no signal."""
     killed = []
     for name in names:
         container = _container(lxcpath, name)
         pid = container.init_pid
         if pid <= 0:
             continue
+        if container.state == "FROZEN" and not container.unfreeze():
+            log.warning("container %s: could not be thawed, so its kill waits until it is", name)
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:

@@ -4,6 +4,7 @@ killed before any teardown is waited for (liblxc's own stop() waits for each, wh
 import subprocess
 
 from agent import containers
+from tests.support import lxc_states, sh
 
 
 class StandIn:
@@ -19,6 +20,10 @@ class StandIn:
     @property
     def running(self):
         return self.process.poll() is None
+
+    @property
+    def state(self):
+        return "RUNNING" if self.running else "STOPPED"
 
     def wait(self, state, timeout):
         self.events.append(("wait", self.process.pid))
@@ -66,3 +71,17 @@ def test_a_container_that_outlives_the_wait_is_named_and_one_already_gone_is_ski
     finally:
         stubborn.kill()
         stubborn.wait()
+
+
+def test_a_frozen_container_is_killed_too(loopback_agent):
+    """A snapshot cut short can leave a container frozen, and a frozen init takes no signal: stop with no halt
+    time (as restore and destroy stop) thaws it first, as liblxc's own stop() did."""
+    agent = loopback_agent.connect()
+    agent.create("base", "busybox")
+    agent.clone("base", ["frozen"])
+    assert agent.start(["frozen"]) == ["frozen"]
+    sh("lxc-freeze", "-P", loopback_agent.lxcpath, "-n", "frozen")
+    assert lxc_states(loopback_agent.lxcpath)["frozen"] == "FROZEN"
+    assert agent.stop(["frozen"], 0) == ["frozen"]
+    assert lxc_states(loopback_agent.lxcpath)["frozen"] == "STOPPED"
+    agent.destroy(["frozen", "base"])
