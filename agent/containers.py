@@ -739,19 +739,6 @@ def _last_errors(log_file, count=3):
     return " | ".join(lines[-count:]) or "no error logged"
 
 
-def stop(lxcpath, name, timeout=10.0):
-    """Ask init to halt; kill it if it does not stop in time."""
-    container = _container(lxcpath, name)
-    if not container.running:
-        return
-    if timeout > 0 and container.shutdown(max(1, round(timeout))):
-        log.info("container %s: stopped (halted)", name)
-        return
-    _check(container.stop(), name, "stop")
-    _check(container.wait("STOPPED", 10), name, "wait for the stop of")
-    log.info("container %s: stopped (killed)", name)
-
-
 def stop_many(lxcpath, names, timeout=10.0):
     """Signal every init to halt at once and wait for all up to `timeout` seconds (none when 0), then kill those
     still running, all at once (kill_many); returns name -> reason."""
@@ -808,7 +795,9 @@ def kill_many(lxcpath, names, wait=KILL_WAIT):
 
 
 def destroy(lxcpath, name):
-    stop(lxcpath, name, timeout=0)
+    still = kill_many(lxcpath, [name])  # a no-op when destroy_many killed it already
+    if still:
+        raise ContainerError(f"container {name!r} could not be destroyed: {still[name]}", container=name)
     storage.remove_container_files(lxcpath, name)
     log.info("container %s: destroyed", name)
 
