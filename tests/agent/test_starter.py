@@ -1,9 +1,10 @@
-"""agent.starter with real liblxc: a batch leaves the starter no descriptors, however many containers it starts."""
+"""agent.starter with real liblxc: a batch leaves the starter no descriptors, however many containers it starts,
+and starts so many at a time."""
 
 import glob
 import os
 
-from agent import starter
+from agent import containers, starter
 
 
 def open_descriptors():
@@ -34,3 +35,41 @@ def test_a_batch_leaves_the_starter_holding_no_descriptor_per_container(tmp_path
     assert open_descriptors() == before
     left = [path for depth in ("", "*/", "*/*/") for path in glob.glob(f"/sys/fs/cgroup/{depth}lxc.monitor.absent-*")]
     assert left == [], "nothing was started"
+
+
+def test_a_batch_starts_its_containers_at_most_so_many_at_a_time(lxcpath, tmp_path):
+    """Real busybox containers, each holding its start for a second in a pre-start hook that records when it ran:
+    six containers started two at a time overlap in pairs, never three. One at a time, they would not overlap."""
+    names = [f"paced-{i}" for i in range(6)]
+    containers.create(lxcpath, "paced-base", "busybox")
+    try:
+        for name in names:
+            containers.clone(lxcpath, name, "paced-base")
+        hook = tmp_path / "hold.sh"
+        hook.write_text(
+            f'#!/bin/sh\necho "$LXC_NAME $(date +%s.%N)" >> {tmp_path}/began\nsleep 1\n'
+            f'echo "$LXC_NAME $(date +%s.%N)" >> {tmp_path}/ended\n'
+        )
+        hook.chmod(0o755)
+        batch = {
+            "lxcpath": lxcpath,
+            "umask": containers.GUEST_UMASK,
+            "merge_memory": False,
+            "containers": [{"name": name, "config": [["lxc.hook.pre-start", str(hook)]]} for name in names],
+        }
+        assert starter.start_batch(batch, at_once=2) == dict.fromkeys(names, True)
+        assert all(containers._container(lxcpath, name).running for name in names)
+        spans = {}
+        for event in ("began", "ended"):
+            for line in (tmp_path / event).read_text().splitlines():
+                name, moment = line.split()
+                spans.setdefault(name, {})[event] = float(moment)
+        assert sorted(spans) == names
+
+        def overlapping(moment):
+            return sum(span["began"] <= moment < span["ended"] for span in spans.values())
+
+        most = max(overlapping(span["began"]) for span in spans.values())
+        assert most == 2, spans
+    finally:
+        containers.destroy_many(lxcpath, [*names, "paced-base"])
