@@ -1,5 +1,6 @@
 """The agent's container lifecycle through RPC, on real LXC, btrfs and netlink, checked with the real CLIs."""
 
+import collections
 import glob
 import ipaddress
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import containers
 from agent.errors import BatchError, Conflict
 from tests.support import agent_pid, descendants, lxc_states, sh, subvolumes
 
@@ -159,11 +161,11 @@ def test_running_a_command_in_a_stopped_container_is_refused(loopback_agent):
 
 def monitor_cgroups(names):
     """liblxc's monitor cgroups of the containers `names` in every hierarchy, v1 and v2 (lxc.monitor.NAME[-N]),
-    at the top or a level or two down."""
+    at the top or up to three levels down."""
     found = set()
     for name in names:
         for pattern in (f"lxc.monitor.{name}", f"lxc.monitor.{name}-*"):
-            for depth in ("", "*/", "*/*/"):
+            for depth in ("", "*/", "*/*/", "*/*/*/"):
                 found |= set(glob.glob(f"/sys/fs/cgroup/{depth}{pattern}"))
     return found
 
@@ -172,7 +174,8 @@ def test_a_start_leaves_the_agent_in_its_own_cgroups_and_a_stop_leaves_no_cgroup
     """liblxc moves whoever calls a daemonized start into the container's monitor cgroup. The agent's workers must
     not be that caller: they would be charged to the container, and its monitor cgroup could not be removed at
     its stop (empty lxc.monitor.* cgroups piled up by the thousand on a host, in every hierarchy). Containers sit
-    under lxc-agent/, which on cgroup v1 passes its CPUs on (no cpuset write walking every cpuset at each start)."""
+    under lxc-agent/, which on cgroup v1 passes its CPUs on (no cpuset write walking every cpuset at each start),
+    in a folder of their own of 64 there (containers.cgroup_dir)."""
     names = ["cgroups-a", "cgroups-b"]
     before = monitor_cgroups(names)
     agent = loopback_agent.connect()
@@ -188,13 +191,30 @@ def test_a_start_leaves_the_agent_in_its_own_cgroups_and_a_stop_leaves_no_cgroup
     assert monitor_cgroups(names) - before, "liblxc made monitor cgroups for the running containers"
     init = sh("lxc-info", "-P", loopback_agent.lxcpath, "-n", names[0], "-p", "-H").strip()
     placed = [line.split(":", 2)[2] for line in Path(f"/proc/{init}/cgroup").read_text().splitlines()]
-    assert all(path.startswith("/lxc-agent/lxc.payload.cgroups-a") for path in placed), placed
-    if os.path.isdir("/sys/fs/cgroup/cpuset"):  # cgroup v1: the parent passes its CPUs on to what starts in it
+    cgroup_v1 = os.path.isdir("/sys/fs/cgroup/cpuset")
+    parent = containers.cgroup_dir("cgroups-a", cpuset_v1=cgroup_v1)
+    assert all(path.startswith(f"/{parent}/lxc.payload.cgroups-a") for path in placed), placed
+    if cgroup_v1:  # the parents pass their CPUs on to what starts in them
         assert Path("/sys/fs/cgroup/cpuset/lxc-agent/cgroup.clone_children").read_text().strip() == "1"
+        assert Path(f"/sys/fs/cgroup/cpuset/{parent}/cgroup.clone_children").read_text().strip() == "1"
+        monitors = {path for path in monitor_cgroups(["cgroups-a"]) if "/cpuset/" in path}
+        assert monitors == {f"/sys/fs/cgroup/cpuset/{parent}/lxc.monitor.cgroups-a"}, monitors
 
     agent.stop(names)
     assert monitor_cgroups(names) - before == set(), "each monitor removed its cgroup at the stop"
     agent.destroy([*names, "base"])
+
+
+def test_on_cgroup_v1_containers_are_spread_over_64_cgroup_folders_by_name():
+    """A cpuset made on cgroup v1 walks every cpuset beside it: 2,000 containers' cgroups go into 64 folders of
+    about 60, each container's always the same. Without the cpuset walk (cgroup v2) they stay in one."""
+    names = [f"compute-{i:04d}" for i in range(2000)]
+    folders = [containers.cgroup_dir(name, cpuset_v1=True) for name in names]
+    assert folders == [containers.cgroup_dir(name, cpuset_v1=True) for name in names]
+    assert all(re.fullmatch(r"lxc-agent/[0-9]{2}", folder) for folder in folders), folders[:5]
+    counts = collections.Counter(folders)
+    assert len(counts) == 64 and max(counts.values()) <= 60, counts.most_common(3)
+    assert {containers.cgroup_dir(name, cpuset_v1=False) for name in names} == {"lxc-agent"}
 
 
 def test_a_container_without_an_mtu_of_its_own_takes_its_bridges_at_each_start(agent_in_host, sim_host, lxcpath):
