@@ -653,15 +653,28 @@ def each(function, lxcpath, names, *args):
 
 def start_many(lxcpath, names, timeout=30.0, merge_memory=False, link_mtus=None):
     """Start each (daemonized, through agent.starter) and wait until all run; returns name -> error text for those
-    that failed.
+    that failed. Each container on an agent bridge has its port confined (agent.neighbours) as soon as it runs, a
+    container running already too: while thousands start, each one's coming up is flooded only to the ports of
+    those still starting.
 
     merge_memory: each container's processes get their memory merged by KSM with the others' (agent.memory_merge),
     for this run of it; a container already running is left as it runs. link_mtus: {link: MTU} of the links that
     containers without an MTU of their own join (links_without_mtu), read by the caller just before."""
     require_agents(lxcpath, names)
+    with neighbours.confining() as confine:
+        return _start_confining(lxcpath, names, timeout, merge_memory, link_mtus, confine)
+
+
+def _start_confining(lxcpath, names, timeout, merge_memory, link_mtus, confine):
+    def confine_if_networked(name):
+        facts = neighbours.facts(name, read_metadata(lxcpath, name))
+        if facts:
+            confine(facts)
+
     batch = []
     for name in names:
         if _container(lxcpath, name).running:
+            confine_if_networked(name)
             continue
         # For this start only, like the log: the saved config stays as it is.
         config = [
@@ -683,7 +696,8 @@ def start_many(lxcpath, names, timeout=30.0, merge_memory=False, link_mtus=None)
             config.append(["lxc.init.cmd", launcher])
         batch.append({"name": name, "config": config})
     started = _run_starter(
-        {"lxcpath": lxcpath, "umask": GUEST_UMASK, "merge_memory": merge_memory, "containers": batch}
+        {"lxcpath": lxcpath, "umask": GUEST_UMASK, "merge_memory": merge_memory, "containers": batch},
+        confine_if_networked,
     )
     failed = {
         name: f"liblxc could not start it: {_last_errors(_log_file(lxcpath, name))} (log: {_log_file(lxcpath, name)})"
@@ -717,30 +731,46 @@ def _log_file(lxcpath, name):
     return os.path.join(lxcpath, name, "lxc.log")
 
 
-def _run_starter(batch):
+def _run_starter(batch, on_started):
     """{name: started} from agent.starter, run for this batch: a small process, so the containers' monitors
-    (copies of it) do not each copy the worker's heap; see agent.starter."""
+    (copies of it) do not each copy the worker's heap; see agent.starter. on_started(name) is called for each
+    container as soon as the starter reports it started."""
     if not batch["containers"]:
         return {}
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, "-m", "agent.starter"],
-        input=json.dumps(batch),
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": path},
-        check=False,
-    )
-    try:
-        started = json.loads(result.stdout) if result.returncode == 0 else None
-    except ValueError:
-        started = None
-    if not isinstance(started, dict):
-        raise ContainerError(
-            f"the agent's starter process failed (exit {result.returncode}) starting "
-            f"{[entry['name'] for entry in batch['containers']]}: {result.stderr.strip()[-2000:] or 'no output'}"
+    wanted = {entry["name"] for entry in batch["containers"]}
+    started = {}
+    with tempfile.TemporaryFile("w+") as errors:  # a file: a pipe left unread could fill and stall the starter
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agent.starter"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env={**os.environ, "PYTHONPATH": path},
         )
+        with process:
+            assert process.stdin is not None and process.stdout is not None  # both PIPE
+            process.stdin.write(json.dumps(batch))  # read whole before the first start: no pipe stalls
+            process.stdin.close()
+            for line in process.stdout:
+                try:
+                    report = json.loads(line)
+                    name, ok = report["name"], report["started"]
+                except (ValueError, KeyError, TypeError):
+                    break  # the starter's output is broken: the check below names what is missing
+                if name not in wanted or name in started or not isinstance(ok, bool):
+                    break
+                started[name] = ok
+                if ok:
+                    on_started(name)
+        if process.returncode != 0 or set(started) != wanted:
+            errors.seek(0)
+            raise ContainerError(
+                f"the agent's starter process failed (exit {process.returncode}) starting "
+                f"{sorted(wanted - set(started))}: {errors.read().strip()[-2000:] or 'no output'}"
+            )
     return started
 
 

@@ -278,8 +278,8 @@ class AgentService:
             for bridge, indexes in containers.segments_needed(self.lxcpath, names).items():
                 network.ensure_segments(bridge, indexes)
             mtus = network.link_mtus(containers.links_without_mtu(self.lxcpath, names))
+            # Each port is confined (agent.neighbours) in the worker, as soon as its container runs.
             failed = self._lifecycle.call(containers.start_many, self.lxcpath, names, timeout, merge_memory, mtus)
-            neighbours.confine(containers.neighbour_facts(self.lxcpath, [name for name in names if name not in failed]))
             return self._finish("start", names, failed)
 
     @remote

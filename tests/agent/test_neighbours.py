@@ -1,8 +1,10 @@
 """agent.neighbours through RPC on real LXC and netlink: a started container's ARP stays on its own bridge port, and
-every container still reaches the host, its gateway and the others, on the subnet's bridge and on a segment."""
+every container still reaches the host, its gateway and the others, on the subnet's bridge and on a segment. Each
+port is made so as soon as its container runs, while the others of the batch are still starting."""
 
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 
@@ -71,6 +73,9 @@ def test_a_started_containers_arp_stays_on_its_port_and_every_container_is_still
         port = json.loads(sh("ip", "-d", "-j", "link", "show", port_name(name), netns=netns))[0]
         slave = port["linkinfo"]["info_slave_data"]
         assert slave["proxy_arp"] and slave["proxy_arp_wifi"], slave
+        assert sh("cat", f"/proc/sys/net/ipv6/conf/{port_name(name)}/disable_ipv6", netns=netns).strip() == "1"
+        routes = sh("ip", "-6", "route", "show", "table", "all", "dev", port_name(name), netns=netns)
+        assert routes.strip() == "", f"the port has no IPv6 routes of its own: {routes}"
     for name in ("nbr-c", "nbr-d"):
         assert [each.get("state") for each in uplink_fdb(netns, macs[name]) if each["ifname"] != port_name(name)] == [
             "static"
@@ -113,4 +118,40 @@ def test_a_started_containers_arp_stays_on_its_port_and_every_container_is_still
     agent.destroy([*names, "base"])
     left = host_neighbours(netns)
     assert not {address(name) for name in names} & set(left), left
+    agent.destroy_network(BRIDGE)
+
+
+# A pre-start hook (run by the starting container's monitor, in the node's network namespace) that waits up to
+# 10 s for another container's port to lose its IPv6, the last thing done to confine it, and records what it saw.
+AWAIT_CONFINED = """#!/bin/sh
+for attempt in $(seq 100); do
+    if [ "$(cat /proc/sys/net/ipv6/conf/{port}/disable_ipv6 2>/dev/null)" = 1 ]; then
+        echo confined > {record}; exit 0
+    fi
+    sleep 0.1
+done
+echo not-yet > {record}
+"""
+
+
+def test_each_port_is_confined_as_soon_as_its_container_runs_not_after_the_batch(
+    agent_in_host, sim_host, lxcpath, tmp_path
+):
+    """While thousands start, every port not yet confined is flooded with each new container's coming up: a port is
+    confined as soon as its container runs. Here the second container of one start() holds its own start until
+    the first one's port is confined; confined only after the whole batch, it would wait 10 s in vain."""
+    agent = agent_in_host.connect()
+    agent.create("base", "busybox")
+    agent.ensure_network(BRIDGE, str(SUBNET))
+    names = ["nbr-first", "nbr-held"]
+    agent.clone("base", names)
+    agent.set_addresses(BRIDGE, {name: f"{SUBNET[30 + i]}/{SUBNET.prefixlen}" for i, name in enumerate(names)})
+    hook, record = tmp_path / "await-confined.sh", tmp_path / "seen"
+    hook.write_text(AWAIT_CONFINED.format(port=port_name("nbr-first"), record=record))
+    hook.chmod(0o755)
+    with open(os.path.join(lxcpath, "nbr-held", "config"), "a") as config:  # the test's own, not through RPC
+        config.write(f"lxc.hook.pre-start = {hook}\n")
+    assert agent.start(names) == names
+    assert record.read_text().strip() == "confined"
+    agent.destroy([*names, "base"])
     agent.destroy_network(BRIDGE)

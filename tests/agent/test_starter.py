@@ -4,7 +4,10 @@ and starts so many at a time."""
 import glob
 import os
 
+import pytest
+
 from agent import containers, starter
+from agent.errors import ContainerError
 
 
 def open_descriptors():
@@ -73,3 +76,18 @@ def test_a_batch_starts_its_containers_at_most_so_many_at_a_time(lxcpath, tmp_pa
         assert most == 2, spans
     finally:
         containers.destroy_many(lxcpath, [*names, "paced-base"])
+
+
+def test_a_starter_that_fails_is_reported_with_the_containers_it_did_not_report_and_its_words(tmp_path):
+    """containers._run_starter reads the starter's line per container; a starter that dies (here on a batch it
+    cannot read) is a ContainerError naming what it never reported, with the end of its stderr."""
+    batch = {
+        "lxcpath": str(tmp_path),
+        "umask": "not a mask",
+        "merge_memory": False,
+        "containers": [{"name": "never-a", "config": []}, {"name": "never-b", "config": []}],
+    }
+    seen = []
+    with pytest.raises(ContainerError, match=r"(?s)exit 1\) starting \['never-a', 'never-b'\]: .*TypeError"):
+        containers._run_starter(batch, seen.append)
+    assert seen == []
