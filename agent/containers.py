@@ -667,8 +667,7 @@ def start_many(lxcpath, names, timeout=30.0, merge_memory=False, link_mtus=None)
 
 def _start_confining(lxcpath, names, timeout, merge_memory, link_mtus, confine):
     def confine_if_networked(name):
-        facts = neighbours.facts(name, read_metadata(lxcpath, name))
-        if facts:
+        for facts in neighbour_facts(lxcpath, [name]):
             confine(facts)
 
     batch = []

@@ -64,7 +64,7 @@ def port_name(name):
 
 
 def facts(name, made):
-    """What confine and forget need of container `name`, from its network metadata (containers.set_network), or
+    """What confining and forget need of container `name`, from its network metadata (containers.set_network), or
     None when it has no address on an agent bridge. Pure."""
     if not (made.get("bridge") and made.get("link") and made.get("address")):
         return None
@@ -84,18 +84,11 @@ def facts(name, made):
     }
 
 
-def confine(started):
-    """Keep the ARP of each container in `started` (facts) to its own port; see the module's docstring."""
-    with confining() as confine_one:
-        for entry in started:
-            confine_one(entry)
-
-
 @contextlib.contextmanager
 def confining():
-    """A function that confines one container (facts) at a time over one netlink socket, for a start that confines
-    each container as soon as it runs: until then its port is flooded like any other, and so is every port not yet
-    confined with every container that joins."""
+    """A function that keeps the ARP of one container (facts) to its own port (see the module's docstring), over
+    one netlink socket: a start confines each container as soon as it runs, since until then its port is flooded
+    like any other, and so is every port not yet confined with every container that joins."""
     confined = 0
     with IPRoute() as ipr:
         indexes: dict[str, int | None] = {}
@@ -157,7 +150,7 @@ def _without_ipv6(entry):
 
 
 def forget(stopped):
-    """Remove what confine made for the containers in `stopped` (facts) that outlives their ports: the host's
+    """Remove what confining made for the containers in `stopped` (facts) that outlives their ports: the host's
     neighbour entry, and the FDB entry on a segment's uplink. Their addresses may go to other containers, with
     other MACs. What is already gone is done."""
     with IPRoute() as ipr:
