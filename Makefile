@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 CONSTRAINTS := constraints.txt
 PIP_INSTALL = -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS)
 
-.PHONY: deps apt test test-slow test-devstack unit lint constraints demo demo-clean demo-agent bench clean
+.PHONY: deps apt test test-slow test-devstack unit lint constraints demo demo-clean demo-purge demo-agent bench clean
 
 deps: apt $(VENV)/.installed
 
@@ -84,6 +84,10 @@ demo: deps
 
 demo-clean: deps
 	$(PY) examples/demo.py --clean
+
+# Everything the demo made: the deployment, its golden images, its agent and the storage pool (mount and file).
+demo-purge: deps
+	$(PY) examples/demo.py --purge
 
 # One agent in a simulated node: clone, start and remove 8 busybox containers, in seconds.
 demo-agent: deps

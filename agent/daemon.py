@@ -1,4 +1,5 @@
-"""lxc-agent's command line: `serve` (the foreground daemon systemd starts) and `init-pki`."""
+"""lxc-agent's command line: `serve` (the foreground daemon systemd starts), `init-pki`, and `init-pool` /
+`remove-pool` (the storage pool of an lxcpath not on btrfs, with its systemd mount unit)."""
 
 import argparse
 import dataclasses
@@ -18,7 +19,7 @@ import Pyro5.api
 import Pyro5.errors
 
 import agent
-from agent import gate, pki, storage
+from agent import gate, pki, pool, storage
 from agent.endpoint import DEFAULT_PKI, DEFAULT_PORT, OBJECT_ID
 from agent.errors import AgentError, InvalidArgument, NetworkError
 from agent.service import AgentService
@@ -28,6 +29,8 @@ SETTINGS = {  # option -> default; the config file uses the same names with '_' 
     "listen": f"127.0.0.1:{DEFAULT_PORT}",
     "lxcpath": "/var/lib/lxc",
     "storage": "auto",
+    "storage_pool": "auto",  # the loop-file btrfs made for an lxcpath not on btrfs: a file, "auto" or "none"
+    "storage_pool_size": "auto",  # its size: "auto" (from the free disk) or e.g. "60G"
     "tls_cert": f"{DEFAULT_PKI}/agent.crt",
     "tls_key": f"{DEFAULT_PKI}/agent.key",
     "tls_ca": f"{DEFAULT_PKI}/ca.crt",
@@ -126,7 +129,54 @@ def load_settings(args):
     for name in ("no_tls", "allow_public_subnets"):
         if not isinstance(settings[name], bool):
             raise UsageError(f"{name} must be true or false, not {settings[name]!r}")
+    for name in ("lxcpath", "storage_pool", "storage_pool_size"):
+        if not isinstance(settings[name], (str, int)) or isinstance(settings[name], bool):
+            raise UsageError(f"{name} must be text, not {settings[name]!r}")
+    try:
+        settings["storage_pool_size"] = pool.parse_size(settings["storage_pool_size"])
+    except InvalidArgument as error:
+        raise UsageError(str(error)) from error
     return settings
+
+
+def pool_file(settings):
+    """The storage pool's file for these settings, or None when none is wanted."""
+    if settings["storage"] not in ("auto", "btrfs") or settings["storage_pool"] == "none":
+        return None
+    return pool.default_file(settings["lxcpath"]) if settings["storage_pool"] == "auto" else settings["storage_pool"]
+
+
+def prepare_storage(settings):
+    """Put the lxcpath on btrfs when it is not (the storage pool), before the agent first looks at it."""
+    image = pool_file(settings)
+    if image is None:
+        return
+    try:
+        done = pool.ensure(
+            settings["lxcpath"],
+            image,
+            settings["storage_pool_size"],
+            under_systemd=bool(os.environ.get("INVOCATION_ID")),
+        )
+    except InvalidArgument as error:
+        raise UsageError(str(error)) from error
+    if done == "made":
+        made = pool.describe(settings["lxcpath"]) or {}
+        log.info(
+            "storage pool: made %s (%s, sparse: it takes disk as containers write) and mounted it at %s",
+            image,
+            pool.gib(made.get("size") or 0),
+            settings["lxcpath"],
+        )
+    elif done == "mounted":
+        log.info("storage pool: mounted %s at %s", image, settings["lxcpath"])
+    elif done == "skipped":
+        log.warning(
+            "%s is a mount point of a filesystem other than btrfs: no storage pool is mounted over it, so clones "
+            "are not snapshots and no golden image or snapshot is kept (set storage to overlay or copy to say "
+            "that is meant)",
+            settings["lxcpath"],
+        )
 
 
 def _bounded(name, value, kind, least, greatest):
@@ -171,6 +221,7 @@ def serve(args):
     token = pki.read_token(settings["token_file"])
     configure_pyro()
     limits = limits_of(settings)
+    prepare_storage(settings)
     service = AgentService(
         settings["lxcpath"],
         settings["storage"],
@@ -186,6 +237,13 @@ def serve(args):
             "serving there? pick another --listen"
         ) from error
     uri = daemon.register(service, OBJECT_ID)
+    if settings["storage"] == "auto" and settings["storage_pool"] == "none" and service.backend != "btrfs":
+        log.warning(
+            "storage %s: %s is not on btrfs, so clones are not snapshots and no golden image or snapshot is kept "
+            '(storage_pool = "auto" would make a btrfs pool there)',
+            service.backend,
+            settings["lxcpath"],
+        )
     stopping = threading.Event()
 
     def stop(signum, _frame):
@@ -259,6 +317,81 @@ def init_pki(args):
     return 0
 
 
+def init_pool(args):
+    """Make the storage pool (or mount the one there) and write its systemd mount unit, for an installed agent:
+    under systemd the agent's own mount namespace could not give the host its mount."""
+    settings = load_settings(args)
+    image = pool_file({**settings, "storage": "auto"})
+    if image is None:
+        raise UsageError('storage_pool is "none": nothing to make; set it to "auto" or a file')
+    lxcpath = settings["lxcpath"]
+    try:
+        done = pool.ensure(lxcpath, image, settings["storage_pool_size"])
+    except InvalidArgument as error:
+        raise UsageError(str(error)) from error
+    described = pool.describe(lxcpath)
+    if done == "skipped":
+        raise AgentError(f"{lxcpath} is the mount point of another filesystem: no pool is mounted over it")
+    if described is None or os.path.normpath(described["file"]) != os.path.normpath(image):
+        print(f"{lxcpath} is on btrfs already: no pool is needed")
+        return 0
+    what = {"made": "made and mounted", "mounted": "mounted"}.get(done, "already mounted")
+    print(
+        f"storage pool {image} ({pool.gib(described['size'])}, sparse; {pool.gib(described['disk'])} on disk): "
+        f"{what} at {lxcpath}"
+    )
+    if not args.no_unit:
+        unit = pool.install_unit(lxcpath, image, args.unit_dir)
+        print(f"mount unit {unit}: enabled, so the pool is mounted at boot before lxc-agent.service")
+    return 0
+
+
+def remove_pool(args):
+    """Unmount the storage pool, delete its file and its mount unit: every image kept in it goes with it."""
+    settings = load_settings(args)
+    image = pool_file({**settings, "storage": "auto"})
+    if image is None:
+        raise UsageError('storage_pool is "none": there is no pool to remove')
+    removed = pool.remove(settings["lxcpath"], image)
+    if not args.no_unit:
+        removed += pool.remove_unit(settings["lxcpath"], args.unit_dir)
+    print("removed: " + ", ".join(removed) if removed else f"no storage pool for {settings['lxcpath']}: nothing to do")
+    return 0
+
+
+def _add_pool_options(parser):
+    parser.add_argument(
+        "--storage-pool",
+        metavar="FILE",
+        help="when the lxcpath is not on btrfs, the sparse file formatted btrfs and loop-mounted there (made if "
+        "missing): a file, auto (LXCPATH.img, the default) or none (no pool: overlay or copy storage)",
+    )
+    parser.add_argument(
+        "--storage-pool-size",
+        metavar="SIZE",
+        help=f"the pool's size when it is made, e.g. 60G (default auto: half the free disk, at most "
+        f"{pool.MAX_DEFAULT_SIZE // pool.GIB} GiB; less than {pool.MIN_SIZE // pool.GIB} GiB is refused)",
+    )
+
+
+def _pool_command(commands, name, help_text, handler):
+    parser = commands.add_parser(
+        name,
+        help=help_text,
+        description=handler.__doc__,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help=f"TOML file with the settings (default {DEFAULT_CONFIG} if present)")
+    parser.add_argument("--lxcpath", help=f"where containers live (default {SETTINGS['lxcpath']})")
+    _add_pool_options(parser)
+    parser.add_argument(
+        "--unit-dir", default=pool.UNIT_DIR, help=f"where the mount unit goes (default {pool.UNIT_DIR})"
+    )
+    parser.add_argument("--no-unit", action="store_true", help="no systemd mount unit")
+    parser.set_defaults(handler=handler)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="lxc-agent", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -280,6 +413,7 @@ def build_parser():
         help="clone method: btrfs snapshots, overlay layers or full copies (default auto: btrfs when "
         "the lxcpath is on btrfs, else overlay when the kernel can mount it there, else copy)",
     )
+    _add_pool_options(run)
     run.add_argument("--tls-cert", help=f"agent certificate (default {SETTINGS['tls_cert']})")
     run.add_argument("--tls-key", help=f"agent key (default {SETTINGS['tls_key']})")
     run.add_argument("--tls-ca", help=f"CA that signs client certificates (default {SETTINGS['tls_ca']})")
@@ -366,6 +500,10 @@ def build_parser():
     init.add_argument("--client-name", default="coordinator")
     init.add_argument("--force", action="store_true", help="replace existing files (invalidates old clients)")
     init.set_defaults(handler=init_pki)
+    _pool_command(
+        commands, "init-pool", "make the storage pool for an lxcpath not on btrfs, and its mount unit", init_pool
+    )
+    _pool_command(commands, "remove-pool", "unmount and delete the storage pool and its mount unit", remove_pool)
     return parser
 
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """`make demo`: the seed's cloud on this machine with real devstack: 1 controller + 64 fake computes.
-`make demo-clean` (--clean) removes it.
+`make demo-clean` (--clean) removes it and keeps the golden images; `make demo-purge` (--purge) leaves nothing.
 
 Starts a local lxc-agent if none answers (making its PKI under /etc/lxc-agent/pki if there is none), and deploys
 configs/demo.json (the seed's layout in Debian containers; the controller runs keystone, nova, placement, glance and
 a neutron API that needs no kernel modules) as deployment "demo". OpenStack's sources come from opendev.org, or from
-a folder of git bundles or repositories given as --mirror (`make demo OPENSTACK_MIRROR=DIR`). Containers trust this
+a folder of git bundles or repositories given as --mirror (`make demo OPENSTACK_MIRROR=DIR`). When the agent's
+lxcpath (/var/lib/lxc) is not on btrfs, the agent makes a storage pool for it (a sparse loop file formatted btrfs,
+/var/lib/lxc.img, mounted there; kept by --clean, removed by --purge), so clones are snapshots and the stacked
+nodes are kept as golden images for the next demo. Containers trust this
 machine's extra CA certificates (/usr/local/share/ca-certificates) when it has some, for pip behind an
 intercepting proxy. The deploy ends with the line `64/64 nova-compute services up as 64 hypervisors ...`; then a
 tiny image `dummy` is uploaded so a client (Rally) can boot servers at once.
@@ -14,6 +17,7 @@ tiny image `dummy` is uploaded so a client (Rally) can boot servers at once.
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +26,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from agent import endpoint, pki  # noqa: E402
+from agent import endpoint, pki, pool  # noqa: E402
 from agent.client import connect  # noqa: E402
 from coordinator import access, cli, topology  # noqa: E402
 from coordinator.config import load_config  # noqa: E402
@@ -69,10 +73,34 @@ def ensure_agent():
         )
     line = process.stdout.readline()
     if "listening on" not in line:
-        sys.exit(f"lxc-agent did not start; see {AGENT_LOG}")
+        process.wait(30)
+        with open(AGENT_LOG) as log:
+            last = [text.strip() for text in log.read().splitlines() if text.strip()][-1:]
+        sys.exit(f"lxc-agent did not start: {last[0] if last else 'no output'} (whole log: {AGENT_LOG})")
     with open(AGENT_PID, "w") as handle:
         handle.write(f"{process.pid}\n")
     print(f"started lxc-agent (pid {process.pid}, log {AGENT_LOG})")
+
+
+def describe_storage():
+    """One line on the agent's storage, and whether stacked nodes are kept as golden images there."""
+    info = connect("localhost", PORT, pki_dir=PKI_DIR).info()
+    kept = info.get("pool")
+    if kept:
+        where = (
+            f"btrfs, in the storage pool {kept['file']} ({pool.gib(kept['size'])} sparse, "
+            f"{pool.gib(kept['disk'])} on disk)"
+        )
+    else:
+        where = info["storage"]
+    golden = info["storage"] in ("btrfs", "copy")
+    print(
+        f"storage under {info['lxcpath']}: {where}; "
+        + ("clones are snapshots, stacked nodes are kept as golden images" if info["storage"] == "btrfs" else "")
+        + ("clones are full copies, stacked nodes are kept as golden images" if info["storage"] == "copy" else "")
+        + ("no golden images: every demo runs stack.sh" if not golden else "")
+    )
+    return info
 
 
 def demo_config(mirror):
@@ -180,18 +208,70 @@ def clean():
         ensure_agent()
         code = cli.main(["destroy", NAME, "--pki-dir", PKI_DIR])
         if code == 0:
-            print(
-                "the golden images of the stacked nodes stay, so the next `make demo` skips stack.sh: "
-                f"`.venv/bin/coordinator golden list --pki-dir {PKI_DIR}` shows them, `golden prune` removes them"
-            )
+            images = [
+                image
+                for image in connect("localhost", PORT, pki_dir=PKI_DIR).list_images()
+                if image.get("kind") == "saved"
+            ]
+            if images:
+                print(
+                    f"{len(images)} golden image(s) of the stacked nodes stay, so the next `make demo` skips their "
+                    f"stack.sh: `.venv/bin/coordinator golden list --pki-dir {PKI_DIR}` shows them; "
+                    "`make demo-purge` removes them and the storage pool"
+                )
+            else:
+                print("no golden image is kept on this storage: the next `make demo` runs stack.sh again")
     else:
         print(f"no deployment {NAME!r} on record")
     return stop_agent() or code
 
 
+def purge():
+    """Everything the demo made: the deployment, the golden images, the agent it started, the storage pool's
+    mount and file, and its folder (the PKI stays: an installed agent may share it). `make demo` is then a first
+    deploy again."""
+    ours = os.path.exists(AGENT_PID)
+    if agent_answers() and not ours:
+        sys.exit(
+            f"an lxc-agent the demo did not start listens on 127.0.0.1:{PORT}: stop it first (its containers and "
+            "storage are its own), then run `make demo-purge` again"
+        )
+    ensure_agent()
+    info = connect("localhost", PORT, pki_dir=PKI_DIR).info()
+    if NAME in [entry["name"] for entry in Store(None).list()]:
+        code = cli.main(["destroy", NAME, "--pki-dir", PKI_DIR])
+        if code != 0:
+            return code
+    code = cli.main(["golden", "prune", "--pki-dir", PKI_DIR])
+    if code != 0:
+        return code
+    code = stop_agent()
+    if code != 0:
+        return code
+    image = (info.get("pool") or {}).get("file")
+    if image:
+        try:
+            removed = pool.remove(info["lxcpath"], image)
+        except Exception as error:  # StorageError, InvalidArgument, OSError: the message says what to do
+            sys.exit(f"the storage pool stays: {error}")
+        print("removed the storage pool: " + ", ".join(removed))
+    else:
+        print(f"no storage pool under {info['lxcpath']} ({info['storage']} storage)")
+    shutil.rmtree(RUN_DIR, ignore_errors=True)
+    print(f"removed {RUN_DIR}; kept {PKI_DIR} (the agent's certificates). The next `make demo` starts afresh.")
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clean", action="store_true", help="destroy the demo deployment and its agent")
+    parser.add_argument(
+        "--clean", action="store_true", help="destroy the demo deployment and its agent; keep the golden images"
+    )
+    parser.add_argument(
+        "--purge",
+        action="store_true",
+        help="destroy the demo deployment, its agent, its golden images and the storage pool: leave nothing",
+    )
     parser.add_argument(
         "--mirror",
         default=os.environ.get("OPENSTACK_MIRROR") or None,
@@ -201,6 +281,8 @@ def main():
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the demo needs root (LXC containers, bridges, NAT)")
+    if args.purge:
+        return purge()
     if args.clean:
         return clean()
     config = demo_config(args.mirror)
@@ -208,6 +290,7 @@ def main():
     if NAME not in [entry["name"] for entry in Store(None).list()]:  # a running demo holds its memory already
         check_memory(plan)
     ensure_agent()
+    describe_storage()
     code = cli.main(["deploy", config, "--name", NAME, "--pki-dir", PKI_DIR])
     if code != 0:
         return code

@@ -168,8 +168,13 @@ def test_a_clone_of_a_clone_stacks_a_frozen_layer_of_its_source(overlay_agent, p
     assert_nothing_left(agent, lxcpath)
 
 
-def test_auto_picks_overlay_where_the_lxcpath_is_not_btrfs(plain_lxcpath, start_agent):
-    assert start_agent(plain_lxcpath).connect().info()["storage"] == "overlay"
+def test_auto_picks_overlay_where_the_lxcpath_is_not_btrfs_and_no_pool_is_wanted(plain_lxcpath, start_agent):
+    process = start_agent(plain_lxcpath, "--storage-pool", "none")
+    info = process.connect().info()
+    assert (info["storage"], info["pool"]) == ("overlay", None)
+    with open(process.log) as log:
+        said = log.read()
+    assert "is not on btrfs, so clones are not snapshots and no golden image" in said, said
 
 
 def test_static_addresses_are_written_into_each_clone_s_own_upper(sim_host, plain_lxcpath, start_agent):
