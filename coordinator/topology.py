@@ -42,6 +42,7 @@ from coordinator.providers import (
     TEMPLATES,
     Credential,
     capacity,
+    prefix_for,
     special_range,
     too_small,
 )
@@ -487,7 +488,7 @@ def _plan_subnets(specs, hosts, problems):
     """(group index, host) -> subnet, for every group of containers."""
     subnets = {}
     explicit = []
-    wants_default = set()
+    wants_default: dict = {}  # host -> containers the groups without start_lxc_network put in its default subnet
     # Hardware nodes' addresses: no container subnet may hold one (tunnel ends are checked in _plan_tunnels).
     nodes: dict = {}
     for host, credential in hosts.items():
@@ -499,7 +500,7 @@ def _plan_subnets(specs, hosts, problems):
             continue
         for position, credential in enumerate(spec.hosts):
             if spec.network is None:
-                wants_default.add(credential.host)
+                wants_default[credential.host] = wants_default.get(credential.host, 0) + spec.per_host
                 continue
             network = _nth(spec.network, position)
             if network is None:
@@ -537,16 +538,20 @@ def _plan_subnets(specs, hosts, problems):
     )
     defaults = {}
     cursor = int(DEFAULT_NETWORK.network_address)
-    size = DEFAULT_NETWORK.num_addresses
     for host in hosts:
         if host not in wants_default:
             continue
+        # A /24 (10.100.1.0/24 for the first host), or the smallest larger one that holds the host's containers,
+        # aligned to its size: 300 computes get a /23 (10.100.2.0/23), not a plan refused for want of room.
+        prefixlen = min(DEFAULT_NETWORK.prefixlen, prefix_for(wants_default[host]))
+        size = 1 << (32 - prefixlen)
+        cursor = -(-cursor // size) * size
         while cursor + size - 1 <= 0xFFFFFFFF and taken.overlaps(cursor, cursor + size - 1):
             cursor += size
         if cursor + size - 1 > 0xFFFFFFFF:
             problems.append(Problem("", f"no free default subnet is left for host {host}"))
             return subnets
-        defaults[host] = ipaddress.IPv4Network((cursor, DEFAULT_NETWORK.prefixlen))
+        defaults[host] = ipaddress.IPv4Network((cursor, prefixlen))
         cursor += size
     for index, spec in enumerate(specs):
         if spec.kind != "host" and spec.network is None:

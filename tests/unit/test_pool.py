@@ -9,7 +9,7 @@ GIB = pool.GIB
 
 
 @pytest.mark.parametrize(
-    ("free", "size"),
+    "free,size",
     [
         (80 * GIB, 40 * GIB),  # half the free disk
         (500 * GIB, 100 * GIB),  # at most 100 GiB
@@ -36,7 +36,7 @@ def test_a_requested_size_must_fit_the_free_disk_and_be_large_enough():
 
 
 @pytest.mark.parametrize(
-    ("text", "size"),
+    "text,size",
     [("auto", None), (None, None), ("60G", 60 * GIB), ("60GiB", 60 * GIB), ("512M", 512 * 1024**2), (17, 17)],
 )
 def test_sizes_are_read_as_people_write_them(text, size):
@@ -55,7 +55,7 @@ def test_the_pool_file_is_beside_the_lxcpath():
 
 
 @pytest.mark.parametrize(
-    ("lxcpath", "image", "why"),
+    "lxcpath,image,why",
     [
         ("var/lib/lxc", "/var/lib/lxc.img", "absolute path"),
         ("/var/lib/lxc", "/var/lib/lxc/pool.img", "inside the lxcpath"),
@@ -71,7 +71,7 @@ def test_pool_paths_are_plain_and_apart(lxcpath, image, why):
 
 
 @pytest.mark.parametrize(
-    ("path", "name"),
+    "path,name",
     [
         ("/var/lib/lxc", "var-lib-lxc.mount"),
         ("/srv/lxc-pool/", "srv-lxc\\x2dpool.mount"),

@@ -231,12 +231,17 @@ def test_overlapping_subnets_are_refused(provider, node, where):
 
 
 def test_shared_subnet_too_small_names_every_group_in_it():
+    shared = "10.100.1.0/24"
     found = problems_of(
-        multihost(devstack(lxc_provider("h")), lxc_engine("h", count=200), lxc_engine("h", count=60, prefix="more"))
+        multihost(
+            devstack(lxc_provider("h")),
+            lxc_engine("h", count=200, start_lxc_network=shared),
+            lxc_engine("h", count=60, prefix="more", start_lxc_network=shared),
+        )
     )
     assert found == {
-        "nodes[1].nodes_per_server": (
-            "10.100.1.0/24 is too small for 261 containers on h (shared: controller 1, nodes[0] 200, nodes[1] 60): "
+        "nodes[1].start_lxc_network": (
+            "10.100.1.0/24 is too small for 260 containers on h (shared: nodes[0] 200, nodes[1] 60): "
             "it holds 253 (network, gateway and broadcast addresses are reserved); a /23 would hold them; "
             "set start_lxc_network to a network that size"
         )
@@ -1039,3 +1044,17 @@ def test_a_plan_of_another_version_is_refused_in_words(version, words):
         topology.Plan.from_dict(data)
     assert isinstance(caught.value, topology.PlanVersionError) and caught.value.version == version
     assert str(caught.value).startswith(words)
+
+
+def test_a_host_s_default_subnet_grows_to_hold_its_containers_aligned_to_its_size():
+    """A /24 holds 253 containers: 1 + 300 on one host get the smallest larger subnet, aligned (10.100.2.0/23),
+    rather than a plan refused for want of room; 1 + 64 keep 10.100.1.0/24 as before."""
+    raw = json.loads((SEED.parent / "demo.json").read_text())
+    assert [str(host.subnet) for host in plan_of(raw).hosts] == ["10.100.1.0/24"]
+    raw["nodes"][0]["nodes_per_server"] = 300
+    planned = plan_of(raw)
+    assert [str(host.subnet) for host in planned.hosts] == ["10.100.2.0/23"]
+    addresses = [node.address for node in planned.nodes]
+    assert len(set(addresses)) == 301 and addresses[-1] == "10.100.3.46"
+    raw["nodes"][0]["nodes_per_server"] = 1200
+    assert [str(host.subnet) for host in plan_of(raw).hosts] == ["10.100.8.0/21"]
