@@ -75,12 +75,14 @@ constraints:
 	} > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 	rm -rf .venv-constraints
 
-# The seed's cloud on this machine with real devstack: a controller and 64 fake computes in Debian containers.
+# The seed's cloud on this machine with real devstack: a controller and COMPUTES (64) fake computes in Debian
+# containers.
 # OpenStack's sources: OPENSTACK_MIRROR (a folder of git bundles or repositories; ../shared/openstack when it
 # exists), else opendev.org.
 OPENSTACK_MIRROR ?= $(wildcard ../shared/openstack)
+COMPUTES ?= 64
 demo: deps
-	OPENSTACK_MIRROR="$(OPENSTACK_MIRROR)" $(PY) examples/demo.py
+	OPENSTACK_MIRROR="$(OPENSTACK_MIRROR)" $(PY) examples/demo.py --computes $(COMPUTES)
 
 demo-clean: deps
 	$(PY) examples/demo.py --clean

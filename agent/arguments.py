@@ -470,6 +470,7 @@ ENV = MapOf(ENV_NAME, Text("value", MAX_ARG_BYTES), "environment variables", MAX
 SCHEMAS: dict[str, dict[str, Check]] = {
     "ping": {},
     "info": {},
+    "memory": {},
     "list_images": {},
     "list": {"names": Optional(NAMES)},
     "create": {

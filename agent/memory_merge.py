@@ -75,6 +75,16 @@ def init_command(rootfs_layers):
     return None
 
 
+def savings(ksm=KSM):
+    """{running, saved}: whether ksmd runs, and the bytes merging saves now (`pages_sharing`: "how many more
+    sites are sharing them, i.e. how much saved", in the kernel's words); None on a kernel without KSM."""
+    run = _read(ksm, "run")
+    if run is None:
+        return None
+    sharing = _read(ksm, "pages_sharing")
+    return {"running": run == "1", "saved": int(sharing or 0) * os.sysconf("SC_PAGE_SIZE")}
+
+
 def _read(folder, name):
     try:
         with open(os.path.join(folder, name)) as handle:

@@ -97,6 +97,13 @@ class AgentService:
         return agent.__version__
 
     @remote
+    def memory(self):
+        """The host's memory now, cheaply: total and available bytes, and KSM's merging (`ksm`: whether ksmd
+        runs, and the bytes it saves). A coordinator starting
+        merged computes waits on this so it never starts them faster than ksmd merges them."""
+        return {**hostinfo.memory(), "ksm": memory_merge.savings()}
+
+    @remote
     def info(self):
         images = [
             {key: image.get(key) for key in ("key", "template", "release", "packages", "size")}

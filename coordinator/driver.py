@@ -24,7 +24,7 @@ from coordinator.engine import walk_order
 from coordinator.errors import CoordinatorError
 from coordinator.golden_nodes import GoldenNodes
 from coordinator.lxc import LxcContainers
-from coordinator.pacing import Paces
+from coordinator.pacing import HostFull, MemoryGate, Paces
 
 BOOT_TIMEOUT = 300
 BOOT_ROUND = 30.0
@@ -143,6 +143,7 @@ class Deployer:
         self._heartbeats: dict[str, heartbeat.Heartbeat] = {}  # host address -> its agent's
         self._checked = False
         self.paces = Paces(plan.groups)
+        self.memory = MemoryGate()
         self.golden = GoldenNodes(self, settings.golden)
         self.converge_since = None  # after a restore: computes count once they report after this (nova.not_ready)
 
@@ -350,6 +351,17 @@ class Deployer:
         controller = self.plan.controller_node
         if controller is not None:
             self.engine.forget(self.agent_for(self.plan.host(controller.host)), controller, nodes)
+
+    def wait_for_memory(self, host):
+        """Before a compute's services start: room for it in the host's memory (pacing.MemoryGate)."""
+        agent = self.agent_for(host)
+        try:
+            waited = self.memory.wait(host.address, agent.memory)
+        except HostFull as error:
+            raise DeployError(str(error)) from None
+        if waited >= 10:
+            self.notice(f"host {host.address}: a start waited {waited:.0f} s for memory (ksmd merging)")
+        return waited
 
     def notice(self, text):
         log.info("deployment %s: %s", self.name, text)

@@ -230,6 +230,7 @@ class LxcContainers(Provider):
 
         def one(node):
             d.paces.wait(node.group)  # its group's starts_per_second, over all the group's hosts
+            d.wait_for_memory(host)  # never faster than the host's memory (and ksmd's merging) allows
             d.engine.personalize(d.agent_for(host), node, first)
             with lock:
                 done[0] += 1

@@ -103,11 +103,12 @@ def describe_storage():
     return info
 
 
-def demo_config(mirror):
-    """configs/demo.json for this machine: the git mirror when given, the host's CA certificates when it has
-    some. Written to RUN_DIR; returns its path."""
+def demo_config(mirror, computes):
+    """configs/demo.json for this machine: `computes` fake computes, the git mirror when given, the host's CA
+    certificates when it has some. Written to RUN_DIR; returns its path."""
     with open(CONFIG) as handle:
         data = json.load(handle)
+    data["nodes"][0]["nodes_per_server"] = computes
     trust = bool(access.host_ca_certificates())
     for engine, containers in (
         (data["controller"], data["controller"]["provider"]),
@@ -278,16 +279,34 @@ def main():
         help="folder of git bundles or repositories of devstack and OpenStack (default: "
         "$OPENSTACK_MIRROR, else opendev.org)",
     )
+    parser.add_argument(
+        "--computes",
+        type=int,
+        default=int(os.environ.get("COMPUTES") or 64),
+        metavar="N",
+        help="fake computes besides the controller (default $COMPUTES, else 64)",
+    )
     args = parser.parse_args()
+    if args.computes < 1:
+        parser.error(f"--computes {args.computes}: give 1 or more")
     if os.geteuid() != 0:
         sys.exit("the demo needs root (LXC containers, bridges, NAT)")
     if args.purge:
         return purge()
     if args.clean:
         return clean()
-    config = demo_config(args.mirror)
+    recorded = Store(None).get(NAME, missing_ok=True)
+    if recorded is not None:
+        had = sum(1 for node in recorded["plan"]["nodes"] if node["role"] == "compute")
+        if had != args.computes:
+            sys.exit(
+                f"the demo on record has {had} computes, not {args.computes}: `make demo-clean` first (its golden "
+                f"images stay), or change it in place with `.venv/bin/coordinator scale {NAME} --computes "
+                f"{args.computes} --pki-dir {PKI_DIR}`"
+            )
+    config = demo_config(args.mirror, args.computes)
     plan = topology.plan(load_config(config))
-    if NAME not in [entry["name"] for entry in Store(None).list()]:  # a running demo holds its memory already
+    if recorded is None:  # a running demo holds its memory already
         check_memory(plan)
     ensure_agent()
     describe_storage()

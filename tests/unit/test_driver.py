@@ -126,6 +126,9 @@ class FakeAgent:
 
         return call
 
+    def _memory(self):
+        return {"total": 64 << 30, "available": 48 << 30, "ksm": None}
+
     def _create(self, name, *rest):
         self.containers.setdefault(name, {"state": "STOPPED", "address": None})
 

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from coordinator import topology
-from coordinator.pacing import Pace, Paces
+from coordinator.pacing import HostFull, MemoryGate, Pace, Paces
 from tests.unit.test_topology import devstack, lxc_engine, lxc_provider, multihost, plan_of, problems_of
 
 
@@ -92,3 +92,70 @@ def test_a_pace_that_is_not_a_positive_number_is_refused_naming_its_path(value):
     config = multihost(devstack(lxc_provider("localhost")), lxc_engine("localhost", starts_per_second=value))
     problems = problems_of(config)
     assert "nodes[0].starts_per_second" in problems, problems
+
+
+GIB, MIB = 1 << 30, 1 << 20
+
+
+class MovingClock:
+    """A clock that sleeping moves on."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def gate_and_time():
+    fake = MovingClock()
+    return MemoryGate(cost=100 * MIB, settle=60.0, patience=30.0, clock=fake.clock, sleep=fake.sleep), fake
+
+
+def memory(available, total=16 * GIB, saved=None):
+    return {"total": total, "available": available, "ksm": None if saved is None else {"saved": saved}}
+
+
+def test_starts_go_at_once_while_the_host_has_room():
+    gate, fake = gate_and_time()
+    for _ in range(10):
+        assert gate.wait("h", lambda: memory(8 * GIB)) == 0.0
+    assert fake.now == 0.0
+
+
+def test_starts_still_settling_count_against_the_room_until_they_settle():
+    """The floor is 1 GiB on 16 GiB; 1 GiB + 300 MiB leaves room for three starts of 100 MiB, not four, since the
+    three have not taken their memory yet when the fourth looks. The fourth goes when the first has settled."""
+    gate, fake = gate_and_time()
+    for _ in range(3):
+        assert gate.wait("h", lambda: memory(GIB + 300 * MIB)) == 0.0
+    assert gate.wait("h", lambda: memory(GIB + 300 * MIB)) == pytest.approx(60.0, abs=2.0)
+    assert gate.waited["h"] == pytest.approx(60.0, abs=2.0)
+    assert gate.wait("other host", lambda: memory(GIB + 300 * MIB)) == 0.0, "each host has its own room"
+
+
+def test_a_start_waits_while_ksmd_gives_memory_back():
+    gate, fake = gate_and_time()
+    readings = iter([900 * MIB, 950 * MIB, 1000 * MIB, 1100 * MIB, 1200 * MIB])
+    assert gate.wait("h", lambda: memory(next(readings), saved=400 * MIB)) == pytest.approx(8.0)
+
+
+def test_a_host_whose_memory_does_not_come_back_is_called_full_with_the_numbers():
+    gate, fake = gate_and_time()
+    with pytest.raises(HostFull) as full:
+        gate.wait("10.0.0.5", lambda: memory(700 * MIB, saved=2 * GIB))
+    said = str(full.value)
+    assert "host 10.0.0.5 has 700 MiB of memory available" in said
+    assert "about 100 MiB as it starts over the 1024 MiB every host keeps free" in said
+    assert "it has not risen for 30 s (KSM saves 2048 MiB now)" in said
+    assert "containers_per_host" in said and "merge_memory" in said
+    assert 30.0 <= fake.now <= 34.0
+
+
+def test_the_floor_is_five_percent_of_a_large_host():
+    gate, _ = gate_and_time()
+    with pytest.raises(HostFull, match="over the 6553 MiB every host keeps free"):
+        gate.wait("big", lambda: memory(6 * GIB, total=128 * GIB))
