@@ -162,6 +162,11 @@ if [ -f "$state/stack.log" ] && [ "$(cat "$state/stack.done" 2>/dev/null)" = "$d
     exit 0
 fi
 rm -f "$state/stack.done"
+if [ -s "$state/lean" ]; then
+    # A sealed first compute stacked again: what seal turned off (nova.LEAN_UNITS) may be restarted by stack.sh
+    # (configure_nova restarts iscsid); seal turns it off again afterwards.
+    sudo -n systemctl unmask $(cat "$state/lean") && rm -f "$state/lean"
+fi
 if [ -f "$state/stack.log" ] && [ -x ./unstack.sh ]; then
     # An earlier stack.sh ran here (it failed, or completed with another local.conf): stop what it started, as
     # devstack asks before stacking again.

@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-FORMAT = "1"
+FORMAT = "2"  # 2: a first compute is made lean (nova.LEAN_UNITS) as it is sealed
 PREFIX = "golden-"
 # In the order a miss names them: the first that differs is the reason.
 COMPONENTS = ("format", "node", "image", "devstack", "sources", "local.conf", "lab", "role")

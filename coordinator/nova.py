@@ -22,10 +22,39 @@ IDENTITY_RECORD = f"{STACK_STATE_DIR}/identity"  # whose nova identity the node'
 CONVERGE_TIMEOUT = 900.0
 POLL_INTERVAL = 5.0
 
-# Run as root in the first compute once its stack.sh completed, before it is stopped and snapshotted.
+# What a fake compute does not use, turned off (disabled, stopped and masked) in the first compute as it is sealed,
+# so no clone boots or runs them. Found in a sealed compute of devstack stable/2026.1 on Debian bookworm: the web
+# server and its cache cleaner that devstack installs everywhere (apache2 held 3 processes in every compute), sshd
+# (containers are reached through the agent), iSCSI (the fake driver attaches nothing), boot-time jobs a container
+# has no use for, and the daily timers that would run apt, man-db and fstrim in every compute at once. Measured in
+# one compute of a real cloud: its working set 126 -> 109 MiB. The units a compute needs stay: systemd's own
+# (journald, logind, dbus), networking, the console, and devstack@n-cpu.
+LEAN_UNITS = (
+    "apache2.service",
+    "apache-htcacheclean.service",
+    "ssh.service",
+    "ssh.socket",
+    "open-iscsi.service",
+    "iscsid.service",
+    "iscsid.socket",
+    "e2scrub_reap.service",
+    "console-setup.service",
+    "keyboard-setup.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "man-db.timer",
+    "e2scrub_all.timer",
+    "fstrim.timer",
+)
+LEAN_RECORD = f"{STACK_STATE_DIR}/lean"  # the units seal() turned off, for whoever wonders where apache went
+
+# Run as root in the first compute once its stack.sh completed, before it is stopped and snapshotted. Arguments:
+# the state folder, the node's name, the two records, then the lean record and the units to turn off.
 _SEAL = r"""
 set -eu
-state=$1 name=$2 record=$3 identity=$4
+state=$1 name=$2 record=$3 identity=$4 lean=$5
+shift 5
 mkdir -p "$state"
 units=$(systemctl list-unit-files --no-legend --no-pager --state=enabled 'devstack@*' | awk '{print $1}')
 if [ -n "$units" ]; then
@@ -35,6 +64,15 @@ if [ -n "$units" ]; then
     echo "disabled until each node has its own identity: $(echo $units)"
 fi
 [ -f "$identity" ] || printf '%s\n' "$name" >"$identity"
+present=$(systemctl list-unit-files --no-legend --no-pager "$@" | awk '$2 != "masked" {print $1}')
+if [ -n "$present" ]; then
+    systemctl disable --now -q $present
+    for unit in $present; do  # masked too, so nothing starts them; one an admin wrote in /etc stays disabled
+        systemctl mask -q "$unit" 2>/dev/null || true
+    done
+    printf '%s\n' $present >>"$lean"
+    echo "turned off, as a fake compute does not use them: $(echo $present)"
+fi
 """
 
 NOVA_CONF_DIR = "/etc/nova"
@@ -283,12 +321,14 @@ def summary(result):
 
 def seal(agent, node):
     """Before the first compute of a group is stopped and snapshotted: its devstack units are disabled (so clones
-    boot without them) and recorded, with whose identity the node holds."""
+    boot without them) and recorded, with whose identity the node holds; what a fake compute does not use
+    (LEAN_UNITS) is turned off for good."""
     result = _run(
         agent,
         node,
         "disabling devstack's units before cloning",
-        ["sh", "-c", _SEAL, "seal", STACK_STATE_DIR, node.name, UNITS_RECORD, IDENTITY_RECORD],
+        ["sh", "-c", _SEAL, "seal", STACK_STATE_DIR, node.name, UNITS_RECORD, IDENTITY_RECORD, LEAN_RECORD]
+        + list(LEAN_UNITS),
     )
     return result["stdout"]
 

@@ -428,9 +428,22 @@ def test_start_script_repoints_a_clone_at_its_own_address(agent, container, tmp_
     keys = "cat /etc/ssh/ssh_host_*_key.pub | sort | sha256sum"
     old_keys = sh(agent, container, keys)
 
+    # A web server where Debian's package puts it, as devstack leaves one in every compute (apache2), running and
+    # enabled, for seal to turn off.
+    sh(
+        agent,
+        container,
+        "printf '[Service]\\nExecStart=/bin/sleep infinity\\n[Install]\\nWantedBy=multi-user.target\\n' "
+        ">/lib/systemd/system/apache2.service && systemctl daemon-reload && systemctl enable --now -q apache2",
+    )
     sealed = nova.seal(agent, node)  # as a deploy does before cloning: the units wait for start_services
     assert "devstack@fake-compute.service" in sealed
     assert sh(agent, container, "systemctl is-enabled devstack@fake-compute.service || true").strip() == "disabled"
+    assert "turned off, as a fake compute does not use them: apache2.service" in sealed, sealed
+    assert sh(agent, container, "systemctl is-active apache2 || true").strip() == "inactive"
+    assert sh(agent, container, "systemctl is-enabled apache2 || true").strip() == "masked"
+    assert "apache2.service" in sh(agent, container, f"cat {nova.LEAN_RECORD}").split()
+    assert "turned off" not in nova.seal(agent, node), "sealing again (a scale) finds nothing more to turn off"
     clone = replace(node, kind="clone", address=CLONE)
     output = devstack.run_start_script(agent, clone, FIRST)
     assert f"{FIRST} -> {CLONE} in /opt/stack/devstack/local.conf" in output
@@ -466,3 +479,12 @@ def test_start_script_repoints_a_clone_at_its_own_address(agent, container, tmp_
         match=re.escape(f"node {container} (host localhost) failed with exit code 4") + r":\nbroken",
     ):
         devstack.run_start_script(agent, failing, FIRST)
+
+    # The first compute stacked again (its local.conf changed): what seal turned off is given back to stack.sh
+    # first (devstack restarts iscsid on computes), and seal turns it off again afterwards.
+    changed = plan_node(container, repo, {**localrc, "LOGDAYS": "3"})
+    devstack.write_local_conf(agent, changed)
+    devstack.run_stack(agent, changed, str(tmp_path / "again.log"))
+    assert sh(agent, container, "systemctl is-enabled apache2 || true").strip() != "masked"
+    assert agent.run(container, ["test", "-e", nova.LEAN_RECORD])["exit_code"] != 0
+    assert "turned off, as a fake compute does not use them: apache2.service" in nova.seal(agent, node)
