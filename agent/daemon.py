@@ -221,21 +221,25 @@ def serve(args):
     token = pki.read_token(settings["token_file"])
     configure_pyro()
     limits = limits_of(settings)
-    prepare_storage(settings)
-    service = AgentService(
-        settings["lxcpath"],
-        settings["storage"],
-        settings["command_workers"],
-        allow_public_subnets=settings["allow_public_subnets"],
-    )
+    # The port first: an agent that cannot serve makes nothing (no storage pool) before it says so.
     try:
         daemon = AgentDaemon(token, limits, tls_context, host=host, port=port)
     except OSError as error:
-        service.close()
         raise NetworkError(
             f"cannot listen on {host}:{port}: {error.strerror or error}; is another lxc-agent "
             "serving there? pick another --listen"
         ) from error
+    try:
+        prepare_storage(settings)
+        service = AgentService(
+            settings["lxcpath"],
+            settings["storage"],
+            settings["command_workers"],
+            allow_public_subnets=settings["allow_public_subnets"],
+        )
+    except BaseException:
+        daemon.close()
+        raise
     uri = daemon.register(service, OBJECT_ID)
     if settings["storage"] == "auto" and settings["storage_pool"] == "none" and service.backend != "btrfs":
         log.warning(

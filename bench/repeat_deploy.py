@@ -3,12 +3,14 @@
 
 Usage: bench/repeat_deploy.py [--computes 64]
 With an agent in this machine's own namespace on a new loop-file btrfs (so no golden image exists yet), deploys a
-real cloud through the coordinator CLI (simlab.cloud: devstack stable/2026.1 from ../shared/openstack, one
-controller and a group of N fake computes, the first stacked and the rest its clones), destroys it, and deploys
+real cloud through the coordinator CLI (what `make demo COMPUTES=N` deploys: devstack stable/2026.1 from
+../shared/openstack, one controller and N merged, lean fake computes, the first stacked and the rest its clones),
+destroys it, and deploys
 the same config again: the controller and the first compute then start from the golden images the first deploy
 kept. The repeated cloud is then snapshotted and restored to its snapshot (`coordinator snapshot`, `restore`).
 Prints both deploys' wall-clock times and phases, the snapshot's and the restore's (with the CPU time each kept
-the machine busy, which bounds how fast the same work can go on its cores), then the golden images' size
+the machine busy, which bounds how fast the same work can go on its cores; for the repeat, per compute), then the
+golden images' size
 and the disk space they hold alone (the filesystem's use with and without them, once both deployments are gone);
 last line `ratio=X.XX`, the repeat deploy's time over the first's.
 """
@@ -23,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from simlab.cloud import MIRROR, cloud_config, coordinator, free_subnet, local_agent
+from simlab.cloud import MIRROR, coordinator, demo_config, free_subnet, local_agent
 
 CONVERGED = re.compile(r"(\d+)/(\d+) nova-compute services up as (\d+) hypervisors .*")
 PHASE = re.compile(r"^(\S[\w ]*?)\s+([\d.]+) s$", re.M)
@@ -107,7 +109,7 @@ def main(argv=None):
     with local_agent("repeat", "lxcagent-repeat-") as (process, scratch, common):
         config = f"{scratch}/cloud.json"
         with open(config, "w") as handle:
-            json.dump(cloud_config(process.port, subnet, args.computes, "rp"), handle)
+            json.dump(demo_config(process.port, subnet, args.computes), handle)
         times = {}
         for label in ("first", "repeat"):
             took, phases, golden, busy = deploy(config, common, f"{scratch}/logs", args.computes)
@@ -120,7 +122,8 @@ def main(argv=None):
             )
             for line in golden:
                 print(f"  {line}", flush=True)
-            if label == "repeat":
+            if label == "repeat":  # no stack.sh ran: what it cost is the computes' own starts (and the controller's)
+                print(f"  {busy / args.computes:.1f} CPU-seconds per compute started", flush=True)
                 snapshot_and_restore(common, process.lxcpath, args.computes)
             coordinator("destroy", "repeat", *common)
         images = json.loads(coordinator("golden", "list", "--json", *common).stdout)

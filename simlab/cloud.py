@@ -7,6 +7,7 @@ own namespace, with the cloud on a bridge and subnet of its own.
 
 import contextlib
 import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -20,15 +21,15 @@ MIRROR = Path(REPO).parent / "shared" / "openstack"
 CONTROLLER_SERVICES = "key,mysql,rabbit,n-api,n-cond,n-sch,placement-api,g-api,q-svc"
 
 
-def free_subnet(within="10.250.0.0/16"):
-    """A /24 in `within` that no route of this machine touches, or None."""
+def free_subnet(within="10.250.0.0/16", prefixlen=24):
+    """A subnet of `prefixlen` (a /24 by default) in `within` that no route of this machine touches, or None."""
     table = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True, check=True)
     used = [
         ipaddress.ip_network(line.split()[0], strict=False)
         for line in table.stdout.splitlines()
         if line and line.split()[0][0].isdigit()
     ]
-    for candidate in ipaddress.ip_network(within).subnets(new_prefix=24):
+    for candidate in ipaddress.ip_network(within).subnets(new_prefix=prefixlen):
         if not any(candidate.overlaps(route) for route in used if route.prefixlen > 0):
             return str(candidate)
     return None
@@ -58,6 +59,25 @@ def local_agent(deployment, prefix):
         finally:
             coordinator("destroy", deployment, *common, check=False)
             process.stop()
+
+
+def demo_config(port, subnet, computes):
+    """configs/demo.json (what `make demo` deploys: merged, lean computes) with `computes` computes, on this machine's
+    agent at `port` and `subnet`, OpenStack from the mirror, the host's CA certificates trusted."""
+    with open(os.path.join(REPO, "configs", "demo.json")) as handle:
+        data = json.load(handle)
+    credentials = [{"user": "root", "host": "127.0.0.1", "port": port}]
+    controller, group = data["controller"], data["nodes"][0]
+    group["nodes_per_server"] = computes
+    for engine, containers, hosts in (
+        (controller, controller["provider"], controller["provider"]["host_provider"]),
+        (group["engine"], group, group["provider"]),
+    ):
+        engine["git_mirror"] = str(MIRROR)
+        containers["host_ca_certificates"] = True
+        containers["start_lxc_network"] = subnet
+        hosts["credentials"] = credentials
+    return data
 
 
 def cloud_config(port, subnet, computes, prefix="rc", compute_settings=None):

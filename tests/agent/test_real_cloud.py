@@ -4,7 +4,9 @@ scaled to 5 computes and down to 3; destroyed and deployed again from the golden
 then snapshotted, loaded with servers and restored to the snapshot.
 
 The computes run with merge_memory (their nova-computes mergeable by KSM, without address-space randomisation,
-with one hash seed), as a dense cloud would.
+with one hash seed), as a dense cloud would, and lean (what a fake compute does not use turned off). The agent's
+lxcpath is a folder of the machine's root filesystem (ext4 here), so it runs on the default storage path: the
+storage pool the agent makes there.
 
 Asserts what a cloud's user sees: 4 distinct nova-compute services and 4 hypervisors up, 8 servers (no NICs,
 compute API 2.37+) ACTIVE on more than one hypervisor, `openstack server list` answering; then destroy leaves
@@ -14,13 +16,19 @@ CA), so the agent runs in this machine's own namespace, on a bridge of the test'
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
 
-from simlab import AgentProcess, loop_btrfs
+from agent import pool
+from coordinator import nova
+from simlab import REPO, AgentProcess
 from simlab.cloud import MIRROR, cloud_config, free_subnet
-from tests.agent.conftest import IMAGE_PACKAGES
+from tests.agent.conftest import IMAGE_PACKAGES, fs_type
 from tests.agent.test_deploy_e2e import coordinator
 from tests.support import sh
 
@@ -42,23 +50,42 @@ ADMIN = (
 
 @pytest.fixture
 def host_agent(pki_dir):
-    """An agent in this machine's namespace on a loop btrfs of its own (the controller's tree is a few GiB)."""
+    """An agent in this machine's namespace on the default storage path of an ext4 machine: its lxcpath a plain
+    folder on the root filesystem, for which the agent makes its storage pool (a sparse btrfs loop file beside it,
+    sized from the free disk). Afterwards the pool is removed as `lxc-agent remove-pool` does, leaving nothing."""
     if not MIRROR.is_dir():
         pytest.skip(
             f"no OpenStack sources at {MIRROR} (git bundles of devstack, nova, ...): real devstack needs "
             "them on machines that cannot reach opendev.org"
         )
-    with loop_btrfs(size="24G", prefix="lxcagent-cloud-") as mountpoint:
-        lxcpath = os.path.join(mountpoint, "lxc")
-        os.mkdir(lxcpath)
+    workdir = tempfile.mkdtemp(prefix="lxcagent-cloud-", dir="/var/tmp")
+    lxcpath = os.path.join(workdir, "lxc")
+    try:
+        if fs_type(workdir) == "btrfs":
+            pytest.skip(f"{workdir} is on btrfs already: this test is about a machine whose root is not")
         process = AgentProcess(lxcpath, pki_dir)
         try:
+            info = process.connect().info()
+            assert info["storage"] == "btrfs" and info["pool"]["file"] == pool.default_file(lxcpath), info
             agent = process.connect()
             agent.create("image-warmer", "debian", "bookworm", IMAGE_PACKAGES)
             agent.destroy(["image-warmer"])
             yield process
         finally:
             process.stop()
+        removed = subprocess.run(
+            [sys.executable, "-m", "agent.daemon", "remove-pool", "--lxcpath", lxcpath, "--no-unit"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+        assert removed.returncode == 0, removed.stderr
+        assert not os.path.exists(pool.default_file(lxcpath)) and not os.path.ismount(lxcpath)
+        assert sh("losetup", "-j", pool.default_file(lxcpath)) == ""
+    finally:
+        if os.path.ismount(lxcpath):  # the test failed before its pool could be removed: never leave it mounted
+            subprocess.run(["umount", "-l", lxcpath], check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def admin(agent, controller, command, timeout=300):
@@ -125,6 +152,13 @@ def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(
             if node["role"] == "compute":  # merge_memory reached the first compute and the clones alike
                 seen = agent.run(node["name"], ["sh", "-c", NOVA_COMPUTE_MEMORY])
                 assert seen["stdout"].split() == ["00040000", "ksm_merge_any:", "yes", "PYTHONHASHSEED=0"], seen
+                # Lean: nothing a fake compute does not use runs in it (devstack left apache2 and sshd running).
+                running = agent.run(
+                    node["name"], ["systemctl", "list-units", "--state=running", "--no-legend", "--plain"]
+                )["stdout"]
+                assert "devstack@n-cpu" in running and not [
+                    unit for unit in nova.LEAN_UNITS if f"{unit} " in running
+                ], running
         assert {h["ID"] for h in hypervisors} == set(ids.values()), "nova's compute nodes are these UUIDs"
 
         # A client boots servers without networks, and they spread over the hypervisors.
