@@ -94,6 +94,39 @@ def admin(agent, controller, command, timeout=300):
     return result["stdout"]
 
 
+def delete_all(agent, controller, plan):
+    """Every server deleted, waiting for it; when one is not, what nova says of it and the computes' errors."""
+    result = agent.run(
+        controller,
+        ["bash", "-c", ADMIN + "openstack server delete --wait $(openstack server list -f value -c ID)"],
+        user="stack",
+        timeout=300,
+    )
+    if result["exit_code"] == 0:
+        return
+    faults = agent.run(
+        controller,
+        [
+            "bash",
+            "-c",
+            ADMIN + "openstack server list --long -f json; for id in $(openstack server list -f value "
+            "-c ID); do openstack server show $id -c status -c fault -c OS-EXT-STS:task_state -f json; done",
+        ],
+        user="stack",
+        timeout=300,
+    )["stdout"]
+    errors = {
+        node["name"]: agent.run(
+            node["name"],
+            ["sh", "-c", "journalctl --no-pager -u 'devstack@n-cpu*' | grep -E ' ERROR ' | tail -n 30"],
+            timeout=60,
+        )["stdout"]
+        for node in plan["nodes"]
+        if node["role"] == "compute"
+    }
+    pytest.fail(f"deleting the servers failed: {result['stderr']}\n{faults}\n{json.dumps(errors, indent=1)}")
+
+
 def hypervisor_hosts(agent, controller):
     """Every hypervisor nova lists, whatever its state."""
     listed = json.loads(admin(agent, controller, "openstack hypervisor list -f json"))
@@ -184,7 +217,7 @@ def test_a_real_cloud_has_every_compute_as_its_own_hypervisor_and_boots_servers(
         assert states == ["ACTIVE"] * SERVERS, servers
         used = {server["Host"] for server in servers}
         assert len(used) > 1 and used <= set(expected), used
-        admin(agent, controller, "openstack server delete --wait $(openstack server list -f value -c ID)")
+        delete_all(agent, controller, plan)
         deadline = time.monotonic() + 120
         while True:  # a deleted server may be listed as DELETED for a moment after the API has said so
             left = json.loads(admin(agent, controller, "openstack server list -f json"))
