@@ -190,3 +190,22 @@ def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path):
     ]
     assert "ExecStart=/usr/local/bin/lxc-agent serve" in text
     assert problems == [], result.stderr
+
+
+def test_memory_is_the_host_s_as_proc_meminfo_and_ksm_say(loopback_agent):
+    """What a coordinator waits on before each compute's start: the host's memory and KSM's savings, read
+    independently from /proc/meminfo and /sys/kernel/mm/ksm."""
+    seen = loopback_agent.connect().memory()
+    with open("/proc/meminfo") as handle:
+        meminfo = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in handle}
+    assert seen["total"] == meminfo["MemTotal"]
+    assert 0 < seen["available"] <= seen["total"]
+    assert abs(seen["available"] - meminfo["MemAvailable"]) < 512 * 1024 * 1024
+    if os.path.exists("/sys/kernel/mm/ksm/run"):
+        with open("/sys/kernel/mm/ksm/run") as handle:
+            assert seen["ksm"]["running"] == (handle.read().strip() == "1")
+        with open("/sys/kernel/mm/ksm/pages_sharing") as handle:
+            sharing = int(handle.read()) * os.sysconf("SC_PAGE_SIZE")
+        assert abs(seen["ksm"]["saved"] - sharing) < 256 * 1024 * 1024
+    else:
+        assert seen["ksm"] is None
