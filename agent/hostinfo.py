@@ -70,6 +70,22 @@ def kernel_features():
     }
 
 
+def memory_pressure(path="/proc/pressure/memory"):
+    """The share of the last 10 s in which some task waited for memory (PSI "some avg10", in %), or None on a
+    kernel without pressure stall information. MemAvailable counts page cache as free, but a host whose working
+    set outgrew its memory reclaims and reads back the same code pages: this says so when MemAvailable does not."""
+    try:
+        with open(path) as handle:
+            first = handle.readline().split()
+    except OSError:
+        return None
+    fields = dict(field.split("=", 1) for field in first[1:] if "=" in field)
+    try:
+        return float(fields["avg10"])
+    except (KeyError, ValueError):
+        return None
+
+
 def memory():
     """Total and available bytes, from /proc/meminfo."""
     values = {}

@@ -98,10 +98,11 @@ class AgentService:
 
     @remote
     def memory(self):
-        """The host's memory now, cheaply: total and available bytes, and KSM's merging (`ksm`: whether ksmd
-        runs, and the bytes it saves). A coordinator starting
+        """The host's memory now, cheaply: total and available bytes, KSM's merging (`ksm`: whether ksmd
+        runs, and the bytes it saves) and memory pressure (`pressure`: % of the last 10 s some task waited for
+        memory, or None). A coordinator starting
         merged computes waits on this so it never starts them faster than ksmd merges them."""
-        return {**hostinfo.memory(), "ksm": memory_merge.savings()}
+        return {**hostinfo.memory(), "ksm": memory_merge.savings(), "pressure": hostinfo.memory_pressure()}
 
     @remote
     def info(self):

@@ -60,6 +60,10 @@ START_COST = 160 * MIB
 FLOOR_LEAST, FLOOR_SHARE = 1024 * MIB, 0.05
 SETTLE = 60.0  # seconds a started compute is counted at its full cost (nova-compute imports, then ksmd merges)
 PATIENCE = 300.0  # seconds without available memory rising before the host is called full
+# Memory pressure (PSI "some avg10", %) above which no start goes: measured with 1 + 256 here, MemAvailable still
+# showed 4 to 6 GiB while the host thrashed (99 % pressure, load 500): each btrfs clone caches its own copy of
+# nova's code, and MemAvailable counts those pages as free.
+PRESSURE_LIMIT = 10.0
 
 
 class HostFull(Exception):
@@ -68,14 +72,15 @@ class HostFull(Exception):
 
 class MemoryGate:
     """Starts that wait for memory: on each host, a start goes only while the host's available memory, less what
-    starts of the last SETTLE seconds will still take, stays above a floor.
+    starts of the last SETTLE seconds will still take, stays above a floor, and while no task waits for memory
+    more than PRESSURE_LIMIT % of the time (the kernel's pressure stall information).
 
     Why: computes started faster than ksmd merges them take memory before it is given back. Measured with 1 + 128
     on 2 cores growing to 200 at 0.5 starts a second: available memory fell to 1.5 GiB before KSM caught up. The
     gate lets the starts run as fast as the host has room, and waits for ksmd when it has none; a host whose
     memory does not come back within PATIENCE seconds once its starts settled is full, and the caller is told so
-    with the numbers. Each wait is given `read()` -> {"total", "available", "ksm": {"saved"} or None}, in bytes
-    (the host agent's memory()).
+    with the numbers. Each wait is given `read()` -> {"total", "available", "ksm": {"saved"} or None, "pressure":
+    % or None}, bytes but for the pressure (the host agent's memory()).
     """
 
     def __init__(
@@ -99,26 +104,32 @@ class MemoryGate:
         lock, started = self._for(host)
         with lock:  # one caller per host looks at a time, so two never take the same room
             began = self._clock()
-            best, since = None, began
+            best, since, least_pressure = None, began, None
             while True:
                 now = self._clock()
                 started[:] = [moment for moment in started if now - moment < self.settle]
                 seen = read()
                 floor = max(FLOOR_LEAST, int(seen["total"] * FLOOR_SHARE))
                 room = seen["available"] - len(started) * self.cost - floor
-                if room >= self.cost:
+                pressure = seen.get("pressure")
+                calm = pressure is None or pressure < PRESSURE_LIMIT
+                if room >= self.cost and calm:
                     started.append(now)
                     waited = now - began
                     self.waited[host] = self.waited.get(host, 0.0) + waited
                     return waited
                 if best is None or seen["available"] > best or started:  # risen, or starts still settle
                     best, since = seen["available"], now
+                if pressure is not None and (least_pressure is None or pressure < least_pressure):
+                    least_pressure, since = pressure, now  # the pressure easing counts as memory coming back
                 elif now - since >= self.patience:
                     saved = (seen.get("ksm") or {}).get("saved")
                     raise HostFull(
                         f"host {host} has {seen['available'] // MIB} MiB of memory available, and one more "
                         f"compute takes about {self.cost // MIB} MiB as it starts over the {floor // MIB} MiB "
-                        f"every host keeps free, and it has not risen for {self.patience:g} s"
+                        f"every host keeps free"
+                        + ("" if calm else f", with tasks waiting for memory {pressure:.0f} % of the time")
+                        + f", and it has not come back for {self.patience:g} s"
                         + (f" (KSM saves {saved // MIB} MiB now)" if saved is not None else "")
                         + ": this host holds no more computes; plan fewer on it (containers_per_host), give the "
                         "group merge_memory, or add a host"

@@ -209,3 +209,7 @@ def test_memory_is_the_host_s_as_proc_meminfo_and_ksm_say(loopback_agent):
         assert abs(seen["ksm"]["saved"] - sharing) < 256 * 1024 * 1024
     else:
         assert seen["ksm"] is None
+    if os.path.exists("/proc/pressure/memory"):
+        assert 0.0 <= seen["pressure"] <= 100.0
+    else:
+        assert seen["pressure"] is None

@@ -127,7 +127,7 @@ class FakeAgent:
         return call
 
     def _memory(self):
-        return {"total": 64 << 30, "available": 48 << 30, "ksm": None}
+        return {"total": 64 << 30, "available": 48 << 30, "ksm": None, "pressure": 0.0}
 
     def _create(self, name, *rest):
         self.containers.setdefault(name, {"state": "STOPPED", "address": None})

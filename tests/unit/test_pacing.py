@@ -115,8 +115,13 @@ def gate_and_time():
     return MemoryGate(cost=100 * MIB, settle=60.0, patience=30.0, clock=fake.clock, sleep=fake.sleep), fake
 
 
-def memory(available, total=16 * GIB, saved=None):
-    return {"total": total, "available": available, "ksm": None if saved is None else {"saved": saved}}
+def memory(available, total=16 * GIB, saved=None, pressure=None):
+    return {
+        "total": total,
+        "available": available,
+        "ksm": None if saved is None else {"saved": saved},
+        "pressure": pressure,
+    }
 
 
 def test_starts_go_at_once_while_the_host_has_room():
@@ -150,7 +155,7 @@ def test_a_host_whose_memory_does_not_come_back_is_called_full_with_the_numbers(
     said = str(full.value)
     assert "host 10.0.0.5 has 700 MiB of memory available" in said
     assert "about 100 MiB as it starts over the 1024 MiB every host keeps free" in said
-    assert "it has not risen for 30 s (KSM saves 2048 MiB now)" in said
+    assert "and it has not come back for 30 s (KSM saves 2048 MiB now)" in said
     assert "containers_per_host" in said and "merge_memory" in said
     assert 30.0 <= fake.now <= 34.0
 
@@ -159,3 +164,19 @@ def test_the_floor_is_five_percent_of_a_large_host():
     gate, _ = gate_and_time()
     with pytest.raises(HostFull, match="over the 6553 MiB every host keeps free"):
         gate.wait("big", lambda: memory(6 * GIB, total=128 * GIB))
+
+
+def test_a_start_waits_while_the_host_thrashes_whatever_memavailable_says():
+    """Measured with 1 + 256: MemAvailable showed 4 to 6 GiB while tasks waited for memory 99 % of the time (each
+    clone's code pages, counted as free, were read back again and again). Pressure holds starts back."""
+    gate, fake = gate_and_time()
+    readings = iter([99.0, 60.0, 30.0, 12.0, 4.0])
+    assert gate.wait("h", lambda: memory(6 * GIB, pressure=next(readings))) == pytest.approx(8.0)
+
+
+def test_a_host_that_keeps_thrashing_is_called_full_and_says_so():
+    gate, fake = gate_and_time()
+    with pytest.raises(HostFull) as full:
+        gate.wait("h", lambda: memory(6 * GIB, pressure=99.5))
+    said = str(full.value)
+    assert "with tasks waiting for memory 100 % of the time, and it has not come back for 30 s" in said, said
