@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from coordinator.providers import prefix_for
-from simlab.cloud import MIRROR, coordinator, demo_config, free_subnet, local_agent
+from simlab.cloud import coordinator, demo_config, free_subnet, local_agent, require_real_cloud
 
 MIB = 1024 * 1024
 KSM = "/sys/kernel/mm/ksm"
@@ -146,10 +146,7 @@ def main(argv=None):
     parser.add_argument("--settle", type=int, default=120, help="seconds to let it settle first (default 120)")
     parser.add_argument("--servers", type=int, default=8, help="servers a client boots and deletes (default 8)")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        sys.exit("bench/capacity.py needs root (LXC, loop mounts)")
-    if not MIRROR.is_dir():
-        sys.exit(f"no OpenStack sources at {MIRROR}: real devstack needs the git bundles of ../shared/openstack")
+    require_real_cloud("bench/capacity.py")
     subnet = free_subnet(prefixlen=min(24, prefix_for(args.computes + 1)))
     if subnet is None:
         sys.exit("no free subnet for the cloud in 10.250.0.0/16 on this machine")

@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from simlab.cloud import MIRROR, cloud_config, coordinator, free_subnet, local_agent
+from simlab.cloud import cloud_config, coordinator, free_subnet, local_agent, require_real_cloud
 
 MIB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -107,10 +107,7 @@ def main(argv=None):
     parser.add_argument("--settle", type=int, default=60, help="seconds to let the computes settle before measuring")
     parser.add_argument("--merge-memory", action="store_true", help="computes with merge_memory, KSM on and off")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        sys.exit("bench/density.py needs root (LXC, loop mounts)")
-    if not MIRROR.is_dir():
-        sys.exit(f"no OpenStack sources at {MIRROR}: real devstack needs the git bundles of ../shared/openstack")
+    require_real_cloud("bench/density.py")
     subnet = free_subnet()
     if subnet is None:
         sys.exit("no free /24 in 10.250.0.0/16 on this machine")

@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from simlab.cloud import MIRROR, coordinator, demo_config, free_subnet, local_agent
+from simlab.cloud import coordinator, demo_config, free_subnet, local_agent, require_real_cloud
 
 CONVERGED = re.compile(r"(\d+)/(\d+) nova-compute services up as (\d+) hypervisors .*")
 PHASE = re.compile(r"^(\S[\w ]*?)\s+([\d.]+) s$", re.M)
@@ -97,10 +97,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--computes", type=int, default=64, help="fake computes in the cloud (default 64)")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        sys.exit("bench/repeat_deploy.py needs root (LXC, loop mounts)")
-    if not MIRROR.is_dir():
-        sys.exit(f"no OpenStack sources at {MIRROR}: real devstack needs the git bundles of ../shared/openstack")
+    require_real_cloud("bench/repeat_deploy.py")
     if args.computes < 1:
         sys.exit("need --computes of 1 or more")
     subnet = free_subnet()

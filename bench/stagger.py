@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from simlab.cloud import MIRROR, cloud_config, coordinator, free_subnet, local_agent
+from simlab.cloud import cloud_config, coordinator, free_subnet, local_agent, require_real_cloud
 
 CONVERGED = re.compile(r"(\d+)/(\d+) nova-compute services up as (\d+) hypervisors .* in (\S+)")
 PHASE = re.compile(r"^(add computes|remove computes)\s+([\d.]+) s$", re.M)
@@ -57,10 +57,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     rates = [float(rate) for rate in args.rates.split(",") if rate]
-    if os.geteuid() != 0:
-        sys.exit("bench/stagger.py needs root (LXC, loop mounts)")
-    if not MIRROR.is_dir():
-        sys.exit(f"no OpenStack sources at {MIRROR}: real devstack needs the git bundles of ../shared/openstack")
+    require_real_cloud("bench/stagger.py")
     if args.computes < 2 or not rates or min(rates) <= 0:
         sys.exit("need --computes of 2 or more and at least one rate above 0")
     subnet = free_subnet()

@@ -35,6 +35,14 @@ def free_subnet(within="10.250.0.0/16", prefixlen=24):
     return None
 
 
+def require_real_cloud(bench):
+    """Exit with the reason when this machine cannot run a benchmark's real cloud (root, the git bundles)."""
+    if os.geteuid() != 0:
+        sys.exit(f"{bench} needs root (LXC, loop mounts)")
+    if not MIRROR.is_dir():
+        sys.exit(f"no OpenStack sources at {MIRROR}: real devstack needs the git bundles of ../shared/openstack")
+
+
 def coordinator(*argv, check=True):
     """The coordinator CLI for a benchmark: its result, or SystemExit with its output when it fails."""
     result = subprocess.run([sys.executable, "-m", "coordinator.cli", *argv], capture_output=True, text=True)

@@ -43,6 +43,9 @@ def lxc_agent(*argv):
 @pytest.fixture
 def ext4_lxcpath(plain_lxcpath):
     """An lxcpath on ext4; whatever pool a test leaves on it is unmounted and deleted afterwards."""
+    stats = os.statvfs(os.path.dirname(plain_lxcpath))
+    if stats.f_bavail * stats.f_frsize < pool.MIN_SIZE + pool.GIB:
+        pytest.skip(f"{os.path.dirname(plain_lxcpath)} has less than {pool.gib(pool.MIN_SIZE)} free for a pool")
     yield plain_lxcpath
     image = pool.default_file(plain_lxcpath)
     if os.path.ismount(plain_lxcpath):
