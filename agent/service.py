@@ -100,8 +100,8 @@ class AgentService:
     def memory(self):
         """The host's memory now, cheaply: total and available bytes, KSM's merging (`ksm`: whether ksmd
         runs, and the bytes it saves) and memory pressure (`pressure`: % of the last 10 s some task waited for
-        memory, or None). A coordinator starting
-        merged computes waits on this so it never starts them faster than ksmd merges them."""
+        memory, or None). A coordinator starting merged computes waits on this so it never starts them faster
+        than ksmd merges them."""
         return {**hostinfo.memory(), "ksm": memory_merge.savings(), "pressure": hostinfo.memory_pressure()}
 
     @remote

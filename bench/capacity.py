@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from coordinator.providers import prefix_for
-from simlab.cloud import coordinator, demo_config, free_subnet, local_agent, require_real_cloud
+from simlab.cloud import MIRROR, coordinator, demo_config, free_subnet, local_agent, require_real_cloud
 
 MIB = 1024 * 1024
 KSM = "/sys/kernel/mm/ksm"
@@ -154,7 +154,7 @@ def main(argv=None):
     with local_agent("capacity", "lxcagent-capacity-") as (process, scratch, common):
         config = f"{scratch}/cloud.json"
         with open(config, "w") as handle:
-            json.dump(demo_config(process.port, subnet, args.computes), handle)
+            json.dump(demo_config(args.computes, MIRROR, True, process.port, subnet), handle)
         plan = json.loads(coordinator("plan", config, "--format", "json").stdout)
         controller = plan["controller"]
         computes = [node["name"] for node in plan["nodes"] if node["role"] == "compute"]

@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from simlab.cloud import coordinator, demo_config, free_subnet, local_agent, require_real_cloud
+from simlab.cloud import MIRROR, coordinator, demo_config, free_subnet, local_agent, require_real_cloud
 
 CONVERGED = re.compile(r"(\d+)/(\d+) nova-compute services up as (\d+) hypervisors .*")
 PHASE = re.compile(r"^(\S[\w ]*?)\s+([\d.]+) s$", re.M)
@@ -106,7 +106,7 @@ def main(argv=None):
     with local_agent("repeat", "lxcagent-repeat-") as (process, scratch, common):
         config = f"{scratch}/cloud.json"
         with open(config, "w") as handle:
-            json.dump(demo_config(process.port, subnet, args.computes), handle)
+            json.dump(demo_config(args.computes, MIRROR, True, process.port, subnet), handle)
         times = {}
         for label in ("first", "repeat"):
             took, phases, golden, busy = deploy(config, common, f"{scratch}/logs", args.computes)

@@ -91,7 +91,6 @@ class MemoryGate:
         self._lock = threading.Lock()
         self._host_locks: dict = {}
         self._started: dict = {}  # host -> times of its recent starts
-        self.waited: dict = {}  # host -> seconds its starts waited in all
 
     def _for(self, host):
         with self._lock:
@@ -115,14 +114,12 @@ class MemoryGate:
                 calm = pressure is None or pressure < PRESSURE_LIMIT
                 if room >= self.cost and calm:
                     started.append(now)
-                    waited = now - began
-                    self.waited[host] = self.waited.get(host, 0.0) + waited
-                    return waited
+                    return now - began
                 if best is None or seen["available"] > best or started:  # risen, or starts still settle
                     best, since = seen["available"], now
-                if pressure is not None and (least_pressure is None or pressure < least_pressure):
+                if not calm and (least_pressure is None or pressure < least_pressure):
                     least_pressure, since = pressure, now  # the pressure easing counts as memory coming back
-                elif now - since >= self.patience:
+                if now - since >= self.patience:
                     saved = (seen.get("ksm") or {}).get("saved")
                     raise HostFull(
                         f"host {host} has {seen['available'] // MIB} MiB of memory available, and one more "

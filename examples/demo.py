@@ -31,8 +31,8 @@ from agent.client import connect  # noqa: E402
 from coordinator import access, cli, topology  # noqa: E402
 from coordinator.config import load_config  # noqa: E402
 from coordinator.store import Store  # noqa: E402
+from simlab import cloud  # noqa: E402
 
-CONFIG = os.path.join(REPO, "configs", "demo.json")
 NAME = "demo"
 PKI_DIR, PORT = endpoint.DEFAULT_PKI, endpoint.DEFAULT_PORT
 RUN_DIR = "/var/lib/lxc-coordinator/demo"
@@ -88,39 +88,26 @@ def ensure_agent():
 def describe_storage():
     """One line on the agent's storage, and whether stacked nodes are kept as golden images there."""
     info = connect("localhost", PORT, pki_dir=PKI_DIR).info()
-    kept = info.get("pool")
-    if kept:
+    held = info.get("pool")
+    if held:
         where = (
-            f"btrfs, in the storage pool {kept['file']} ({pool.gib(kept['size'])} sparse, "
-            f"{pool.gib(kept['disk'])} on disk)"
+            f"btrfs, in the storage pool {held['file']} ({pool.gib(held['size'])} sparse, "
+            f"{pool.gib(held['disk'])} on disk)"
         )
     else:
         where = info["storage"]
-    golden = info["storage"] in ("btrfs", "copy")
-    print(
-        f"storage under {info['lxcpath']}: {where}; "
-        + ("clones are snapshots, stacked nodes are kept as golden images" if info["storage"] == "btrfs" else "")
-        + ("clones are full copies, stacked nodes are kept as golden images" if info["storage"] == "copy" else "")
-        + ("no golden images: every demo runs stack.sh" if not golden else "")
-    )
-    return info
+    kept = {
+        "btrfs": "clones are snapshots, stacked nodes are kept as golden images",
+        "copy": "clones are full copies, stacked nodes are kept as golden images",
+    }.get(info["storage"], "no golden images: every demo runs stack.sh")
+    print(f"storage under {info['lxcpath']}: {where}; {kept}")
 
 
 def demo_config(mirror, computes):
     """configs/demo.json for this machine: `computes` fake computes, the git mirror when given, the host's CA
     certificates when it has some. Written to RUN_DIR; returns its path."""
-    with open(CONFIG) as handle:
-        data = json.load(handle)
-    data["nodes"][0]["nodes_per_server"] = computes
     trust = bool(access.host_ca_certificates())
-    for engine, containers in (
-        (data["controller"], data["controller"]["provider"]),
-        *((group["engine"], group) for group in data["nodes"]),
-    ):
-        if mirror:
-            engine["git_mirror"] = os.path.abspath(mirror)
-        if trust:
-            containers["host_ca_certificates"] = True
+    data = cloud.demo_config(computes, mirror and os.path.abspath(mirror), trust)
     print(
         f"OpenStack from {os.path.abspath(mirror) if mirror else 'opendev.org'}; containers trust "
         + (f"the CA certificates in {access.HOST_CA_FOLDER}" if trust else "their distribution's CAs only")

@@ -69,22 +69,26 @@ def local_agent(deployment, prefix):
             process.stop()
 
 
-def demo_config(port, subnet, computes):
-    """configs/demo.json (what `make demo` deploys: merged, lean computes) with `computes` computes, on this machine's
-    agent at `port` and `subnet`, OpenStack from the mirror, the host's CA certificates trusted."""
+def demo_config(computes, mirror=None, trust_host_ca=False, port=None, subnet=None):
+    """configs/demo.json, what `make demo` deploys (merged, lean computes), with `computes` computes; OpenStack from
+    `mirror` and the host's CA certificates trusted when given; for a benchmark, on this machine's agent at `port`
+    and in `subnet`. The demo and the benchmarks deploy the same cloud through this."""
     with open(os.path.join(REPO, "configs", "demo.json")) as handle:
         data = json.load(handle)
-    credentials = [{"user": "root", "host": "127.0.0.1", "port": port}]
     controller, group = data["controller"], data["nodes"][0]
     group["nodes_per_server"] = computes
     for engine, containers, hosts in (
         (controller, controller["provider"], controller["provider"]["host_provider"]),
         (group["engine"], group, group["provider"]),
     ):
-        engine["git_mirror"] = str(MIRROR)
-        containers["host_ca_certificates"] = True
-        containers["start_lxc_network"] = subnet
-        hosts["credentials"] = credentials
+        if mirror:
+            engine["git_mirror"] = str(mirror)
+        if trust_host_ca:
+            containers["host_ca_certificates"] = True
+        if subnet:
+            containers["start_lxc_network"] = subnet
+        if port:
+            hosts["credentials"] = [{"user": "root", "host": "127.0.0.1", "port": port}]
     return data
 
 
