@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 
-from agent import btrfs
 from agent.errors import InvalidArgument, StorageError
 
 GIB = 1024**3
@@ -176,6 +175,8 @@ def ensure(lxcpath, image, size=None, under_systemd=False):
     """The lxcpath on btrfs: nothing to do when it is; else the pool file mounted there, made first when it does
     not exist. Returns what was done: None (already btrfs), "mounted", "made", or "skipped" when the lxcpath is the
     mount point of another filesystem (someone's choice, not to be hidden)."""
+    from agent import btrfs  # here, not at the top: the pure helpers above are used where btrfsutil is absent
+
     folder, file = check_paths(lxcpath, image)
     if os.path.isdir(folder) and btrfs.is_btrfs(folder):
         return None
